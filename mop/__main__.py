@@ -1,0 +1,5 @@
+import sys
+
+from mop.cli import main
+
+sys.exit(main())

