@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,33 +113,53 @@ def _gguf_path(asset: BundledLM) -> tuple[Path, str]:
     return package_dir(asset.package), asset.gguf_file
 
 
+def build_once(final: Path, build: Callable[[Path], None], marker: str = "config.json") -> Path:
+    """Return ``final``, running ``build(tmp_dir)`` first if it is missing; safe across processes.
+
+    A file lock serialises builders (two DDP ranks), the build writes into a private temporary folder, and an
+    atomic rename publishes it, so a reader never sees a half-written folder and the build runs once.
+    """
+    if (final / marker).exists():
+        return final
+    with file_lock(final.with_name(f"{final.name}.lock")):
+        if (final / marker).exists():  # another process built it while we waited
+            return final
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+            if final.exists():  # a stale, incomplete folder (no marker): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def converted_lm_dir(name: str) -> Path:
     """Return the cached, de-quantised Hugging Face folder of a bundled LM, converting it on first use."""
     asset = BUNDLED_LMS[name]
-    final = cache_dir() / "models" / name
-    if (final / "config.json").exists():
-        return final
-    with file_lock(final.with_name(f"{name}.lock")):
-        if (final / "config.json").exists():  # another process converted it while we waited
-            return final
+
+    def convert(out: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder, gguf_file = _gguf_path(asset)
-        print(f"[mop] converting bundled {name} from GGUF into {final} (once)", file=sys.stderr)
+        print(f"[mop] converting bundled {name} from GGUF into {cache_dir() / 'models'} (once)", file=sys.stderr)
         loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(loaded.state_dict(), strict=False)
+        missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to the embeddings
+            raise MopError(f"GGUF conversion of {name}: missing {missing}, unexpected {unexpected}")
         model.tie_weights()
-        tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, final)
-    return final
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return build_once(cache_dir() / "models" / name, convert)
 
 
 def resolve_lm(name_or_path: str) -> str:
