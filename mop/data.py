@@ -228,8 +228,10 @@ def _read_jsonl(path: Path):
 
 
 # ------------------------------------------------------------------------------------------------- templates
-class _Blank(dict):
-    def __missing__(self, key):  # noqa: D105 - unknown fields are caught by validate_template
+class BlankDict(dict):
+    """A mapping whose missing keys format as empty strings."""
+
+    def __missing__(self, key):
         return ""
 
 
@@ -244,7 +246,7 @@ def render_template(template: str, fields: dict[str, Any]) -> str:
         names = template_fields(line)
         if names and all(not str(fields.get(n, "") or "").strip() for n in names):
             continue
-        lines.append(line.format_map(_Blank(fields)))
+        lines.append(line.format_map(BlankDict(fields)))
     return "\n".join(lines).strip()
 
 

@@ -1,0 +1,283 @@
+"""Lightning DataModule: population -> embeddings -> personas -> exemplar index, built once, loaded per rank.
+
+``prepare_data`` (rank 0 only) loads the population, embeds contexts / responses / exemplars, synthesises the
+personas and builds the FAISS index into ``artifacts_dir/<key>``, where the key hashes every input that affects
+them; an unchanged configuration reuses the folder. ``setup`` (every rank) loads it. Batches are record indices;
+Lightning's distributed sampler shares them across ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mop.data import DatasetSpec, Population, Record, load_population
+from mop.errors import MopError
+
+ARTIFACT_FORMAT = 1
+
+
+@dataclass
+class PersonaSpec:
+    """How personas are made.
+
+    Args:
+        num_personas: K, the number of k-means clusters / personas.
+        synthesizer: ``llm`` (a causal LM describes each cluster), ``keywords`` (no LLM) or ``file``.
+        lm: the LLM writing personas (bundled name, path or hub id).
+        file: a JSONL of user-supplied personas (``{"text": ...}`` per line), used when synthesizer is ``file``.
+        text_kind: what the responses are, in words, for the persona prompts.
+        seed: seed of k-means and of the LLM's sampled retries.
+    """
+
+    num_personas: int = 20
+    synthesizer: str = "llm"
+    lm: str = "smollm2-135m"
+    file: str | None = None
+    text_kind: str = "texts"
+    seed: int = 0
+
+
+@dataclass
+class Artifacts:
+    """Everything the gate reads: frozen embeddings, personas, the exemplar pool and its index."""
+
+    directory: Path
+    population: Population
+    persona_texts: list[str]
+    persona_ids: list[str]
+    persona_emb: np.ndarray  # (K, D)
+    pool: list[Record]  # exemplars e_j
+    pool_emb: np.ndarray  # (N, D) h(rendered exemplar)
+    context_emb: dict[str, np.ndarray]  # split -> (n_split, D) h(x)
+    index: object  # mop.index.ExemplarIndex over pool_emb
+    embedder: str
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.pool_emb.shape[1])
+
+
+def exemplar_text(population: Population, record: Record) -> str:
+    """The text whose embedding h(e_j) represents an exemplar: its rendered context and response."""
+    return f"{population.render_context(record)}\n{record.response}"
+
+
+def exclusions(records: list[Record], pool: list[Record], same_response: bool = True,
+               same_group: bool = False) -> list[list[int]]:
+    """Target masking: pool positions a record may not use as exemplar (itself; optionally same text/group)."""
+    by_id: dict[str, list[int]] = {}
+    by_text: dict[str, list[int]] = {}
+    by_group: dict[str, list[int]] = {}
+    for j, e in enumerate(pool):
+        by_id.setdefault(e.id, []).append(j)
+        by_text.setdefault(e.response.strip().lower(), []).append(j)
+        if e.group is not None:
+            by_group.setdefault(e.group, []).append(j)
+    out = []
+    for r in records:
+        ex = set(by_id.get(r.id, []))
+        if same_response:
+            ex.update(by_text.get(r.response.strip().lower(), []))
+        if same_group and r.group is not None:
+            ex.update(by_group.get(r.group, []))
+        out.append(sorted(ex))
+    return out
+
+
+class PopulationDataModule(pl.LightningDataModule):
+    """Population data, personas and exemplar index for MoP training."""
+
+    def __init__(
+        self,
+        dataset: DatasetSpec | None = None,
+        personas: PersonaSpec | None = None,
+        embedder: str = "minilm-l6",
+        num_exemplars: int | None = None,
+        index_kind: str = "auto",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        artifacts_dir: str = "artifacts",
+        mask_same_response: bool = True,
+        mask_same_group: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            dataset: the population (``mop.data.DatasetSpec``).
+            personas: how personas are made (``PersonaSpec``).
+            embedder: sentence embedder h (bundled name, path or hub id).
+            num_exemplars: size of the exemplar pool, sampled from the training split (None: all of it).
+            index_kind: FAISS index: ``flat`` (exact), ``ivf`` or ``auto`` (IVF for very large pools).
+            batch_size: records per training step (each scored with M prompts).
+            num_workers: DataLoader workers (batches are only indices; 0 is right).
+            artifacts_dir: where embeddings, personas and the index are cached, keyed by their inputs.
+            mask_same_response: also mask exemplars whose response equals the target's.
+            mask_same_group: also mask exemplars from the target's group (e.g. the same movie).
+            seed: seed of the exemplar-pool sample.
+        """
+        super().__init__()
+        self.dataset = dataset or DatasetSpec()
+        self.personas = personas or PersonaSpec()
+        if isinstance(self.dataset, dict):
+            self.dataset = DatasetSpec.from_dict(self.dataset)
+        if isinstance(self.personas, dict):
+            self.personas = PersonaSpec(**self.personas)
+        if batch_size <= 0:
+            raise MopError(f"batch_size must be positive, got {batch_size}")
+        if num_exemplars is not None and num_exemplars <= 0:
+            raise MopError(f"num_exemplars must be positive, got {num_exemplars}")
+        if self.personas.num_personas <= 0:
+            raise MopError(f"num_personas must be positive, got {self.personas.num_personas}")
+        self.embedder = embedder
+        self.num_exemplars = num_exemplars
+        self.index_kind = index_kind
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.artifacts_root = Path(artifacts_dir)
+        self.mask_same_response = mask_same_response
+        self.mask_same_group = mask_same_group
+        self.seed = seed
+        self.artifacts: Artifacts | None = None
+        self.exclude: dict[str, list[list[int]]] = {}
+
+    # ------------------------------------------------------------------------------------------- artifacts
+    def artifact_key(self) -> str:
+        persona_file_hash = None
+        if self.personas.synthesizer == "file" and self.personas.file:
+            path = Path(self.personas.file)
+            if not path.exists():
+                raise MopError(f"personas file '{self.personas.file}' does not exist")
+            persona_file_hash = hashlib.sha1(path.read_bytes()).hexdigest()
+        spec = dataclasses.asdict(self.dataset)
+        source = Path(str(self.dataset.source))
+        if source.exists():  # a user file: its content, not its name, keys the artifacts
+            spec["source_sha1"] = hashlib.sha1(source.read_bytes()).hexdigest()
+        payload = dict(format=ARTIFACT_FORMAT, dataset=spec, personas=dataclasses.asdict(self.personas),
+                       persona_file=persona_file_hash, embedder=self.embedder, num_exemplars=self.num_exemplars,
+                       seed=self.seed)
+        return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.artifacts_root / self.artifact_key()
+
+    def _pool_records(self, population: Population) -> list[Record]:
+        train = population["train"]
+        if self.num_exemplars is None or self.num_exemplars >= len(train):
+            return list(train)
+        keep = np.sort(np.random.default_rng(self.seed).permutation(len(train))[: self.num_exemplars])
+        return [train[i] for i in keep]
+
+    def _build(self, out: Path) -> None:
+        from mop.embed import Embedder
+        from mop.index import ExemplarIndex
+        from mop.personas import load_personas_jsonl, save_personas, synthesize_personas
+
+        population = load_population(self.dataset)
+        train = population["train"]
+        k = self.personas.num_personas
+        if k > len(train):
+            raise MopError(f"num_personas ({k}) exceeds the number of training records ({len(train)})")
+        embedder = Embedder(self.embedder)
+        pool = self._pool_records(population)
+        if self.personas.synthesizer == "file":
+            if not self.personas.file:
+                raise MopError("personas.synthesizer is 'file' but personas.file is not set")
+            personas = load_personas_jsonl(self.personas.file)
+        else:
+            response_emb = embedder.encode([r.response for r in train], desc="embedding responses")
+            personas = synthesize_personas(
+                [r.response for r in train], [r.id for r in train], response_emb, k,
+                synthesizer=self.personas.synthesizer, lm=self.personas.lm, seed=self.personas.seed,
+                labels=[r.label for r in train], text_kind=self.personas.text_kind)
+        save_personas(personas, out / "personas.jsonl")
+        np.save(out / "persona_emb.npy", embedder.encode([p.text for p in personas], desc="embedding personas"))
+        for split in ("train", "val", "test"):
+            ctx = [population.render_context(r) for r in population[split]]
+            np.save(out / f"context_emb_{split}.npy", _encode_unique(embedder, ctx, f"embedding {split} contexts"))
+        pool_emb = embedder.encode([exemplar_text(population, r) for r in pool], desc="embedding exemplars")
+        ExemplarIndex(pool_emb, kind=self.index_kind).save(out)
+        (out / "pool_ids.json").write_text(json.dumps([r.id for r in pool]))
+        (out / "meta.json").write_text(json.dumps(
+            {"format": ARTIFACT_FORMAT, "embedder": self.embedder, "embed_dim": int(pool_emb.shape[1]),
+             "num_personas": len(personas), "num_exemplars": len(pool)}, indent=1))
+
+    def prepare_data(self) -> None:
+        if self.artifacts is not None:  # already loaded (or given directly, e.g. in tests)
+            return
+        from mop.assets import build_once
+
+        build_once(self.artifact_path, self._build, marker="meta.json")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.artifacts is not None:
+            return
+        from mop.index import ExemplarIndex
+        from mop.personas import read_personas
+
+        path = self.artifact_path
+        if not (path / "meta.json").exists():  # e.g. setup() without prepare_data() in a notebook
+            self.prepare_data()
+        population = load_population(self.dataset)
+        meta = json.loads((path / "meta.json").read_text())
+        personas = read_personas(path / "personas.jsonl")
+        by_id = {r.id: r for r in population["train"]}
+        pool = [by_id[i] for i in json.loads((path / "pool_ids.json").read_text())]
+        self.artifacts = Artifacts(
+            directory=path, population=population, persona_texts=[p.text for p in personas],
+            persona_ids=[p.id for p in personas], persona_emb=np.load(path / "persona_emb.npy"),
+            pool=pool, pool_emb=np.load(path / "exemplar_embeddings.npy"),
+            context_emb={s: np.load(path / f"context_emb_{s}.npy") for s in ("train", "val", "test")},
+            index=ExemplarIndex.load(path), embedder=meta["embedder"],
+        )
+        self.exclude = {s: exclusions(population[s], pool, self.mask_same_response, self.mask_same_group)
+                        for s in ("train", "val", "test")}
+
+    # ------------------------------------------------------------------------------------------ loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        n = len(self.artifacts.population[split])
+        return DataLoader(_Indices(n), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=_collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def _encode_unique(embedder, texts: list[str], desc: str) -> np.ndarray:
+    """Embed each distinct text once (contexts repeat: one per movie and label)."""
+    uniq = sorted(set(texts))
+    if not uniq:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    emb = embedder.encode(uniq, desc=desc)
+    pos = {t: i for i, t in enumerate(uniq)}
+    return emb[[pos[t] for t in texts]]
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _collate(items: list[int]) -> torch.Tensor:
+    return torch.as_tensor(items, dtype=torch.long)

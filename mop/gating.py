@@ -1,0 +1,158 @@
+"""The MoP gate: persona weights pi(x), exemplar weights Omega_k(x) and per-persona temperatures tau_k.
+
+A plain ``nn.Module`` (DESIGN.md sections 1-2). Notation: h(.) are frozen, L2-normalised sentence embeddings of
+dimension D; the gate projects them to d dimensions:
+
+    x~ = W_x h(x),  g~_k = W_g h(g_k),  e~_j = W_e h(e_j)
+    log pi(x)        = log_softmax_k(x~ . g~_k)
+    log Omega_k(x)   = log_softmax_j((x~ + g~_k) . e~_j) = log_softmax_j(q_k . h(e_j)),  q_k = W_e^T (x~ + g~_k)
+
+No 1/sqrt(d) scaling of the dot products: the projections are initialised with std 1/sqrt(D) so that the gate
+starts close to uniform (the "untrained" gate), and the optimiser is free to sharpen it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mop.errors import MopError
+
+
+@dataclass
+class Candidates:
+    """The top-M (persona, exemplar) pairs of each record and their differentiable log weights."""
+
+    persona: torch.Tensor  # (B, M) long persona index k
+    exemplar: torch.Tensor  # (B, M) long pool position j (-1 where a record has fewer valid pairs)
+    log_weight: torch.Tensor  # (B, M) log pi_k + log Omega_kj (-inf for padding)
+    log_pi: torch.Tensor  # (B, K)
+    approximate: bool  # True when Omega was normalised over retrieved top-k only
+
+
+class Gate(nn.Module):
+    """Learnable projections W_x, W_g, W_e and per-persona log-temperatures."""
+
+    def __init__(self, embed_dim: int, num_personas: int, hidden_dim: int = 128, init_tau: float = 0.6,
+                 init_std: float | None = None, seed: int | None = None):
+        super().__init__()
+        if embed_dim <= 0 or num_personas <= 0 or hidden_dim <= 0:
+            raise MopError(f"gate sizes must be positive: embed_dim={embed_dim}, num_personas={num_personas}, "
+                           f"hidden_dim={hidden_dim}")
+        if init_tau <= 0:
+            raise MopError(f"init_tau must be positive, got {init_tau}")
+        self.embed_dim, self.num_personas, self.hidden_dim = embed_dim, num_personas, hidden_dim
+        self.W_x = nn.Linear(embed_dim, hidden_dim, bias=False)
+        self.W_g = nn.Linear(embed_dim, hidden_dim, bias=False)
+        self.W_e = nn.Linear(embed_dim, hidden_dim, bias=False)
+        self.log_tau = nn.Parameter(torch.full((num_personas,), math.log(init_tau)))
+        std = init_std if init_std is not None else 1.0 / math.sqrt(embed_dim)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for lin in (self.W_x, self.W_g, self.W_e):
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * std)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.exp()
+
+    def log_pi(self, hx: torch.Tensor, hg: torch.Tensor) -> torch.Tensor:
+        """(B, D), (K, D) -> (B, K) log persona weights."""
+        return torch.log_softmax(self.W_x(hx) @ self.W_g(hg).T, dim=-1)
+
+    def queries(self, hx: torch.Tensor, hg: torch.Tensor) -> torch.Tensor:
+        """(B, D), (K, D) -> (B, K, D) retrieval queries q_k = W_e^T (x~ + g~_k) in the frozen space."""
+        return (self.W_x(hx)[:, None, :] + self.W_g(hg)[None, :, :]) @ self.W_e.weight
+
+    def log_omega(self, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact exemplar weights over the whole pool: (B, K, N); masked exemplars get -inf."""
+        scores = self.queries(hx, hg) @ pool.T  # (B, K, N)
+        if mask is not None:
+            scores = scores.masked_fill(mask[:, None, :], float("-inf"))
+        return torch.log_softmax(scores, dim=-1)
+
+    def entropy(self, log_pi: torch.Tensor) -> torch.Tensor:
+        return -(log_pi.exp() * log_pi).sum(-1).mean()
+
+
+def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor, index,
+                      exclude: list[list[int]], num_candidates: int, exact_max_pool: int = 20_000,
+                      approx_topk: int = 256, explore: bool = False) -> Candidates:
+    """Top-M (persona, exemplar) pairs by log pi + log Omega, with target masking (DESIGN.md section 2).
+
+    The top min(K, M) personas by pi are taken; for each, the index retrieves its best exemplars with the
+    query q_k (excluding ``exclude[b]``); the best M pairs are kept. Selection is non-differentiable; the returned
+    log weights are. Omega is normalised exactly over the pool (dense) while the pool has at most
+    ``exact_max_pool`` exemplars, else over the ``approx_topk`` retrieved exemplars (``Candidates.approximate``).
+
+    ``explore`` appends one pair sampled from ((pi + uniform) / 2, Omega) (among the retrieved exemplars when
+    approximate), so that a persona outside the current top-M can still earn mass; a sample that duplicates a selected pair is
+    marked invalid (exemplar -1), so the pairs stay distinct and the objective stays a lower bound.
+    """
+    B, K, N = hx.shape[0], hg.shape[0], pool.shape[0]
+    log_pi = gate.log_pi(hx, hg)  # (B, K)
+    P = min(K, num_candidates)
+    top_p = log_pi.detach().topk(P, dim=-1).indices  # (B, P)
+    q = gate.queries(hx, hg)  # (B, K, D)
+    q_sel = torch.gather(q, 1, top_p[..., None].expand(-1, -1, q.shape[-1]))  # (B, P, D)
+    exact = N <= exact_max_pool
+    per_persona = min(num_candidates, N) if exact else min(max(approx_topk, num_candidates), N)
+    flat_q = q_sel.detach().reshape(B * P, -1).float().cpu().numpy()
+    flat_ex = [exclude[b] for b in range(B) for _ in range(P)]
+    _, pos = index.search(flat_q, per_persona, exclude=flat_ex)
+    pos = torch.as_tensor(np.asarray(pos), dtype=torch.long, device=hx.device).reshape(B, P, per_persona)
+    valid = pos >= 0
+    safe = pos.clamp(min=0)
+    if exact:
+        mask = torch.zeros(B, N, dtype=torch.bool, device=hx.device)
+        for b, ex in enumerate(exclude):
+            if ex:
+                mask[b, torch.as_tensor(ex, dtype=torch.long, device=hx.device)] = True
+        scores = q_sel @ pool.T  # (B, P, N)
+        scores = scores.masked_fill(mask[:, None, :], float("-inf"))
+        log_om = torch.log_softmax(scores, dim=-1).gather(2, safe)  # (B, P, per)
+    else:  # Omega normalised over the retrieved exemplars only (approximation, logged by the caller)
+        retrieved = pool[safe]  # (B, P, per, D)
+        scores = (retrieved @ q_sel[..., None]).squeeze(-1).masked_fill(~valid, float("-inf"))
+        log_om = torch.log_softmax(scores, dim=-1)
+    pair = log_pi.gather(1, top_p)[..., None] + log_om  # (B, P, per)
+    pair = pair.masked_fill(~valid, float("-inf"))
+    M = min(num_candidates, P * per_persona)
+    best = pair.detach().reshape(B, -1).topk(M, dim=-1).indices  # (B, M)
+    log_weight = pair.reshape(B, -1).gather(1, best)
+    persona = top_p.gather(1, best // per_persona)
+    exemplar = pos.reshape(B, -1).gather(1, best)
+    if explore:
+        # k ~ (pi(x) + uniform) / 2: a saturated gate still explores every persona. Only which pair is
+        # added depends on this; its weight is the true pi_k Omega_kj, so the bound is unchanged in kind.
+        k = torch.multinomial(0.5 * log_pi.detach().exp() + 0.5 / K, 1)  # (B, 1)
+        q_k = torch.gather(q, 1, k[..., None].expand(-1, -1, q.shape[-1])).squeeze(1)  # (B, D)
+        if exact:
+            ex_scores = (q_k @ pool.T).masked_fill(mask, float("-inf"))  # (B, N)
+            ex_pos = torch.arange(N, device=hx.device).expand(B, -1)
+        else:
+            _, got = index.search(q_k.detach().float().cpu().numpy(), per_persona, exclude=exclude)
+            ex_pos = torch.as_tensor(np.asarray(got), dtype=torch.long, device=hx.device)
+            ex_scores = (pool[ex_pos.clamp(min=0)] @ q_k[..., None]).squeeze(-1).masked_fill(ex_pos < 0,
+                                                                                              float("-inf"))
+        log_om_k = torch.log_softmax(ex_scores, dim=-1)  # (B, N or per)
+        pick = torch.multinomial(log_om_k.detach().exp(), 1)  # (B, 1) j ~ Omega_k(x)
+        j = ex_pos.gather(1, pick)
+        w = log_pi.gather(1, k) + log_om_k.gather(1, pick)  # (B, 1)
+        dup = ((persona == k) & (exemplar == j)).any(-1, keepdim=True)
+        persona = torch.cat([persona, k], 1)
+        exemplar = torch.cat([exemplar, j.masked_fill(dup, -1)], 1)
+        log_weight = torch.cat([log_weight, w.masked_fill(dup, float("-inf"))], 1)
+    return Candidates(persona=persona, exemplar=exemplar, log_weight=log_weight, log_pi=log_pi,
+                      approximate=not exact)
+
+
+def mixture_nll(log_weight: torch.Tensor, log_lik: torch.Tensor) -> torch.Tensor:
+    """-log sum_{(k,j) in S_i} pi_k Omega_kj p_LM(y_i | prompt): (B, M), (B, M) -> (B,), in float32."""
+    joint = log_weight.float() + log_lik.float()
+    return -torch.logsumexp(joint, dim=-1)

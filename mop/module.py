@@ -1,0 +1,204 @@
+"""The LightningModule: the gate (trained) + the frozen-LM scorer + the exemplar index (DESIGN.md s1-2).
+
+``training_step`` minimises the truncated mixture NLL over each record's top-M (persona, exemplar) pairs.
+Only the gate's parameters reach the optimiser; checkpoints hold the gate and metadata, never LM weights
+(the LM is kept outside the module's registered children).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from mop.errors import MopError
+from mop.gating import Gate, mixture_nll, select_candidates
+from mop.prompts import DEFAULT_TEMPLATE, render_prompt, validate_prompt_template
+
+
+class MixtureOfPersonas(pl.LightningModule):
+    """Mixture of Personas: learns pi(x), Omega_k(x) and tau_k against a frozen causal LM."""
+
+    def __init__(
+        self,
+        lm: str = "smollm2-135m",
+        lm_dtype: str | None = None,
+        use_chat_template: bool = False,
+        prompt_template: str = DEFAULT_TEMPLATE,
+        hidden_dim: int = 128,
+        init_tau: float = 0.6,
+        learn_tau: bool = True,
+        num_candidates: int = 4,
+        explore: bool = True,
+        exact_omega_max_pool: int = 20_000,
+        omega_topk: int = 256,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        max_prompt_tokens: int = 384,
+        max_target_tokens: int = 96,
+        max_batch_tokens: int = 4096,
+        gate_seed: int = 0,
+        export_dir: str | None = None,
+    ):
+        """
+        Args:
+            lm: the frozen causal LM (bundled name, local path or hub id).
+            lm_dtype: ``float32`` / ``bfloat16`` / ``float16``; None keeps the checkpoint's dtype.
+            use_chat_template: wrap prompts in the tokenizer's chat template (instruction-tuned LMs).
+            prompt_template: format string over persona, exemplar and target context (mop.prompts).
+            hidden_dim: d, the gate's projection size.
+            init_tau: initial per-persona temperature.
+            learn_tau: train the temperatures (False freezes them at init_tau).
+            num_candidates: M, the (persona, exemplar) pairs scored per record.
+            explore: in training, also score one pair sampled from (pi, Omega) (M + 1 LM calls per record).
+            exact_omega_max_pool: normalise Omega exactly (dense) up to this pool size; top-k beyond it.
+            omega_topk: exemplars per persona Omega is normalised over when the pool is larger.
+            lr: AdamW learning rate of the gate.
+            weight_decay: AdamW weight decay.
+            max_prompt_tokens: prompts are truncated from the left beyond this.
+            max_target_tokens: responses are truncated beyond this.
+            max_batch_tokens: token budget of one LM micro-batch (padding included).
+            gate_seed: seed of the gate's initialisation.
+            export_dir: where the trained gate is exported at the end of fit (default: the log dir).
+        """
+        super().__init__()
+        if num_candidates <= 0:
+            raise MopError(f"num_candidates (M) must be positive, got {num_candidates}")
+        if init_tau <= 0:
+            raise MopError(f"init_tau must be positive, got {init_tau}")
+        self.save_hyperparameters()
+        self.gate: Gate | None = None
+        self._scorer = None  # set by setup() or attach_scorer(); deliberately not an nn.Module child
+        self._dm = None  # the bound PopulationDataModule
+        self._targets: dict[str, list[list[int]]] = {}
+        self._lm_time = 0.0
+
+    # ---------------------------------------------------------------------------------------------- wiring
+    def attach_scorer(self, scorer) -> None:
+        """Use this scorer (e.g. a test double) instead of loading ``lm`` in setup()."""
+        object.__setattr__(self, "_scorer", scorer)
+
+    @property
+    def scorer(self):
+        return self._scorer
+
+    @property
+    def artifacts(self):
+        return self._dm.artifacts
+
+    def setup(self, stage: str) -> None:
+        self.bind(self.trainer.datamodule, stage)
+
+    def bind(self, dm, stage: str | None = None) -> None:
+        """Attach a set-up datamodule: build the gate, register the frozen embeddings, tokenise targets."""
+        dm.setup(stage)
+        object.__setattr__(self, "_dm", dm)
+        art = dm.artifacts
+        validate_prompt_template(self.hparams.prompt_template, art.population.spec.context_columns)
+        if self.gate is None:
+            self.gate = Gate(art.embed_dim, len(art.persona_texts), self.hparams.hidden_dim,
+                             self.hparams.init_tau, seed=self.hparams.gate_seed)
+            self.gate.log_tau.requires_grad_(self.hparams.learn_tau)
+        self.register_buffer("persona_emb", torch.as_tensor(art.persona_emb), persistent=False)
+        self.register_buffer("pool_emb", torch.as_tensor(art.pool_emb), persistent=False)
+        for split, emb in art.context_emb.items():
+            self.register_buffer(f"context_emb_{split}", torch.as_tensor(emb), persistent=False)
+        if self._scorer is None:
+            from mop.assets import load_lm
+            from mop.scoring import FrozenLMScorer
+
+            model, tokenizer = load_lm(self.hparams.lm, dtype=self.hparams.lm_dtype)
+            self.attach_scorer(FrozenLMScorer(
+                model, tokenizer, use_chat_template=self.hparams.use_chat_template,
+                max_prompt_tokens=self.hparams.max_prompt_tokens, max_target_tokens=self.hparams.max_target_tokens,
+                max_batch_tokens=self.hparams.max_batch_tokens))
+        for split in ("train", "val", "test"):  # tokenise every target once, not every step
+            if split not in self._targets:
+                self._targets[split] = self._scorer.encode_targets([r.response for r in art.population[split]])
+
+    def on_fit_start(self) -> None:
+        model = getattr(self._scorer, "model", None)
+        if model is not None:
+            model.to(self.device)
+
+    def configure_optimizers(self):
+        params = [p for p in self.gate.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ------------------------------------------------------------------------------------------ the loss
+    def mixture_loss(self, split: str, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Truncated mixture NLL of records ``idx`` of ``split`` over their top-M candidate pairs."""
+        art, dm = self.artifacts, self._dm
+        rows = idx.tolist()
+        hx = getattr(self, f"context_emb_{split}")[idx]  # (B, D)
+        cand = select_candidates(self.gate, hx, self.persona_emb, self.pool_emb, art.index,
+                                 [dm.exclude[split][r] for r in rows], self.hparams.num_candidates,
+                                 self.hparams.exact_omega_max_pool, self.hparams.omega_topk,
+                                 explore=self.hparams.explore and split == "train" and self.training)
+        B, M = cand.persona.shape
+        valid = cand.exemplar >= 0  # False where target masking left a record fewer than M pairs
+        if not bool(valid.any(-1).all()):
+            raise MopError("a record has no usable exemplar after target masking: the exemplar pool is too "
+                           "small; add exemplars or relax mask_same_response / mask_same_group")
+        pairs = valid.nonzero().tolist()  # [(b, m)] in row-major order
+        prompts = [render_prompt(self.hparams.prompt_template, art.population.spec.context_template,
+                                 art.population[split][rows[b]], art.persona_texts[int(cand.persona[b, m])],
+                                 art.pool[int(cand.exemplar[b, m])]) for b, m in pairs]
+        targets = [self._targets[split][rows[b]] for b, _ in pairs]
+        tau = self.gate.tau[cand.persona[valid]]  # (P,) per-pair temperature of its persona
+        t0 = time.perf_counter()
+        scored = self._scorer.score_ids(self._scorer.encode_prompts(prompts), targets, tau)
+        self._lm_time += time.perf_counter() - t0
+        log_lik = torch.full((B, M), float("-inf"), device=cand.log_weight.device)
+        log_lik = log_lik.masked_scatter(valid, scored.to(log_lik.device).float())  # (B, M)
+        nll = mixture_nll(cand.log_weight, log_lik.to(cand.log_weight.device))  # (B,)
+        n_tok = torch.tensor([len(self._targets[split][r]) for r in rows], dtype=torch.float32, device=nll.device)
+        return {"nll": nll.mean(), "nll_per_token": nll.sum() / n_tok.sum(), "entropy": self.gate.entropy(cand.log_pi),
+                "selected_mass": cand.log_weight.detach().exp().sum(-1).mean(), "approximate": cand.approximate,
+                "tokens": n_tok.sum()}
+
+    def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        out = self.mixture_loss("train", idx)
+        B = idx.shape[0]
+        tau = self.gate.tau.detach()
+        self.log_dict({"train/nll": out["nll"], "train/nll_per_token": out["nll_per_token"],
+                       "gate/entropy": out["entropy"], "gate/selected_mass": out["selected_mass"],
+                       "gate/tau_mean": tau.mean(), "gate/tau_min": tau.min(), "gate/tau_max": tau.max()},
+                      batch_size=B, prog_bar=False, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("nll_tok", out["nll_per_token"], prog_bar=True, batch_size=B, on_step=True, on_epoch=False,
+                 logger=False)
+        if out["approximate"] and batch_idx == 0:
+            self.print("note: Omega normalised over the top-k retrieved exemplars (pool > exact_omega_max_pool)")
+        return out["nll"]
+
+    def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
+        out = self.mixture_loss("val", idx)
+        B = idx.shape[0]
+        # per-token NLL as a ratio of sums: accumulate both and divide at epoch end
+        self._val_sums[0] += float(out["nll"]) * B
+        self._val_sums[1] += float(out["tokens"])
+        self.log("val/nll", out["nll"], batch_size=B, on_epoch=True, sync_dist=True, prog_bar=True)
+        self.log("val/gate_entropy", out["entropy"], batch_size=B, on_epoch=True, sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = [0.0, 0.0]
+
+    def on_validation_epoch_end(self) -> None:
+        sums = torch.tensor(self._val_sums, dtype=torch.float64, device=self.device)
+        sums = self.all_gather(sums).reshape(-1, 2).sum(0) if self.trainer.world_size > 1 else sums
+        if sums[1] > 0:
+            self.log("val/nll_per_token", float(sums[0] / sums[1]), prog_bar=True, sync_dist=False)
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        art = self.artifacts
+        checkpoint["mop"] = {"artifacts_dir": str(art.directory), "embedder": art.embedder,
+                             "embed_dim": art.embed_dim, "num_personas": len(art.persona_texts),
+                             "persona_texts": art.persona_texts, "lm": self.hparams.lm}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("mop")
+        if meta and self.gate is None:
+            self.gate = Gate(meta["embed_dim"], meta["num_personas"], self.hparams.hidden_dim, self.hparams.init_tau)

@@ -1,0 +1,45 @@
+"""Prompt templates: persona + exemplar + target context -> the text the frozen LM continues (DESIGN.md s4).
+
+Templates are Python format strings. Fields: ``{persona}``, ``{context}`` (the rendered target context), every
+target context field and ``{label}`` by name, ``{exemplar_context}``, ``{exemplar_response}`` and
+``{exemplar[FIELD]}`` (an exemplar's context field, ``label`` or ``response``). A line whose fields all render
+empty is dropped, so one template serves prompts with and without a persona or an exemplar (the baselines).
+"""
+
+from __future__ import annotations
+
+from mop.data import BlankDict, Record, render_template, template_fields
+from mop.errors import MopError
+
+DEFAULT_TEMPLATE = (
+    "You embody the persona in the description to complete the task.\n"
+    "Persona: {persona}\n"
+    "Example: you wrote this response to {exemplar_context}:\n{exemplar_response}\n"
+    "Now write a response to {context}.\n"
+    "Response:"
+)
+
+FIXED_FIELDS = {"persona", "context", "exemplar", "exemplar_context", "exemplar_response", "label"}
+
+
+def validate_prompt_template(template: str, context_fields: list[str]) -> None:
+    unknown = [f for f in template_fields(template) if f not in FIXED_FIELDS | set(context_fields)]
+    if unknown:
+        raise MopError(f"prompt_template uses unknown field(s) {', '.join(unknown)}; available: "
+                       f"{', '.join(sorted(FIXED_FIELDS | set(context_fields)))}")
+
+
+def render_prompt(template: str, context_template: str, target: Record, persona: str | None = None,
+                  exemplar: Record | None = None) -> str:
+    """The prompt for one (persona, exemplar, target context); persona / exemplar may be omitted."""
+    target_fields = {**target.context, "label": target.label or ""}
+    fields = {**target_fields, "context": render_template(context_template, target_fields),
+              "persona": persona or ""}
+    if exemplar is not None:
+        ex_fields = {**exemplar.context, "label": exemplar.label or ""}
+        fields.update(exemplar={**ex_fields, "response": exemplar.response},
+                      exemplar_context=render_template(context_template, ex_fields),
+                      exemplar_response=exemplar.response)
+    else:
+        fields.update(exemplar=BlankDict(), exemplar_context="", exemplar_response="")
+    return render_template(template, fields)

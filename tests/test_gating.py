@@ -1,0 +1,162 @@
+"""The gate and the training objective: exactness against brute force, target masking, learning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_llama, tiny_tokenizer
+from gate_fixtures import synthetic_datamodule
+
+from mop.gating import Gate, mixture_nll, select_candidates
+from mop.index import ExemplarIndex
+from mop.module import MixtureOfPersonas
+from mop.prompts import render_prompt
+from mop.scoring import FrozenLMScorer, naive_log_likelihood
+
+TEMPLATE = "Persona: {persona}\nExample: {exemplar_response}\nWrite about {topic}.\n"
+
+
+def _module(dm, num_candidates, scorer=None, **kw):
+    module = MixtureOfPersonas(num_candidates=num_candidates, prompt_template=TEMPLATE, **kw)
+    if scorer is not None:
+        module.attach_scorer(scorer)
+    module.bind(dm)
+    return module
+
+
+def test_loss_equals_brute_force_mixture_when_m_covers_every_pair():
+    torch.manual_seed(0)
+    K, N = 3, 5
+    dm = synthetic_datamodule(n_train=N, n_val=2, k=K, n_pool=N)
+    tok = tiny_tokenizer()
+    lm = tiny_llama(len(tok))
+    module = _module(dm, K * N, FrozenLMScorer(lm, tok, max_batch_tokens=512), init_tau=0.8)
+    with torch.no_grad():  # distinct temperatures per persona, so tau_k must follow persona k
+        module.gate.log_tau.copy_(torch.log(torch.tensor([0.5, 0.9, 1.4])))
+    idx = torch.tensor([0, 3])
+    loss = module.mixture_loss("train", idx)["nll"]
+
+    art, gate = dm.artifacts, module.gate
+    hx = torch.as_tensor(art.context_emb["train"])
+    hg, pool = torch.as_tensor(art.persona_emb), torch.as_tensor(art.pool_emb)
+    expected = []
+    for i in idx.tolist():
+        with torch.no_grad():
+            x_t = hx[i] @ gate.W_x.weight.T
+            g_t = hg @ gate.W_g.weight.T
+            e_t = pool @ gate.W_e.weight.T
+            pi = torch.softmax(g_t @ x_t, 0)
+        total = 0.0
+        target = module.scorer.encode_targets([art.population["train"][i].response])
+        for k in range(K):
+            scores = e_t @ (x_t + g_t[k])
+            scores[i] = -math.inf  # record i is never its own exemplar
+            omega = torch.softmax(scores, 0)
+            for j in range(N):
+                if j == i:
+                    continue
+                prompt = render_prompt(TEMPLATE, "about {topic}", art.population["train"][i],
+                                       art.persona_texts[k], art.pool[j])
+                ll = naive_log_likelihood(lm, module.scorer.encode_prompts([prompt]), target,
+                                          gate.tau[k].detach())
+                total += float(pi[k] * omega[j] * torch.exp(ll[0].double()))
+        expected.append(-math.log(total))
+    assert loss.item() == pytest.approx(float(np.mean(expected)), rel=1e-4, abs=1e-4)
+
+
+def test_record_is_never_its_own_exemplar_even_when_it_is_the_best_match():
+    dm = synthetic_datamodule(n_train=30, n_val=2, k=4, noise=0.5)
+    art = dm.artifacts
+    D = art.embed_dim
+    gate = Gate(D, 4, D, seed=1)
+    with torch.no_grad():  # make every record's best exemplar itself: queries are 10 h(x)
+        gate.W_x.weight.copy_(torch.eye(D))
+        gate.W_e.weight.copy_(torch.eye(D) * 10)
+        gate.W_g.weight.zero_()
+    hx = torch.as_tensor(art.context_emb["train"])
+    pool = torch.as_tensor(art.pool_emb)
+    cand = select_candidates(gate, hx, torch.as_tensor(art.persona_emb), pool, art.index,
+                             dm.exclude["train"], num_candidates=4)
+    no_mask = select_candidates(gate, hx, torch.as_tensor(art.persona_emb), pool, art.index,
+                                [[] for _ in range(30)], num_candidates=4)
+    assert (no_mask.exemplar[:, 0] == torch.arange(30)).all()  # unmasked, self is the best match
+    for i in range(30):
+        assert i not in cand.exemplar[i].tolist()
+
+
+def test_candidates_are_the_top_pairs_and_weights_are_differentiable():
+    dm = synthetic_datamodule(n_train=40, n_val=2, k=5, noise=0.5)
+    art = dm.artifacts
+    gate = Gate(art.embed_dim, 5, 8, seed=0, init_std=1.0)
+    hx = torch.as_tensor(art.context_emb["train"][:6])
+    hg, pool = torch.as_tensor(art.persona_emb), torch.as_tensor(art.pool_emb)
+    excl = dm.exclude["train"][:6]
+    cand = select_candidates(gate, hx, hg, pool, art.index, excl, num_candidates=4)
+    log_pi = gate.log_pi(hx, hg)
+    mask = torch.zeros(6, pool.shape[0], dtype=torch.bool)
+    for b in range(6):
+        mask[b, excl[b]] = True
+    full = log_pi[:, :, None] + gate.log_omega(hx, hg, pool, mask)  # (B, K, N), masked pool normalisation
+    top_personas = log_pi.topk(4, dim=-1).indices
+    for b in range(6):  # the best 4 pairs among the top-4 personas' pairs
+        sub = full[b, top_personas[b]].flatten()
+        assert torch.allclose(cand.log_weight[b].sort(descending=True).values, sub.topk(4).values, atol=1e-5)
+    cand.log_weight.sum().backward()
+    assert gate.W_x.weight.grad.abs().sum() > 0 and gate.W_e.weight.grad.abs().sum() > 0
+
+
+def test_approximate_omega_is_used_and_flagged_above_the_pool_threshold():
+    dm = synthetic_datamodule(n_train=60, n_val=2, k=3)
+    art = dm.artifacts
+    gate = Gate(art.embed_dim, 3, 8, seed=0)
+    hx, hg, pool = (torch.as_tensor(a) for a in (art.context_emb["train"][:4], art.persona_emb, art.pool_emb))
+    exact = select_candidates(gate, hx, hg, pool, art.index, dm.exclude["train"][:4], 3)
+    approx = select_candidates(gate, hx, hg, pool, art.index, dm.exclude["train"][:4], 3, exact_max_pool=10,
+                               approx_topk=60)
+    assert not exact.approximate and approx.approximate
+    # with top-k covering the whole pool, the approximation is exact
+    assert torch.allclose(exact.log_weight, approx.log_weight, atol=1e-5)
+
+
+def test_mixture_nll_is_logsumexp():
+    lw = torch.log(torch.tensor([[0.5, 0.25]]))
+    ll = torch.log(torch.tensor([[0.1, 0.4]]))
+    assert mixture_nll(lw, ll).item() == pytest.approx(-math.log(0.5 * 0.1 + 0.25 * 0.4))
+
+
+class GroupScorer:
+    """A stand-in LM: the response is likely only when the prompt's persona matches the record's group."""
+
+    def encode_targets(self, targets):
+        return [[int(t.split()[3])] for t in targets]  # "text of group G number I"
+
+    def encode_prompts(self, prompts):
+        return [[int(p.split("persona-")[1].split()[0])] for p in prompts]
+
+    def score_ids(self, prompt_ids, target_ids, tau, k=4):
+        # a K-token vocabulary whose logits favour the persona's group: log softmax(z / tau)[group]
+        z = torch.zeros(len(prompt_ids), k)
+        z[torch.arange(len(prompt_ids)), torch.tensor([p[0] for p in prompt_ids])] = 8.0
+        y = torch.tensor([t[0] for t in target_ids])
+        return torch.log_softmax(z / tau[:, None], dim=-1)[torch.arange(len(y)), y]
+
+
+def test_gate_learns_which_persona_explains_which_group():
+    import lightning.pytorch as pl
+
+    K = 4
+    dm = synthetic_datamodule(n_train=240, n_val=120, k=K, noise=0.15, batch_size=16, n_pool=60)
+    module = MixtureOfPersonas(num_candidates=2, prompt_template=TEMPLATE)
+    module.attach_scorer(GroupScorer())
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    art = dm.artifacts
+    with torch.no_grad():
+        log_pi = module.gate.log_pi(torch.as_tensor(art.context_emb["val"]), torch.as_tensor(art.persona_emb))
+    truth = torch.tensor([int(r.group) for r in art.population["val"]])
+    accuracy = (log_pi.argmax(-1) == truth).float().mean().item()
+    assert accuracy >= 0.9, accuracy
