@@ -1,0 +1,43 @@
+"""Run by tests/test_ddp.py: a 2-process CPU DDP (gloo) fit on a tiny random LM; each rank dumps its gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from conftest import tiny_llama, tiny_tokenizer  # noqa: E402
+from gate_fixtures import synthetic_datamodule  # noqa: E402
+
+from mop.module import MixtureOfPersonas  # noqa: E402
+from mop.scoring import FrozenLMScorer  # noqa: E402
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    pl.seed_everything(0)
+    dm = synthetic_datamodule(n_train=24, n_val=8, k=3, n_pool=24, batch_size=4)
+    tok = tiny_tokenizer()
+    module = MixtureOfPersonas(num_candidates=2, prompt_template="P: {persona}\nE: {exemplar_response}\n",
+                               lr=0.05)
+    module.attach_scorer(FrozenLMScorer(tiny_llama(len(tok), hidden=16, layers=1), tok, max_batch_tokens=2048))
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/nll"]
+    trainer.fit(module, datamodule=dm)
+    after = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/nll"]
+    rank = trainer.global_rank
+    torch.save({k: v.detach().clone() for k, v in module.gate.state_dict().items()}, out / f"gate{rank}.pt")
+    (out / f"loss{rank}.json").write_text(json.dumps({"before": before, "after": after,
+                                                      "world_size": trainer.world_size}))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main(Path(sys.argv[1]))

@@ -1,0 +1,25 @@
+"""Multi-process training: 2-process CPU DDP (gloo) keeps the gate in sync and lowers the loss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def test_two_process_cpu_ddp_identical_gates_and_lower_loss(tmp_path):
+    script = Path(__file__).with_name("ddp_train.py")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g0, g1 = torch.load(tmp_path / "gate0.pt", weights_only=True), torch.load(tmp_path / "gate1.pt",
+                                                                               weights_only=True)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        assert torch.equal(g0[name], g1[name]), name
+    losses = [json.loads((tmp_path / f"loss{r}.json").read_text()) for r in (0, 1)]
+    assert losses[0]["world_size"] == 2
+    assert losses[0]["after"] < losses[0]["before"] - 0.05, losses[0]
