@@ -1,0 +1,506 @@
+"""The frozen-LM scorer: log p_LM^tau(y | prompt) for batches of (prompt, target) pairs, exact in tau.
+
+log p^tau(y | prompt) = sum_t log softmax(z_t / tau)[y_t], z_t the frozen LM's logits (DESIGN.md section 2).
+This is the hot path of training, so every token counts:
+
+- prompt and target are tokenised separately and concatenated; only the target tokens are scored;
+- pairs are sorted by length and packed into right-padded micro-batches under a token budget (padding
+  counted);
+- the LM runs without autograd and only its decoder body runs over the sequence: the output head is applied
+  to the hidden states at the target positions alone, so no (B, L, V) logits are ever materialised;
+- the value and its exact derivative in tau are computed together in float32, chunked over target tokens
+  (memory ~ 2 x chunk_tokens x V floats), and a custom autograd function hands d/dtau to the gate.
+  No gradient ever flows into the LM.
+
+For a token with logits z (V,) and target y:  value = z_y / tau - logsumexp(z / tau),
+d value / d tau = (E_{softmax(z / tau)}[z] - z_y) / tau^2.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from mop.errors import MopError
+
+__all__ = ["Encoded", "FrozenLMScorer", "naive_log_likelihood", "tempered_token_terms"]
+
+
+@dataclass
+class Encoded:
+    """Token ids of (prompt, target) pairs, ready for :meth:`FrozenLMScorer.score_ids`."""
+
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]]
+
+
+def tempered_token_terms(
+    z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, *, inplace: bool = False, with_grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log softmax(z / tau)[y] and its derivative in tau, for logits z (C, V), y (C,), tau (C,).
+
+    Works on logits centred at the target's, w = z - z_y, so that value = -logsumexp(w / tau) and
+    d value / d tau = E_softmax[w] / tau^2 are sums of small terms: float32 then stays accurate at
+    vocabularies of 10^5 (uncentred E[z] - z_y loses up to ~1e-2 per token to cancellation).
+    z must be float32 or float64; it is overwritten when ``inplace``. Extra memory: one (C, V) buffer
+    (two when not inplace). Without ``with_grad`` the derivative is skipped (None).
+    """
+    zy = z.gather(1, y[:, None])  # (C, 1)
+    w = z.sub_(zy) if inplace else z - zy  # (C, V) centred logits, w_y = 0
+    p = w / tau[:, None]  # (C, V)
+    m = p.amax(dim=1, keepdim=True)  # (C, 1) >= 0
+    p.sub_(m).exp_()  # (C, V) unnormalised softmax(w / tau), in place
+    norm = p.sum(dim=1)  # (C,) >= 1: the largest term is exp(0)
+    value = -(m.squeeze(1) + norm.log())  # (C,) z_y / tau - logsumexp(z / tau)
+    if not with_grad:
+        return value, None
+    expected_w = w.mul_(p).sum(dim=1) / norm  # (C,) E_softmax[z] - z_y (w is consumed)
+    return value, expected_w / (tau * tau)
+
+
+class _TemperedLogLik(torch.autograd.Function):
+    """Per-row sum of tempered target log-probs; backward is the exact d/dtau saved during forward.
+
+    Inputs: tau_rows (B,), a function giving (float logits (C, V) for target tokens [start, end), whether they
+    may be overwritten), the target ids (T,), their row index (T,), the chunk size, and whether d/dtau is
+    needed at all (not under torch.no_grad or for a constant tau). The LM is never part of the autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx, tau_rows, logits_fn, targets, rows, chunk_tokens, with_grad):
+        tau_tok = tau_rows.detach()[rows]  # (T,)
+        out = torch.zeros(tau_rows.shape[0], dtype=tau_rows.dtype, device=tau_rows.device)
+        dout = torch.zeros_like(out)
+        for start in range(0, targets.shape[0], chunk_tokens):
+            end = min(start + chunk_tokens, targets.shape[0])
+            z, owned = logits_fn(start, end)  # (C, V) in tau_rows.dtype; owned: ours to overwrite
+            value, dvalue = tempered_token_terms(
+                z, targets[start:end], tau_tok[start:end], inplace=owned, with_grad=with_grad
+            )
+            del z
+            out.index_add_(0, rows[start:end], value)
+            if with_grad:
+                dout.index_add_(0, rows[start:end], dvalue)
+        ctx.save_for_backward(dout)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (dout,) = ctx.saved_tensors
+        return grad_out * dout, None, None, None, None, None
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision models, float64 kept for float64 models (useful for finite differences)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_tau(tau: torch.Tensor | float, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A (n,) temperature tensor on `device` (differentiable when `tau` is), validated positive."""
+    if not isinstance(tau, torch.Tensor):
+        tau = torch.tensor(float(tau))
+    if tau.dim() == 0:
+        tau = tau.expand(n)
+    if tau.shape != (n,):
+        raise MopError(f"tau must be a scalar or have shape ({n},) (one per pair), got {tuple(tau.shape)}")
+    tau = tau.to(device=device, dtype=dtype)
+    if n and not bool((tau.detach() > 0).all()):
+        raise MopError(f"temperatures must be positive, got min {float(tau.detach().min()):.4g}")
+    return tau
+
+
+class FrozenLMScorer:
+    """Scores log p_LM^tau(target | prompt) under a frozen causal LM, differentiably in tau only.
+
+    Args:
+        model: a Hugging Face causal LM (or a ``peft.PeftModel`` around one), frozen and in eval mode.
+        tokenizer: its tokenizer; may be None when only :meth:`score_ids` is used.
+        use_chat_template: render each prompt as a user turn of the tokenizer's chat template (with the
+            generation prompt); the end-of-turn token then terminates the target.
+        append_eos: append the end token to each target, so the score accounts for where the text ends.
+        eos_token_id: the end token to append (default: the end-of-turn token with a chat template, else the
+            tokenizer's eos).
+        target_prefix: text put before each target before tokenising (e.g. " " when a plain-text prompt ends
+            in "Review:" so the first word gets its natural leading-space token).
+        max_prompt_tokens: prompts longer than this lose tokens from the left (a leading BOS is kept).
+        max_target_tokens: targets longer than this are cut at the end (the end token is then not scored).
+        max_batch_tokens: token budget of one LM micro-batch, padding included.
+        chunk_tokens: target tokens whose full-vocabulary logits are held at once (memory ~ 2 x chunk x V).
+        check_head: verify once, on a short input, that the decoder-body + output-head shortcut reproduces
+            the model's own logits; when it does not (an unknown architecture), fall back to full logits.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        use_chat_template: bool = False,
+        append_eos: bool = True,
+        eos_token_id: int | None = None,
+        target_prefix: str = "",
+        max_prompt_tokens: int = 512,
+        max_target_tokens: int = 128,
+        max_batch_tokens: int = 8192,
+        chunk_tokens: int = 1024,
+        check_head: bool = True,
+    ):
+        if max_prompt_tokens < 1 or max_target_tokens < 1 or max_batch_tokens < 1 or chunk_tokens < 1:
+            raise MopError(
+                "max_prompt_tokens, max_target_tokens, max_batch_tokens and chunk_tokens must be >= 1, got "
+                f"{max_prompt_tokens}, {max_target_tokens}, {max_batch_tokens}, {chunk_tokens}"
+            )
+        if use_chat_template and (tokenizer is None or not getattr(tokenizer, "chat_template", None)):
+            raise MopError("use_chat_template=True but the tokenizer has no chat template (a base model?)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.use_chat_template = use_chat_template
+        self.append_eos = append_eos
+        self.target_prefix = target_prefix
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_target_tokens = max_target_tokens
+        self.max_batch_tokens = max_batch_tokens
+        self.chunk_tokens = chunk_tokens
+        self.n_truncated = {"prompt": 0, "target": 0}
+        self.num_lm_calls = 0  # micro-batches run so far (for logging and tests)
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft.PeftModel
+        self._base = base
+        config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        self.vocab_size = int(config.vocab_size)
+        self.eos_token_id = self._resolve_eos(eos_token_id)
+        self._prompt_prefix = self._special_prefix()
+        # Post-head transforms the CausalLM forward applies (Gemma 2/3 softcapping, Cohere, Granite).
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        model_type = str(getattr(config, "model_type", ""))
+        self._logit_mult = getattr(config, "logit_scale", None) if model_type.startswith("cohere") else None
+        self._logit_div = getattr(config, "logits_scaling", None) if "granite" in model_type else None
+        self._decoder, self._head = self._find_decoder_and_head(base)
+        self.mode = "head" if self._decoder is not None else "full"
+        if self.mode == "head" and check_head and not self._head_matches_model():
+            warnings.warn(
+                f"{type(base).__name__}: decoder body + output head does not reproduce the model's logits; "
+                "scoring falls back to full logits (correct, but more memory per micro-batch)",
+                stacklevel=2,
+            )
+            self.mode = "full"
+
+    # ------------------------------------------------------------------ model facts
+    @property
+    def device(self) -> torch.device:
+        """Where input ids go: the device of the input embeddings."""
+        return self._base.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._base.get_input_embeddings().weight.dtype
+
+    @staticmethod
+    def _find_decoder_and_head(base):
+        head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+        decoder = None
+        if hasattr(base, "get_decoder"):
+            try:
+                decoder = base.get_decoder()
+            except (AttributeError, NotImplementedError, ValueError):
+                decoder = None
+        if decoder is None or decoder is base or head is None:
+            return None, None
+        return decoder, head
+
+    def _resolve_eos(self, eos_token_id: int | None) -> int | None:
+        if eos_token_id is not None:
+            return int(eos_token_id)
+        tok = self.tokenizer
+        if tok is None:
+            eos = getattr(self._base.config, "eos_token_id", None)
+            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        elif self.use_chat_template:
+            eos = self._end_of_turn_id()
+        else:
+            eos = tok.eos_token_id
+        if eos is None and self.append_eos:
+            raise MopError("append_eos=True but the tokenizer has no eos token; pass eos_token_id=...")
+        return eos
+
+    def _end_of_turn_id(self) -> int | None:
+        """The token that closes an assistant turn in the chat template (e.g. <|im_end|>, <end_of_turn>)."""
+        tok = self.tokenizer
+        sentinel = "MOPSENTINEL"
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False
+        )
+        after = text[text.rfind(sentinel) + len(sentinel):] if sentinel in text else ""
+        ids = tok(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+        special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
+        return next((int(i) for i in ids if i in special), tok.eos_token_id)
+
+    def _special_prefix(self) -> list[int]:
+        """Special tokens the tokenizer puts before a text (BOS for most models, nothing for SmolLM2)."""
+        tok = self.tokenizer
+        if tok is None or self.use_chat_template:
+            return []
+        full = tok("a b")["input_ids"]
+        plain = tok("a b", add_special_tokens=False)["input_ids"]
+        for i in range(len(full) - len(plain) + 1):
+            if full[i:i + len(plain)] == plain:
+                return list(full[:i])
+        return []
+
+    # ------------------------------------------------------------------ tokenisation
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise MopError("this scorer was built without a tokenizer: pass token ids to score_ids()")
+        return self.tokenizer
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Prompt ids (with BOS / chat-template framing), left-truncated to max_prompt_tokens."""
+        tok = self._need_tokenizer()
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if self.use_chat_template:
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=False) for p in prompts]
+            out = [list(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        else:
+            encoded = tok(prompts, add_special_tokens=False)["input_ids"]
+            out = [self._prompt_prefix + list(ids) for ids in encoded]
+        return [self._truncate_prompt(ids) for ids in out]
+
+    def _truncate_prompt(self, ids: list[int]) -> list[int]:
+        if len(ids) <= self.max_prompt_tokens:
+            return ids
+        self._note_truncation("prompt")
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        keep = 1 if ids and bos is not None and ids[0] == bos and self.max_prompt_tokens > 1 else 0
+        return ids[:keep] + ids[len(ids) - (self.max_prompt_tokens - keep):]
+
+    def encode_targets(self, targets: Sequence[str]) -> list[list[int]]:
+        """Target ids: target_prefix + text without special tokens, then the end token; cut at the end."""
+        tok = self._need_tokenizer()
+        targets = list(targets)
+        if not targets:
+            return []
+        ids_list = tok([self.target_prefix + t for t in targets], add_special_tokens=False)["input_ids"]
+        out = []
+        for ids in ids_list:
+            ids = list(ids) + ([self.eos_token_id] if self.append_eos else [])
+            if len(ids) > self.max_target_tokens:
+                self._note_truncation("target")
+                ids = ids[: self.max_target_tokens]
+            out.append(ids)
+        return out
+
+    def encode(self, prompts: Sequence[str], targets: Sequence[str]) -> Encoded:
+        if len(prompts) != len(targets):
+            raise MopError(f"got {len(prompts)} prompts but {len(targets)} targets")
+        return Encoded(self.encode_prompts(prompts), self.encode_targets(targets))
+
+    def _note_truncation(self, what: str) -> None:
+        self.n_truncated[what] += 1
+        if self.n_truncated[what] == 1:
+            limit = self.max_prompt_tokens if what == "prompt" else self.max_target_tokens
+            warnings.warn(f"a {what} was truncated to max_{what}_tokens={limit} (further ones are only "
+                          "counted in scorer.n_truncated)", stacklevel=3)
+
+    # ------------------------------------------------------------------ scoring
+    def score(
+        self, prompts: Sequence[str], targets: Sequence[str], tau: torch.Tensor | float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise and score: (log-likelihood (N,), number of scored target tokens (N,))."""
+        enc = self.encode(prompts, targets)
+        loglik = self.score_ids(enc.prompt_ids, enc.target_ids, tau)
+        n_tokens = torch.tensor([len(t) for t in enc.target_ids], dtype=torch.long, device=loglik.device)
+        return loglik, n_tokens
+
+    def score_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+        tau: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """log p^tau(target | prompt) per pair, (N,) float32, differentiable with respect to tau only.
+
+        tau is a scalar or (N,) tensor (per-pair temperature); the result lives on tau's device (the model's
+        when tau is a number). Pairs are scored in length-sorted micro-batches and returned in input order.
+        """
+        n = len(prompt_ids)
+        if len(target_ids) != n:
+            raise MopError(f"got {n} prompts but {len(target_ids)} targets")
+        out_device = tau.device if isinstance(tau, torch.Tensor) else self.device
+        cdtype = _compute_dtype(self.dtype)
+        tau_rows = _as_tau(tau, n, self.device, cdtype)
+        if n == 0:
+            return torch.zeros(0, dtype=cdtype, device=out_device)
+        self._validate_ids(prompt_ids, target_ids)
+        if self._base.training:  # e.g. a LightningModule's .train() reached the frozen LM: keep it in eval
+            self._base.eval()
+
+        lengths = [len(p) + len(t) - 1 for p, t in zip(prompt_ids, target_ids)]  # the last token: never input
+        scored = [i for i in range(n) if len(target_ids[i]) > 0]
+        parts, order = [], []
+        for rows in self._micro_batches(scored, lengths):
+            parts.append(self._score_micro_batch(rows, prompt_ids, target_ids, tau_rows))
+            order.extend(rows)
+        empty = [i for i in range(n) if len(target_ids[i]) == 0]
+        if empty:  # an empty target has probability 1 under any tau
+            parts.append(torch.zeros(len(empty), dtype=cdtype, device=tau_rows.device))
+            order.extend(empty)
+        flat = torch.cat([p.to(tau_rows.device) for p in parts])
+        inverse = torch.empty(n, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(n)
+        return flat[inverse.to(flat.device)].to(out_device)
+
+    def _validate_ids(self, prompt_ids, target_ids) -> None:
+        for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
+            if len(p) == 0:
+                raise MopError(f"pair {i} has an empty prompt: the first target token needs a context token "
+                               "(a BOS or some prompt text)")
+            for ids in (p, t):
+                if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+                    raise MopError(f"pair {i} has a token id outside [0, {self.vocab_size}): "
+                                   "wrong tokenizer for this model?")
+
+    def _micro_batches(self, rows: list[int], lengths: list[int]) -> list[list[int]]:
+        """Longest first, greedily packed so that rows x longest length <= max_batch_tokens."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in sorted(rows, key=lambda r: -lengths[r]):
+            if current and (len(current) + 1) * lengths[current[0]] > self.max_batch_tokens:
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _score_micro_batch(self, rows, prompt_ids, target_ids, tau_rows) -> torch.Tensor:
+        device, cdtype = self.device, _compute_dtype(self.dtype)
+        seqs = [list(prompt_ids[i]) + list(target_ids[i])[:-1] for i in rows]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)  # right padding: never seen by real tokens
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        tgt, row_of, pos_of = [], [], []
+        for b, (i, s) in enumerate(zip(rows, seqs)):
+            ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[b, : len(s)] = 1
+            start = len(prompt_ids[i]) - 1  # hidden state at p predicts token p + 1
+            tgt.extend(target_ids[i])
+            row_of.extend([b] * len(target_ids[i]))
+            pos_of.extend(range(start, start + len(target_ids[i])))
+        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        row_t = torch.tensor(row_of, dtype=torch.long)
+        pos_t = torch.tensor(pos_of, dtype=torch.long)
+
+        self.num_lm_calls += 1
+        with torch.no_grad():
+            if self.mode == "head":
+                hidden = self._hidden_states(ids, mask)  # (B, L, H)
+                selected = hidden[row_t.to(hidden.device), pos_t.to(hidden.device)]  # (T, H)
+                del hidden
+                logits_fn = self._head_logits_fn(selected)
+            else:
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, L, V)
+                selected = logits[row_t.to(logits.device), pos_t.to(logits.device)]  # (T, V)
+                del logits
+
+                def logits_fn(start: int, end: int) -> tuple[torch.Tensor, bool]:
+                    z = selected[start:end]
+                    return (z, False) if z.dtype == cdtype else (z.to(cdtype), True)
+        out_dev = selected.device
+        tau_b = tau_rows.to(out_dev)[torch.tensor(rows, device=out_dev)]  # (B,) differentiable gather
+        return _TemperedLogLik.apply(
+            tau_b, logits_fn, torch.tensor(tgt, dtype=torch.long, device=out_dev), row_t.to(out_dev),
+            self.chunk_tokens, torch.is_grad_enabled() and tau_b.requires_grad,
+        )
+
+    def _hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self._decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _head_logits_fn(self, hidden: torch.Tensor) -> Callable[[int, int], tuple[torch.Tensor, bool]]:
+        """Logits of hidden[start:end] in the compute dtype, with the model's post-head transforms."""
+        cdtype = _compute_dtype(self.dtype)
+
+        def logits_fn(start: int, end: int) -> tuple[torch.Tensor, bool]:
+            z = self._head(hidden[start:end]).to(cdtype)  # (C, V), a fresh tensor: safe to edit in place
+            if self._logit_mult is not None:
+                z.mul_(self._logit_mult)
+            if self._logit_div is not None:
+                z.div_(self._logit_div)
+            if self._softcap is not None:
+                z.div_(self._softcap).tanh_().mul_(self._softcap)
+            return z, True
+
+        return logits_fn
+
+    def _head_matches_model(self) -> bool:
+        """Run a 2-row padded probe both ways and compare the logits at the real positions."""
+        v = self.vocab_size
+        ids = torch.tensor([[(17 * i + 3) % v for i in range(7)],
+                            [(29 * i + 5) % v for i in range(4)] + [0] * 3])
+        mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.no_grad():
+            ref = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            ref = ref[mask.bool().to(ref.device)].float()
+            try:  # an exotic decoder may want other arguments: then the shortcut is simply not used
+                hidden = self._hidden_states(ids, mask)
+                hidden = hidden[mask.bool().to(hidden.device)]  # (T, H) real positions
+                ours = self._head_logits_fn(hidden)(0, hidden.shape[0])[0].float()
+            except (TypeError, ValueError, RuntimeError, AttributeError, IndexError):
+                return False
+        if ours.shape != ref.shape:
+            return False
+        rel = 1e-3 if self.dtype in (torch.float32, torch.float64) else 3e-2
+        return bool((ours - ref.to(ours.device)).abs().max() <= rel * (1.0 + ref.abs().max()))
+
+
+def naive_log_likelihood(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    target_ids: Sequence[Sequence[int]],
+    tau: torch.Tensor | float = 1.0,
+    *,
+    padding: str = "none",
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Reference log p^tau(target | prompt): full forward, full (L, V) logits, log_softmax(z / tau).
+
+    ``padding="none"`` runs one example at a time; ``"left"`` runs one left-padded batch (with position ids).
+    ``dtype`` is that of the log_softmax (default float32, float64 for a float64 model); float64 gives a
+    reference free of the float32 rounding of full-vocabulary sums. Differentiable in tau through plain
+    autograd; memory-hungry by design (tests and benchmarks only).
+    Tokenise with :meth:`FrozenLMScorer.encode` to compare on the same ids.
+    """
+    if padding not in ("none", "left"):
+        raise MopError(f"padding must be 'none' or 'left', got {padding!r}")
+    n = len(prompt_ids)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = base.get_input_embeddings().weight.device
+    cdtype = dtype or _compute_dtype(base.get_input_embeddings().weight.dtype)
+    tau = _as_tau(tau, n, device, cdtype)
+    seqs = [list(p) + list(t) for p, t in zip(prompt_ids, target_ids)]
+    out = []
+    with torch.no_grad():
+        if padding == "none":
+            all_logits = [model(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0]
+                          for s in seqs]
+        else:
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs], device=device)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            all_logits = [logits[i, width - len(s):] for i, s in enumerate(seqs)]
+    for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
+        z = all_logits[i][len(p) - 1: len(p) + len(t) - 1].to(cdtype)  # (T_i, V)
+        logp = torch.log_softmax(z / tau[i], dim=-1)
+        out.append(logp.gather(1, torch.tensor(list(t), device=z.device)[:, None]).sum())
+    return torch.stack(out)
