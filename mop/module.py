@@ -36,6 +36,7 @@ class MixtureOfPersonas(pl.LightningModule):
         omega_topk: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 0.0,
+        target_prefix: str = " ",
         max_prompt_tokens: int = 384,
         max_target_tokens: int = 96,
         max_batch_tokens: int = 4096,
@@ -57,6 +58,8 @@ class MixtureOfPersonas(pl.LightningModule):
             omega_topk: exemplars per persona Omega is normalised over when the pool is larger.
             lr: AdamW learning rate of the gate.
             weight_decay: AdamW weight decay.
+            target_prefix: text put before every response when it is tokenised (a space: the LM writes
+                " Great" after "Review:", not "Great").
             max_prompt_tokens: prompts are truncated from the left beyond this.
             max_target_tokens: responses are truncated beyond this.
             max_batch_tokens: token budget of one LM micro-batch (padding included).
@@ -112,6 +115,7 @@ class MixtureOfPersonas(pl.LightningModule):
             model, tokenizer = load_lm(self.hparams.lm, dtype=self.hparams.lm_dtype)
             self.attach_scorer(FrozenLMScorer(
                 model, tokenizer, use_chat_template=self.hparams.use_chat_template,
+                target_prefix="" if self.hparams.use_chat_template else self.hparams.target_prefix,
                 max_prompt_tokens=self.hparams.max_prompt_tokens, max_target_tokens=self.hparams.max_target_tokens,
                 max_batch_tokens=self.hparams.max_batch_tokens))
         for split in ("train", "val", "test"):  # tokenise every target once, not every step
