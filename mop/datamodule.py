@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mop.data import DatasetSpec, Population, Record, load_population
 from mop.errors import MopError
@@ -245,6 +245,11 @@ class PopulationDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         n = len(self.artifacts.population[split])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            sampler = ExactDistributedSampler(_Indices(n), shuffle=shuffle, seed=self.seed)
+            return DataLoader(_Indices(n), batch_size=self.batch_size, sampler=sampler,
+                              num_workers=self.num_workers, collate_fn=_collate)
         return DataLoader(_Indices(n), batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, collate_fn=_collate)
 
@@ -266,6 +271,26 @@ def _encode_unique(embedder, texts: list[str], desc: str) -> np.ndarray:
     emb = embedder.encode(uniq, desc=desc)
     pos = {t: i for i, t in enumerate(uniq)}
     return emb[[pos[t] for t in texts]]
+
+
+class ExactDistributedSampler(DistributedSampler):
+    """Shards records across ranks without duplicates: every record is seen exactly once per epoch.
+
+    torch's DistributedSampler pads the shortest ranks with repeated records; here the padding is the index -1,
+    which the module skips, so ranks still run the same number of steps (DDP needs that).
+    """
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(n))
+        mine = order[self.rank::self.num_replicas]
+        return iter(mine + [-1] * (self.num_samples - len(mine)))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class _Indices(torch.utils.data.Dataset):

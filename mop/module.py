@@ -163,14 +163,21 @@ class MixtureOfPersonas(pl.LightningModule):
                 "selected_mass": cand.log_weight.detach().exp().sum(-1).mean(), "approximate": cand.approximate,
                 "tokens": n_tok.sum()}
 
+    def _empty_step(self) -> torch.Tensor:
+        """A zero loss still connected to every gate parameter (a rank whose batch is all padding)."""
+        return sum(p.sum() for p in self.gate.parameters() if p.requires_grad) * 0.0
+
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        idx = idx[idx >= 0]  # -1: padding from ExactDistributedSampler
+        if idx.numel() == 0:
+            return self._empty_step()
         out = self.mixture_loss("train", idx)
         B = idx.shape[0]
         tau = self.gate.tau.detach()
         self.log_dict({"train/nll": out["nll"], "train/nll_per_token": out["nll_per_token"],
                        "gate/entropy": out["entropy"], "gate/selected_mass": out["selected_mass"],
                        "gate/tau_mean": tau.mean(), "gate/tau_min": tau.min(), "gate/tau_max": tau.max()},
-                      batch_size=B, prog_bar=False, on_step=True, on_epoch=True, sync_dist=True)
+                      batch_size=B, prog_bar=False, on_step=True, on_epoch=True)  # rank 0's view
         self.log("nll_tok", out["nll_per_token"], prog_bar=True, batch_size=B, on_step=True, on_epoch=False,
                  logger=False)
         if out["approximate"] and batch_idx == 0:
@@ -178,22 +185,26 @@ class MixtureOfPersonas(pl.LightningModule):
         return out["nll"]
 
     def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
+        idx = idx[idx >= 0]  # -1: padding from ExactDistributedSampler
+        if idx.numel() == 0:
+            return
         out = self.mixture_loss("val", idx)
         B = idx.shape[0]
-        # per-token NLL as a ratio of sums: accumulate both and divide at epoch end
-        self._val_sums[0] += float(out["nll"]) * B
-        self._val_sums[1] += float(out["tokens"])
-        self.log("val/nll", out["nll"], batch_size=B, on_epoch=True, sync_dist=True, prog_bar=True)
-        self.log("val/gate_entropy", out["entropy"], batch_size=B, on_epoch=True, sync_dist=True)
+        # ratios of sums over the whole split (all ranks): accumulated here, reduced at epoch end
+        self._val_sums += torch.tensor([float(out["nll"]) * B, float(out["tokens"]), B, float(out["entropy"]) * B],
+                                       dtype=torch.float64)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = [0.0, 0.0]
+        self._val_sums = torch.zeros(4, dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
-        sums = torch.tensor(self._val_sums, dtype=torch.float64, device=self.device)
-        sums = self.all_gather(sums).reshape(-1, 2).sum(0) if self.trainer.world_size > 1 else sums
-        if sums[1] > 0:
-            self.log("val/nll_per_token", float(sums[0] / sums[1]), prog_bar=True, sync_dist=False)
+        sums = self._val_sums.to(self.device)
+        if self.trainer.world_size > 1:
+            sums = self.all_gather(sums).reshape(-1, 4).sum(0)
+        nll, tokens, records, entropy = sums.tolist()
+        if records > 0:
+            self.log_dict({"val/nll": nll / records, "val/nll_per_token": nll / tokens,
+                           "val/gate_entropy": entropy / records}, prog_bar=True)
 
     # -------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -18,12 +18,23 @@ from mop.module import MixtureOfPersonas  # noqa: E402
 from mop.scoring import FrozenLMScorer  # noqa: E402
 
 
+class RecordingModule(MixtureOfPersonas):
+    """Notes which training records this rank scored."""
+
+    scored: list[int] = []
+
+    def mixture_loss(self, split, idx):
+        if split == "train" and self.training:
+            self.scored.extend(idx.tolist())
+        return super().mixture_loss(split, idx)
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    dm = synthetic_datamodule(n_train=24, n_val=8, k=3, n_pool=24, batch_size=4)
+    dm = synthetic_datamodule(n_train=25, n_val=9, k=3, n_pool=25, batch_size=4)  # odd: ranks get 13 and 12
     tok = tiny_tokenizer()
-    module = MixtureOfPersonas(num_candidates=2, prompt_template="P: {persona}\nE: {exemplar_response}\n",
+    module = RecordingModule(num_candidates=2, prompt_template="P: {persona}\nE: {exemplar_response}\n",
                                lr=0.05)
     module.attach_scorer(FrozenLMScorer(tiny_llama(len(tok), hidden=16, layers=1), tok, max_batch_tokens=2048))
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
@@ -31,10 +42,11 @@ def main(out: Path) -> None:
                          num_sanity_val_steps=0)
     before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/nll"]
     trainer.fit(module, datamodule=dm)
+    per_epoch = list(module.scored)
     after = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/nll"]
     rank = trainer.global_rank
     torch.save({k: v.detach().clone() for k, v in module.gate.state_dict().items()}, out / f"gate{rank}.pt")
-    (out / f"loss{rank}.json").write_text(json.dumps({"before": before, "after": after,
+    (out / f"loss{rank}.json").write_text(json.dumps({"before": before, "after": after, "scored": per_epoch,
                                                       "world_size": trainer.world_size}))
 
 

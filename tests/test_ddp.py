@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 
-def test_two_process_cpu_ddp_identical_gates_and_lower_loss(tmp_path):
+def test_two_process_cpu_ddp_identical_gates_lower_loss_each_record_once(tmp_path):
     script = Path(__file__).with_name("ddp_train.py")
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
                           timeout=600)
@@ -23,3 +23,9 @@ def test_two_process_cpu_ddp_identical_gates_and_lower_loss(tmp_path):
     losses = [json.loads((tmp_path / f"loss{r}.json").read_text()) for r in (0, 1)]
     assert losses[0]["world_size"] == 2
     assert losses[0]["after"] < losses[0]["before"] - 0.05, losses[0]
+    assert losses[0]["before"] == losses[1]["before"]  # validation reduced over both ranks
+    # every training record scored exactly once per epoch (3 epochs), across the two ranks
+    from collections import Counter
+
+    counts = Counter(losses[0]["scored"] + losses[1]["scored"])
+    assert sorted(counts) == list(range(25)) and set(counts.values()) == {3}
