@@ -14,6 +14,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import logging  # noqa: E402
+
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from mop.cli import run  # noqa: E402
@@ -51,6 +53,8 @@ class MopCLI(LightningCLI):
 
 
 def main() -> int:
+    for name in ("lightning.pytorch", "lightning.fabric"):  # seed / accelerator chatter; warnings still show
+        logging.getLogger(name).setLevel(logging.WARNING)
     MopCLI(MixtureOfPersonas, PopulationDataModule, save_config_kwargs={"overwrite": True})
     return 0
 

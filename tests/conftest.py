@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run ``python -m mop ARGS`` (or a script path given as first arg ending in .py) in a subprocess."""
+    if args and args[0].endswith(".py") and not Path(args[0]).is_absolute():
+        args = (str(REPO / args[0]), *args[1:])
     cmd = [sys.executable, *args] if args and args[0].endswith(".py") else [sys.executable, "-m", "mop", *args]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("MOP_DEBUG", None)

@@ -1,0 +1,41 @@
+"""train.py as a user runs it: the quickstart config end to end on a small slice (real SmolLM2 + MiniLM)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli
+
+
+def _overrides(tmp_path, *extra):
+    return ["train.py", "fit", "-c", str(REPO / "configs/quickstart.yaml"),
+            "--data.personas.synthesizer", "keywords", "--data.dataset.max_records", "{train: 24, val: 8}",
+            "--data.artifacts_dir", str(tmp_path / "artifacts"), "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--model.export_dir",
+            str(tmp_path / "gate"), "--data.personas.num_personas", "4", "--trainer.max_epochs", "1", *extra]
+
+
+@pytest.mark.slow
+def test_quickstart_slice_trains_and_exports(tmp_path):
+    proc = run_cli(*_overrides(tmp_path), cwd=tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    untrained = float(re.search(r"untrained gate: ([\d.]+)", proc.stdout).group(1))
+    trained = float(re.search(r"\s+trained gate: +([\d.]+)", proc.stdout).group(1))
+    assert trained < untrained
+    cfg = json.loads((tmp_path / "gate" / "config.json").read_text())
+    assert cfg["num_personas"] == 4 and cfg["embed_dim"] == 384
+    assert sum(p.stat().st_size for p in (tmp_path / "gate").iterdir()) < 5_000_000  # no LM weights
+    csvs = list((tmp_path / "runs").glob("metrics-*.csv"))
+    assert csvs and "val/nll_per_token" in csvs[0].read_text().splitlines()[0]
+    # a second run reuses the artifacts (personas, embeddings, index) instead of rebuilding them
+    again = run_cli(*_overrides(tmp_path, "--validate_before_fit", "false"), cwd=tmp_path, timeout=1200)
+    assert again.returncode == 0 and "embedding responses" not in again.stderr
+    assert len(list((tmp_path / "artifacts").iterdir())) == 2  # one artifacts folder + its lock
+
+
+def test_bad_config_value_is_one_line(tmp_path):
+    proc = run_cli("train.py", "fit", "-c", str(REPO / "configs/quickstart.yaml"), "--model.num_candidates", "0",
+                   "--data.artifacts_dir", str(tmp_path / "a"), cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, "num_candidates")
