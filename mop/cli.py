@@ -94,7 +94,8 @@ def _cmd_personas(args: argparse.Namespace) -> int:
     emb = Embedder(args.embedder).encode(texts, desc="embedding responses")
     personas = synthesize_personas(texts, [r.id for r in train], emb, args.num_personas,
                                    synthesizer=args.synthesizer, lm=args.lm, seed=args.seed,
-                                   labels=[r.label for r in train], text_kind=args.text_kind)
+                                   labels=[r.label for r in train], text_kind=args.text_kind,
+                                   role=args.role)
     path = save_personas(personas, out / "personas.jsonl")
     print(f"\n| id | size | source | persona |\n| --- | --- | --- | --- |")
     for p in personas:
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", default="smollm2-135m", help="LLM for the llm synthesizer (bundled name, path, hub id)")
     p.add_argument("--embedder", default="minilm-l6", help="sentence embedder for clustering")
     p.add_argument("--text-kind", default="movie reviews", help="what the responses are, in words")
+    p.add_argument("--role", default="critic", help="who writes the responses, in words")
     p.add_argument("--seed", type=int, default=0, help="seed of k-means and of sampled retries")
     p.set_defaults(func=_cmd_personas)
 

@@ -35,6 +35,7 @@ class PersonaSpec:
         lm: the LLM writing personas (bundled name, path or hub id).
         file: a JSONL of user-supplied personas (``{"text": ...}`` per line), used when synthesizer is ``file``.
         text_kind: what the responses are, in words, for the persona prompts.
+        role: who writes them (e.g. ``critic``), for the persona prompts.
         seed: seed of k-means and of the LLM's sampled retries.
     """
 
@@ -43,6 +44,7 @@ class PersonaSpec:
     lm: str = "smollm2-135m"
     file: str | None = None
     text_kind: str = "texts"
+    role: str = "writer"
     seed: int = 0
 
 
@@ -198,7 +200,8 @@ class PopulationDataModule(pl.LightningDataModule):
             personas = synthesize_personas(
                 [r.response for r in train], [r.id for r in train], response_emb, k,
                 synthesizer=self.personas.synthesizer, lm=self.personas.lm, seed=self.personas.seed,
-                labels=[r.label for r in train], text_kind=self.personas.text_kind)
+                labels=[r.label for r in train], text_kind=self.personas.text_kind,
+                role=self.personas.role)
         save_personas(personas, out / "personas.jsonl")
         np.save(out / "persona_emb.npy", embedder.encode([p.text for p in personas], desc="embedding personas"))
         for split in ("train", "val", "test"):

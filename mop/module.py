@@ -122,10 +122,17 @@ class MixtureOfPersonas(pl.LightningModule):
             if split not in self._targets:
                 self._targets[split] = self._scorer.encode_targets([r.response for r in art.population[split]])
 
-    def on_fit_start(self) -> None:
+    def _lm_to_device(self) -> None:
+        """The LM is not a registered child, so Lightning does not move it: follow the gate's device."""
         model = getattr(self._scorer, "model", None)
-        if model is not None:
+        if model is not None and next(model.parameters()).device != self.device:
             model.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._lm_to_device()
+
+    def on_validation_start(self) -> None:
+        self._lm_to_device()
 
     def configure_optimizers(self):
         params = [p for p in self.gate.parameters() if p.requires_grad]
