@@ -6,20 +6,35 @@
     personas.jsonl      id, text, cluster size
     exemplars.jsonl     id, context fields, label, response
     exemplars.faiss + exemplar_embeddings.npy   the exemplar index
+
+Like a PEFT adapter, an export is written with :func:`save_pretrained` and read back with
+:meth:`GateExport.from_pretrained`, which verifies it before use (checksums, format version, paths, shapes,
+embedder dimension); the base LM is chosen at generation time. Only safetensors / JSON / numpy files are read
+(never pickle). ``mop export CKPT OUT_DIR`` exports a Lightning checkpoint written by ``train.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+from mop.errors import MopError
 
 FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
 GATE_FILE = "gate.safetensors"
+PERSONAS_FILE = "personas.jsonl"
+EXEMPLARS_FILE = "exemplars.jsonl"
+INDEX_FILES = ("exemplars.faiss", "exemplar_embeddings.npy")  # mop.index.INDEX_FILE, EMBEDDINGS_FILE
+REQUIRED_FILES = (GATE_FILE, PERSONAS_FILE, EXEMPLARS_FILE, *INDEX_FILES)
+REQUIRED_CONFIG = ("embedder", "embed_dim", "prompt_template", "context_template")
+GATE_TENSORS = ("W_x.weight", "W_g.weight", "W_e.weight", "log_tau", "persona_emb")
 
 
 def _sha256(path: Path) -> str:
@@ -32,34 +47,56 @@ def _sha256(path: Path) -> str:
 
 def _write_jsonl(path: Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def _is_export(path: Path) -> bool:
+    try:
+        return "format_version" in json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def save_pretrained(out_dir: str | Path, gate, persona_ids, persona_texts, persona_sizes, persona_emb, pool,
                     index, config: dict) -> Path:
-    """Write an export into ``out_dir`` atomically: a half-written export never replaces a good one."""
+    """Write an export into ``out_dir`` atomically: a half-written export never replaces a good one.
+
+    An existing ``out_dir`` is replaced only when it is empty or itself a gate export (never another folder).
+    """
+    import torch
     from safetensors.torch import save_file
 
+    missing = [k for k in REQUIRED_CONFIG if k not in config]
+    if missing:
+        raise MopError(f"export config lacks {', '.join(missing)} (needed to use the gate without its training "
+                       "config)")
+    k, n = len(persona_texts), len(pool)
+    if not (len(persona_ids) == len(persona_sizes) == k == gate.num_personas):
+        raise MopError(f"export: {len(persona_ids)} persona ids, {k} texts, {len(persona_sizes)} sizes but the "
+                       f"gate has {gate.num_personas} personas")
+    if index.ntotal != n:
+        raise MopError(f"export: the exemplar index holds {index.ntotal} vectors but the pool has {n} exemplars")
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_export(out))):
+        raise MopError(f"refusing to replace '{out}': it exists and is not a MoP gate export")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         tensors = {k: v.detach().cpu().float().contiguous() for k, v in gate.state_dict().items()}
-        tensors["persona_emb"] = torch.as_tensor(persona_emb).float().contiguous()
-        save_file(tensors, str(tmp / GATE_FILE))
-        _write_jsonl(tmp / "personas.jsonl", ({"id": i, "text": t, "cluster_size": n}
-                                              for i, t, n in zip(persona_ids, persona_texts, persona_sizes)))
-        _write_jsonl(tmp / "exemplars.jsonl", ({"id": e.id, "context": e.context, "label": e.label,
-                                                "group": e.group, "response": e.response} for e in pool))
+        tensors["persona_emb"] = torch.as_tensor(persona_emb).detach().cpu().float().contiguous()
+        save_file(tensors, str(tmp / GATE_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        _write_jsonl(tmp / PERSONAS_FILE, ({"id": i, "text": t, "cluster_size": int(s)}
+                                           for i, t, s in zip(persona_ids, persona_texts, persona_sizes)))
+        _write_jsonl(tmp / EXEMPLARS_FILE, ({"id": e.id, "context": e.context, "label": e.label,
+                                             "group": e.group, "response": e.response} for e in pool))
         index.save(tmp)
         files = sorted(p.name for p in tmp.iterdir())
         cfg = {"format_version": FORMAT_VERSION, **config,
                "num_personas": len(persona_texts), "num_exemplars": len(pool),
                "checksums": {name: _sha256(tmp / name) for name in files}}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
         if out.exists():
             os.replace(out, old)
@@ -89,3 +126,356 @@ def export_from_module(module, trainer, out_dir: str | Path | None = None) -> Pa
     }
     return save_pretrained(out_dir, module.gate, [p.id for p in personas], [p.text for p in personas],
                            [p.cluster_size for p in personas], art.persona_emb, art.pool, art.index, config)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _member(directory: Path, name: Any) -> Path:
+    """The file ``name`` listed in config.json, refused unless it is a plain file name inside ``directory``."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or Path(name).name != name:
+        raise MopError(f"gate export '{directory}': config.json lists {name!r}, which is not a file inside the "
+                       "export directory")
+    path = directory / name
+    if path.resolve().parent != directory.resolve():  # e.g. a symbolic link that leads out of the export
+        raise MopError(f"gate export '{directory}': {name} points outside the export directory")
+    return path
+
+
+def read_export_config(directory: str | Path) -> dict[str, Any]:
+    """config.json of an export, checked for format version and required keys (no checksum verification)."""
+    d = Path(directory).expanduser()
+    if not d.exists():
+        raise MopError(f"gate export '{directory}' does not exist")
+    if not d.is_dir():
+        raise MopError(f"gate export '{directory}' is not a directory (expected the folder written by train.py "
+                       "or `mop export`)")
+    path = d / CONFIG_FILE
+    if not path.is_file():
+        raise MopError(f"gate export '{directory}' is missing {CONFIG_FILE}: not a MoP gate export")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise MopError(f"gate export '{directory}': {CONFIG_FILE} is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise MopError(f"gate export '{directory}': {CONFIG_FILE} must hold a JSON object")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise MopError(f"gate export '{directory}': {CONFIG_FILE} has no valid format_version (found {version!r})")
+    if version > FORMAT_VERSION:
+        raise MopError(f"gate export '{directory}' has format_version {version}, newer than this MoP reads "
+                       f"({FORMAT_VERSION}): upgrade mop")
+    missing = [k for k in (*REQUIRED_CONFIG, "checksums") if k not in config]
+    if missing:
+        raise MopError(f"gate export '{directory}': {CONFIG_FILE} lacks {', '.join(missing)}")
+    if not isinstance(config["checksums"], dict):
+        raise MopError(f"gate export '{directory}': checksums in {CONFIG_FILE} must be an object {{file: sha256}}")
+    return config
+
+
+def verify_checksums(directory: str | Path, config: dict[str, Any]) -> None:
+    """Every required file is listed, inside the export, present and matches its sha256 in config.json."""
+    d = Path(directory).expanduser()
+    checksums = config["checksums"]
+    paths = {name: _member(d, name) for name in checksums}
+    for name in REQUIRED_FILES:
+        if not (d / name).is_file():
+            raise MopError(f"gate export '{directory}' is missing {name}")
+        if name not in checksums:
+            raise MopError(f"gate export '{directory}': {CONFIG_FILE} has no checksum for {name}")
+    for name, path in paths.items():
+        if not path.is_file():
+            raise MopError(f"gate export '{directory}' is missing {name}")
+        found = _sha256(path)
+        if found != checksums[name]:
+            raise MopError(f"gate export '{directory}': {name} does not match its sha256 in {CONFIG_FILE} "
+                           f"(expected {str(checksums[name])[:12]}..., found {found[:12]}...): the file is "
+                           "corrupted or was modified after export; re-export the gate")
+
+
+def _read_jsonl_objects(path: Path, where: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise MopError(f"{where}: {path.name} line {n} is not valid JSON") from err
+            if not isinstance(row, dict):
+                raise MopError(f"{where}: {path.name} line {n} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def check_embed_dim(config: dict[str, Any], dim: int, where: str = "gate export") -> None:
+    """Refuse an embedder whose dimension differs from the export's (it would feed the gate garbage)."""
+    if int(dim) != int(config["embed_dim"]):
+        raise MopError(f"{where} was trained with embedder '{config['embedder']}' of dimension "
+                       f"{config['embed_dim']}, but the embedder in use has dimension {dim}: use the export's "
+                       "embedder (or one of the same family and dimension)")
+
+
+@dataclass
+class GateExport:
+    """A loaded gate export: the gate, its personas and exemplar pool, ready to drive any causal LM."""
+
+    directory: Path
+    config: dict[str, Any]
+    gate: Any  # mop.gating.Gate, eval mode, float32 on CPU
+    persona_ids: list[str]
+    persona_texts: list[str]
+    persona_sizes: list[int]
+    persona_emb: Any  # (K, D) float32 torch tensor h(g_k)
+    exemplars: list[Any]  # mop.data.Record, the pool e_j
+    index: Any  # mop.index.ExemplarIndex over h(e_j)
+
+    @property
+    def embedder(self) -> str:
+        return str(self.config["embedder"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["embed_dim"])
+
+    @property
+    def num_personas(self) -> int:
+        return len(self.persona_texts)
+
+    @property
+    def pool_emb(self):
+        """(N, D) float32 torch tensor of the frozen exemplar embeddings h(e_j) (shares the index's memory)."""
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # the index's array is read-only by design; the tensor is never written
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self.index.embeddings)
+
+    @property
+    def tau(self):
+        """(K,) per-persona temperatures."""
+        return self.gate.tau.detach()
+
+    def check_embed_dim(self, dim: int) -> None:
+        check_embed_dim(self.config, dim, f"gate export '{self.directory}'")
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        config = {k: v for k, v in self.config.items()
+                  if k not in ("format_version", "num_personas", "num_exemplars", "checksums")}
+        return save_pretrained(out_dir, self.gate, self.persona_ids, self.persona_texts, self.persona_sizes,
+                               self.persona_emb, self.exemplars, self.index, config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, expected_embed_dim: int | None = None,
+                        device: str = "cpu") -> GateExport:
+        """Load and verify an export; ``expected_embed_dim``: the dimension of the embedder that will be used."""
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from mop.data import Record
+        from mop.gating import Gate
+        from mop.index import ExemplarIndex
+        from mop.personas import read_personas
+
+        d = Path(directory).expanduser()
+        where = f"gate export '{directory}'"
+        config = read_export_config(d)
+        if expected_embed_dim is not None:
+            check_embed_dim(config, expected_embed_dim, where)
+        verify_checksums(d, config)
+        try:
+            tensors = load_file(str(d / GATE_FILE))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise MopError(f"{where}: cannot read {GATE_FILE} ({err})") from err
+        missing = [k for k in GATE_TENSORS if k not in tensors]
+        if missing:
+            raise MopError(f"{where}: {GATE_FILE} lacks tensor(s) {', '.join(missing)}")
+        w_x, log_tau, persona_emb = tensors["W_x.weight"], tensors["log_tau"], tensors["persona_emb"]
+        hidden, dim = w_x.shape
+        k = log_tau.shape[0]
+        if dim != int(config["embed_dim"]):
+            raise MopError(f"{where}: {GATE_FILE} holds W_x of shape {tuple(w_x.shape)} but {CONFIG_FILE} says "
+                           f"embed_dim {config['embed_dim']}")
+        expected = {"W_g.weight": (hidden, dim), "W_e.weight": (hidden, dim), "log_tau": (k,),
+                    "persona_emb": (k, dim)}
+        for name, shape in expected.items():
+            if tuple(tensors[name].shape) != shape:
+                raise MopError(f"{where}: {GATE_FILE} tensor {name} has shape {tuple(tensors[name].shape)}, "
+                               f"expected {shape}")
+        gate = Gate(dim, k, hidden)
+        gate.load_state_dict({n: tensors[n] for n in GATE_TENSORS if n != "persona_emb"}, strict=True)
+        gate.eval().requires_grad_(False)
+
+        personas = read_personas(d / PERSONAS_FILE)
+        if len(personas) != k:
+            raise MopError(f"{where}: {PERSONAS_FILE} has {len(personas)} personas but the gate has {k}")
+        records = []
+        for n, row in enumerate(_read_jsonl_objects(d / EXEMPLARS_FILE, where), 1):
+            context = row.get("context")
+            if "id" not in row or not isinstance(row.get("response"), str) or not isinstance(context, dict):
+                raise MopError(f"{where}: {EXEMPLARS_FILE} record {n} needs id, context (object) and response")
+            label, group = row.get("label"), row.get("group")
+            records.append(Record(id=str(row["id"]), response=row["response"],
+                                  context={str(c): "" if v is None else str(v) for c, v in context.items()},
+                                  label=None if label is None else str(label),
+                                  group=None if group is None else str(group)))
+        index = ExemplarIndex.load(d, device=device)
+        if index.ntotal != len(records) or index.dim != dim:
+            raise MopError(f"{where}: the exemplar index holds {index.ntotal} vectors of dimension {index.dim}, "
+                           f"expected {len(records)} of dimension {dim}")
+        for key, value in (("num_personas", k), ("num_exemplars", len(records))):
+            if key in config and int(config[key]) != value:
+                raise MopError(f"{where}: {CONFIG_FILE} says {key} {config[key]} but the files hold {value}")
+        return cls(directory=d, config=config, gate=gate, persona_ids=[p.id for p in personas],
+                   persona_texts=[p.text for p in personas], persona_sizes=[p.cluster_size for p in personas],
+                   persona_emb=torch.as_tensor(persona_emb, dtype=torch.float32), exemplars=records, index=index)
+
+
+def load_export(directory: str | Path, expected_embed_dim: int | None = None) -> GateExport:
+    """Shorthand for :meth:`GateExport.from_pretrained`."""
+    return GateExport.from_pretrained(directory, expected_embed_dim=expected_embed_dim)
+
+
+# ------------------------------------------------------------------------------------------ from a checkpoint
+def _load_checkpoint(path: Path, trust: bool) -> dict:
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise MopError(f"checkpoint '{path}' does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        raise MopError(f"checkpoint '{path}' holds objects that safe (weights_only) loading refuses; if you "
+                       "trust the file, rerun with --trust-checkpoint") from err
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise MopError(f"cannot read checkpoint '{path}': {str(err).strip().splitlines()[0]}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise MopError(f"checkpoint '{path}' is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def _checkpoint_dataset(ckpt: dict, config_path: str | None, path: Path):
+    """The training population's DatasetSpec: --config wins, else the checkpoint's own record of it."""
+    import dataclasses
+
+    from mop.data import DatasetSpec, load_dataset_config
+
+    if config_path:
+        return load_dataset_config(config_path)
+    for raw in ((ckpt.get("mop") or {}).get("dataset"), (ckpt.get("datamodule_hyper_parameters") or {}).get("dataset")):
+        if isinstance(raw, DatasetSpec):
+            return raw
+        if dataclasses.is_dataclass(raw):
+            return DatasetSpec.from_dict(dataclasses.asdict(raw))
+        if isinstance(raw, dict):
+            return DatasetSpec.from_dict(raw, where=f"checkpoint '{path}': dataset")
+    raise MopError(f"checkpoint '{path}' does not record its dataset; pass --config with the training config so "
+                   "the exemplar pool can be re-loaded")
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir: str | Path | None = None,
+                      config_path: str | None = None, trust_checkpoint: bool = False) -> Path:
+    """Export a Lightning checkpoint written by ``train.py`` (gate weights + the artifacts it was trained on)."""
+    import numpy as np
+    import torch
+
+    from mop.data import load_population
+    from mop.gating import Gate
+    from mop.index import ExemplarIndex
+    from mop.personas import read_personas
+    from mop.prompts import DEFAULT_TEMPLATE
+
+    path = Path(ckpt_path).expanduser()
+    ckpt = _load_checkpoint(path, trust_checkpoint)
+    meta = ckpt.get("mop")
+    if not isinstance(meta, dict) or "embed_dim" not in meta:
+        raise MopError(f"checkpoint '{path}' has no MoP metadata (checkpoint['mop']): was it written by train.py?")
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    state = {k[len("gate."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("gate.")}
+    missing = [k for k in ("W_x.weight", "W_g.weight", "W_e.weight", "log_tau") if k not in state]
+    if missing:
+        raise MopError(f"checkpoint '{path}' lacks gate tensor(s) {', '.join('gate.' + m for m in missing)}")
+    hidden, dim = state["W_x.weight"].shape
+    k = state["log_tau"].shape[0]
+    if dim != int(meta["embed_dim"]) or k != int(meta.get("num_personas", k)):
+        raise MopError(f"checkpoint '{path}': gate of {k} personas x dimension {dim} disagrees with its metadata "
+                       f"({meta.get('num_personas')} personas, embed_dim {meta['embed_dim']})")
+
+    art = Path(artifacts_dir or meta.get("artifacts_dir") or "").expanduser()
+    if not art.is_dir():
+        raise MopError(f"artifacts directory '{art}' of checkpoint '{path}' does not exist; pass --artifacts DIR")
+    needed = ["personas.jsonl", "persona_emb.npy", "pool_ids.json", "meta.json", *INDEX_FILES]
+    absent = [n for n in needed if not (art / n).is_file()]
+    if absent:
+        raise MopError(f"artifacts directory '{art}' is missing {', '.join(absent)}")
+    art_meta = json.loads((art / "meta.json").read_text())
+    if int(art_meta.get("embed_dim", dim)) != dim or art_meta.get("embedder", meta.get("embedder")) != meta.get(
+            "embedder"):
+        raise MopError(f"artifacts '{art}' were built with embedder '{art_meta.get('embedder')}' "
+                       f"(dimension {art_meta.get('embed_dim')}) but the checkpoint's gate uses "
+                       f"'{meta.get('embedder')}' (dimension {dim})")
+    personas = read_personas(art / "personas.jsonl")
+    texts = [p.text for p in personas]
+    if len(personas) != k or ("persona_texts" in meta and list(meta["persona_texts"]) != texts):
+        raise MopError(f"artifacts '{art}' hold other personas than the checkpoint's gate ({len(personas)} vs {k}); "
+                       "pass the --artifacts directory it was trained with")
+    persona_emb = np.load(art / "persona_emb.npy", allow_pickle=False)
+
+    spec = _checkpoint_dataset(ckpt, config_path, path)
+    population = load_population(spec)
+    by_id = {r.id: r for r in population["train"]}
+    pool_ids = json.loads((art / "pool_ids.json").read_text())
+    lost = [i for i in pool_ids if i not in by_id]
+    if lost:
+        raise MopError(f"{len(lost)} exemplar id(s) of '{art}' (e.g. '{lost[0]}') are not in the training split of "
+                       "the dataset: the config differs from the one the gate was trained with")
+    pool = [by_id[i] for i in pool_ids]
+    index = ExemplarIndex.load(art, device="cpu")
+
+    gate = Gate(dim, k, hidden)
+    gate.load_state_dict({n: torch.as_tensor(v).float() for n, v in state.items()}, strict=True)
+    config = {
+        "embedder": meta.get("embedder"), "embed_dim": dim, "hidden_dim": hidden,
+        "num_candidates": hp.get("num_candidates", 4), "prompt_template": hp.get("prompt_template", DEFAULT_TEMPLATE),
+        "context_template": population.spec.context_template,
+        "context_columns": list(population.spec.context_columns),
+        "use_chat_template": bool(hp.get("use_chat_template", False)),
+        "trained_with_lm": hp.get("lm", meta.get("lm")), "metrics": {},
+        "checkpoint": {"file": path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
+    }
+    return save_pretrained(out_dir, gate, [p.id for p in personas], texts, [p.cluster_size for p in personas],
+                           persona_emb, pool, index, config)
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = export_checkpoint(args.checkpoint, args.out_dir, args.artifacts, args.config, args.trust_checkpoint)
+    cfg = read_export_config(out)
+    print(f"exported gate: {out} ({cfg['num_personas']} personas, {cfg['num_exemplars']} exemplars, "
+          f"embedder {cfg['embedder']})")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """``mop export CKPT OUT_DIR [--artifacts DIR] [--config CONFIG] [--trust-checkpoint]``."""
+    p = subparsers.add_parser(
+        "export", help="export a training checkpoint as a plug-and-play gate directory",
+        description="Export a Lightning checkpoint written by train.py (gate weights, personas, exemplar pool and "
+                    "index) into an LM-free gate directory, like the one train.py writes at the end of fit. The "
+                    "checkpoint is read with torch.load(weights_only=True), which runs no pickled code.")
+    p.add_argument("checkpoint", help="the .ckpt file (e.g. <run>/checkpoints/last.ckpt)")
+    p.add_argument("out_dir", help="the export directory to write (replaced only if it is an export itself)")
+    p.add_argument("--artifacts", default=None,
+                   help="artifacts directory the gate was trained with (default: the one the checkpoint names)")
+    p.add_argument("--config", default=None,
+                   help="the training config (its data.dataset section re-loads the exemplar pool); needed when "
+                        "the checkpoint does not record its dataset")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load with weights_only=False if safe loading refuses the file: this runs pickled code, "
+                        "so only for checkpoints you trust")
+    p.set_defaults(func=_cmd_export)

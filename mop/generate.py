@@ -1,0 +1,677 @@
+"""Generation with a gate export and any causal LM (DESIGN.md section 5): the synthetic population.
+
+For each context x: k ~ pi(x), j ~ Omega_k(x) (exact dense softmax over the exemplar pool, the context's own
+record masked out), the prompt is rendered from the export's template, and the LM samples at temperature tau_k
+(top-p configurable). Baselines share the machinery and the prompt template (a line whose fields are all empty
+is dropped): ``uniform`` (untrained, uniform gate), ``persona`` (random persona, no exemplar), ``fewshot``
+(random exemplar, no persona), ``zerogen`` (context only) and ``attrprompt`` (random attribute values).
+
+Reproducibility: every random choice of a sample (its persona, exemplar, attribute values and each sampled
+token) comes from its own generators, seeded from (seed, sample id). Tokens are drawn by a per-row Gumbel-max sampler
+(a logits processor), so a sample does not depend on which other samples share its batch. Output rows are
+appended one line per ``write`` and fsync'ed per batch; re-running the same command skips the ids already
+written, so an interrupted run resumes and ends with the rows an uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mop.errors import MopError
+
+METHODS = ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt")
+USES_PERSONA = {"mop", "uniform", "persona"}
+USES_EXEMPLAR = {"mop", "uniform", "fewshot"}
+# Attribute lists of the attrprompt baseline when no --attributes file is given (written for reviews).
+DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
+    "style": ["enthusiastic", "sarcastic", "analytical", "witty", "blunt", "poetic", "casual", "formal"],
+    "length": ["one short sentence", "one long sentence", "two sentences", "three sentences"],
+    "aspect": ["acting", "plot", "direction", "visuals", "music", "pacing", "dialogue", "humour",
+               "emotional impact", "originality"],
+}
+_GATE_STREAM, _LM_STREAM = 0, 1  # independent random streams of one sample
+
+
+def sample_key(sample_id: str) -> int:
+    """A 60-bit integer naming a sample: its random choices depend on its id, not on its position in a run."""
+    import hashlib
+
+    return int(hashlib.sha256(sample_id.encode("utf-8")).hexdigest()[:15], 16)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for (seed, keys...): distinct keys give independent streams."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) & (2**63 - 1), *keys]).generate_state(1, dtype=np.uint64)[0]
+               >> np.uint64(1))
+
+
+# --------------------------------------------------------------------------------------------------- contexts
+def needed_fields(config: dict[str, Any]) -> list[str]:
+    """Context fields (and ``label``) the export's context and prompt templates use."""
+    from mop.data import template_fields
+    from mop.prompts import FIXED_FIELDS
+
+    fields = list(template_fields(config["context_template"]))
+    fields += [f for f in template_fields(config["prompt_template"]) if f not in FIXED_FIELDS or f == "label"]
+    return list(dict.fromkeys(fields))
+
+
+def read_contexts(path: str | Path, config: dict[str, Any]) -> list:
+    """Contexts from a CSV / JSONL / Parquet file: one record per row, with every field the templates use.
+
+    An ``id`` column (unique) names the records; otherwise they are ``c<row>``.
+    """
+    from mop.data import Record, read_table
+
+    df = read_table(path)
+    need = needed_fields(config)
+    missing = [f for f in need if f not in df.columns]
+    if missing:
+        raise MopError(f"contexts file '{path}' lacks field(s) {', '.join(repr(m) for m in missing)} used by the "
+                       f"export's templates (found columns: {', '.join(map(str, df.columns))})")
+    columns = [c for c in dict.fromkeys([*(config.get("context_columns") or []), *need])
+               if c != "label" and c in df.columns]
+    records, seen = [], set()
+    for n, row in enumerate(df.to_dict("records")):
+        rid = str(row["id"]).strip() if "id" in df.columns else f"c{n:06d}"
+        if not rid or rid in seen:
+            raise MopError(f"contexts file '{path}': {'empty' if not rid else 'duplicate'} id {rid!r} at row {n + 1}")
+        seen.add(rid)
+        label = str(row["label"]) if "label" in df.columns else None
+        records.append(Record(id=rid, response="", context={c: str(row[c]) for c in columns}, label=label))
+    return records
+
+
+def dataset_contexts(config_path: str | Path, split: str, config: dict[str, Any]) -> list:
+    """The records of one split of a config's dataset (``data.dataset``), checked against the templates."""
+    from mop.data import load_dataset_config, load_population
+
+    population = load_population(load_dataset_config(config_path))
+    records = population[split]
+    if not records:
+        raise MopError(f"split '{split}' of the dataset of '{config_path}' has no records")
+    have = set(population.spec.context_columns) | ({"label"} if population.spec.label_column else set())
+    missing = [f for f in needed_fields(config) if f not in have]
+    if missing:
+        raise MopError(f"the dataset of '{config_path}' lacks field(s) {', '.join(repr(m) for m in missing)} used "
+                       f"by the export's templates (its context fields: {', '.join(sorted(have)) or 'none'})")
+    return records
+
+
+def render_context(config: dict[str, Any], record) -> str:
+    """The context text x whose embedding h(x) the gate reads (the export's context template)."""
+    from mop.data import render_template
+
+    return render_template(config["context_template"], {**record.context, "label": record.label or ""})
+
+
+def embed_contexts(export, records: Sequence, embedder):
+    """(R, D) float32 context embeddings, after checking the embedder's dimension against the export's."""
+    import numpy as np
+
+    export.check_embed_dim(embedder.dim)
+    texts = [render_context(export.config, r) for r in records]
+    uniq = sorted(set(texts))
+    emb = np.asarray(embedder.encode(uniq, desc="embedding contexts"), dtype=np.float32)
+    export.check_embed_dim(emb.shape[1])
+    pos = {t: i for i, t in enumerate(uniq)}
+    return emb[[pos[t] for t in texts]]
+
+
+def load_attributes(path: str | Path | None) -> dict[str, list[str]]:
+    """Attribute name -> values, from a JSON / YAML file (or the built-in movie-review lists)."""
+    if path is None:
+        return {k: list(v) for k, v in DEFAULT_ATTRIBUTES.items()}
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MopError(f"attributes file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise MopError(f"attributes file '{path}' is not valid JSON/YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(raw, dict) or not raw:
+        raise MopError(f"attributes file '{path}' must map attribute names to lists of values")
+    out = {}
+    for name, values in raw.items():
+        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int, float)) for v in values):
+            raise MopError(f"attributes file '{path}': '{name}' must be a non-empty list of values")
+        out[str(name)] = [str(v) for v in values]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- mixture sampling
+@dataclass
+class Component:
+    """The sampled mixture component of one sample: persona k, exemplar j (pool positions), temperature."""
+
+    persona: int | None
+    exemplar: int | None
+    temperature: float
+    attributes: dict[str, str] | None = None
+
+
+class ComponentSampler:
+    """Draws (k, j, tau) per sample: k ~ pi(x), j ~ Omega_k(x) for ``mop``; uniform choices for the baselines.
+
+    Temperatures: tau_k for ``mop``; the mean of the export's tau_k for every baseline; ``temperature``, when
+    given, replaces both.
+    """
+
+    def __init__(self, export, method: str = "mop", temperature: float | None = None,
+                 attributes: dict[str, list[str]] | None = None):
+        import torch
+
+        if method not in METHODS:
+            raise MopError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
+        if temperature is not None and not temperature > 0:
+            raise MopError(f"temperature must be positive, got {temperature}")
+        self.export, self.method, self.temperature = export, method, temperature
+        self.attributes = (attributes or load_attributes(None)) if method == "attrprompt" else None
+        gate = export.gate
+        with torch.no_grad():
+            self._g = gate.W_g(export.persona_emb)  # (K, d) g~_k
+        self._pool = export.pool_emb  # (N, D) h(e_j)
+        self._pos_of: dict[str, list[int]] = {}
+        for j, e in enumerate(export.exemplars):
+            self._pos_of.setdefault(e.id, []).append(j)
+        self.tau = export.tau.float()  # (K,)
+        self.mean_tau = float(self.tau.mean())
+
+    def log_pi(self, hx):
+        """(B, D) -> (B, K) log persona weights (uniform for the baselines)."""
+        import torch
+
+        hx = torch.as_tensor(hx, dtype=torch.float32)
+        K = self.export.num_personas
+        if self.method != "mop":
+            return torch.full((hx.shape[0], K), -float(torch.log(torch.tensor(float(K)))))
+        with torch.no_grad():
+            return self.export.gate.log_pi(hx, self.export.persona_emb)
+
+    def log_omega(self, hx, persona, record_ids: Sequence[str | None]):
+        """(B, D), (B,) chosen k -> (B, N) log Omega_k(x) over the pool, the record's own id masked out."""
+        import torch
+
+        N = self._pool.shape[0]
+        B = len(record_ids)
+        if self.method == "mop":
+            hx = torch.as_tensor(hx, dtype=torch.float32)
+            gate = self.export.gate
+            with torch.no_grad():
+                q = (gate.W_x(hx) + self._g[persona]) @ gate.W_e.weight  # (B, D) q_k = W_e^T (x~ + g~_k)
+                scores = q @ self._pool.T  # (B, N)
+        else:
+            scores = torch.zeros(B, N)
+        for b, rid in enumerate(record_ids):
+            if rid is not None and rid in self._pos_of:
+                scores[b, self._pos_of[rid]] = float("-inf")
+        if not bool(torch.isfinite(scores).any(-1).all()):
+            raise MopError("a context has no usable exemplar (the pool holds only the context's own record)")
+        return torch.log_softmax(scores, dim=-1)
+
+    def sample(self, hx, record_ids: Sequence[str | None], keys: Sequence[int], seed: int) -> list[Component]:
+        """One component per sample; ``keys[b]`` (see :func:`sample_key`) and ``seed`` fix its random choices."""
+        import torch
+
+        B = len(keys)
+        gens = [torch.Generator().manual_seed(derive_seed(seed, int(n), _GATE_STREAM)) for n in keys]
+        persona = exemplar = None
+        if self.method in USES_PERSONA:
+            if hx is None:
+                hx = torch.zeros(B, self.export.embed_dim)
+            pi = self.log_pi(hx).exp()  # (B, K)
+            persona = torch.stack([torch.multinomial(pi[b], 1, generator=gens[b])[0] for b in range(B)])
+        if self.method in USES_EXEMPLAR:
+            k = persona if persona is not None else torch.zeros(B, dtype=torch.long)
+            omega = self.log_omega(hx, k, record_ids).exp()  # (B, N)
+            exemplar = torch.stack([torch.multinomial(omega[b], 1, generator=gens[b])[0] for b in range(B)])
+        out = []
+        for b in range(B):
+            k = int(persona[b]) if persona is not None else None
+            tau = self.temperature or (float(self.tau[k]) if self.method == "mop" else self.mean_tau)
+            attrs = None
+            if self.attributes is not None:
+                attrs = {name: values[int(torch.randint(len(values), (1,), generator=gens[b]))]
+                         for name, values in self.attributes.items()}
+            out.append(Component(k, int(exemplar[b]) if exemplar is not None else None, tau, attrs))
+        return out
+
+
+def build_prompt(export, record, component: Component) -> str:
+    """The export's prompt for one sample; persona / exemplar left out where the method has none."""
+    from mop.prompts import render_prompt
+
+    persona = export.persona_texts[component.persona] if component.persona is not None else None
+    exemplar = export.exemplars[component.exemplar] if component.exemplar is not None else None
+    prompt = render_prompt(export.config["prompt_template"], export.config["context_template"], record, persona,
+                           exemplar)
+    if component.attributes:
+        line = "Attributes: " + ", ".join(f"{k}={v}" for k, v in component.attributes.items())
+        lines = prompt.split("\n")  # before the answer cue ("Review:"), the prompt's last line
+        prompt = "\n".join([*lines[:-1], line, lines[-1]] if len(lines) > 1 else [*lines, line])
+    return prompt
+
+
+# ------------------------------------------------------------------------------------------------ LM sampling
+class RowTemperature:
+    """Logits processor: divides each row's scores by its own temperature, (B, V) / (B, 1)."""
+
+    def __init__(self, temperatures):
+        import torch
+
+        self.tau = torch.as_tensor(temperatures, dtype=torch.float32)
+
+    def __call__(self, input_ids, scores):
+        return scores / self.tau.to(scores.device)[:, None]
+
+
+class RowTopP:
+    """Logits processor: nucleus filtering, keeping each row's smallest set of tokens with mass >= top_p."""
+
+    def __init__(self, top_p: float):
+        self.top_p = top_p
+
+    def __call__(self, input_ids, scores):
+
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        mass_before = sorted_scores.softmax(-1).cumsum(-1) - sorted_scores.softmax(-1)  # mass of better tokens
+        drop = mass_before >= self.top_p  # the first token always stays
+        return scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+
+
+class SeededRowSampler:
+    """Logits processor that samples each row's next token from softmax(scores) with the row's own generator.
+
+    Gumbel-max: argmax(log softmax(scores) + Gumbel noise) is a draw from softmax(scores). Every other token is
+    set to -inf, so the generate loop's own sampling returns this token with probability 1. A row's draws depend
+    only on its seed, not on the batch it is in.
+    """
+
+    def __init__(self, seeds: Sequence[int]):
+        # NB: torch's CPU generator (mt19937) keeps 32 bits of a seed, CUDA's (Philox) 64: on CPU two samples of
+        # a run share a noise stream with probability ~n^2 / 2^33 (and it matters only for the same prompt).
+        self.seeds = [int(s) for s in seeds]
+        self._gens = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self._gens is None:
+            self._gens = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        V = scores.shape[-1]
+        u = torch.stack([torch.rand(V, generator=g, device=scores.device) for g in self._gens])  # (B, V)
+        noisy = torch.log_softmax(scores.float(), dim=-1) - torch.log(-torch.log(u))
+        pick = noisy.argmax(dim=-1, keepdim=True)  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
+
+
+class NewlineStop:
+    """Stopping criterion: a row is done once its text (leading whitespace aside) contains a newline."""
+
+    def __init__(self, tokenizer, prompt_len: int):
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+        self._piece: dict[int, bool] = {}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[:, self.prompt_len:]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for b, tok in enumerate(new[:, -1].tolist()):
+            if tok not in self._piece:
+                self._piece[tok] = "\n" in self.tokenizer.decode([tok], skip_special_tokens=True)
+            if self._piece[tok] and "\n" in self.tokenizer.decode(new[b], skip_special_tokens=True).lstrip():
+                done[b] = True
+        return done
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token closing an assistant turn in the tokenizer's chat template (e.g. <|im_end|>, <end_of_turn>)."""
+    sentinel = "MOPSENTINEL"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": sentinel}], tokenize=False)
+    after = text[text.rfind(sentinel) + len(sentinel):] if sentinel in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return next((int(i) for i in ids if i in special), None)
+
+
+def stop_token_ids(model, tokenizer, use_chat_template: bool) -> list[int]:
+    """EOS of the tokenizer and of the model's generation config, plus the chat end-of-turn token."""
+    ids = [tokenizer.eos_token_id]
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += list(cfg_eos) if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]
+    if use_chat_template:
+        ids.append(end_of_turn_id(tokenizer))
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures: Sequence[float],
+                         seeds: Sequence[int], *, max_new_tokens: int = 96, top_p: float = 1.0,
+                         use_chat_template: bool = False, stop_at_newline: bool = True) -> list[list[int]]:
+    """Sample one continuation per prompt (left-padded batch, row b at temperature ``temperatures[b]``).
+
+    Returns the new token ids of each row, up to (excluding) its first stop token.
+    """
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    if not 0 < top_p <= 1:
+        raise MopError(f"top_p must be in (0, 1], got {top_p}")
+    if any(not t > 0 for t in temperatures):
+        raise MopError(f"temperatures must be positive, got {min(temperatures)}")
+    stops = stop_token_ids(model, tokenizer, use_chat_template)
+    if not stops:
+        raise MopError("the tokenizer has no end-of-sequence token")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        if use_chat_template:
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                   tokenize=False) for p in prompts]
+            enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        else:
+            enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = old_side
+    device = model.get_input_embeddings().weight.device
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    width = enc["input_ids"].shape[1]
+    processors = [RowTemperature(temperatures)] + ([RowTopP(top_p)] if top_p < 1 else [])
+    processors.append(SeededRowSampler(seeds))
+    criteria = [NewlineStop(tokenizer, width)] if stop_at_newline else []
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0,
+                              repetition_penalty=1.0, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                              pad_token_id=pad)
+    with torch.inference_mode():
+        out = model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList(processors),
+                             stopping_criteria=StoppingCriteriaList(criteria))
+    result = []
+    stop_set = set(stops)
+    for row in out[:, width:].tolist():
+        end = next((i for i, t in enumerate(row) if t in stop_set), len(row))
+        result.append(row[:end])
+    return result
+
+
+def clean_text(text: str, stop_at_newline: bool = True) -> str:
+    """Strip the response; with ``stop_at_newline`` keep only its first line (responses are one paragraph)."""
+    text = text.strip()
+    return text.split("\n", 1)[0].strip() if stop_at_newline else text
+
+
+# ----------------------------------------------------------------------------------------------------- output
+class OutputFile:
+    """A JSONL output appended one line per ``write`` call and fsync'ed per batch; resumable."""
+
+    IDENTITY = ("model", "adapter", "method", "seed")
+
+    def __init__(self, path: str | Path, identity: dict[str, Any]):
+        self.path = Path(path).expanduser()
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise MopError(f"output directory '{parent}' does not exist (create it first)")
+        if self.path.is_dir():
+            raise MopError(f"output '{path}' is a directory, expected a .jsonl file path")
+        self.identity = identity
+        self.done: set[str] = set()
+        self.dropped_partial = False
+        if self.path.exists():
+            self._resume()
+
+    def _resume(self) -> None:
+        data = self.path.read_bytes()
+        cut = data.rfind(b"\n") + 1  # bytes after the last newline: a line cut short by a kill
+        first = None
+        for n, line in enumerate(data[:cut].split(b"\n")[:-1], 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rid = row["id"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise MopError(f"output '{self.path}' line {n} is not a generated row (invalid JSON or no id): "
+                               "choose another --output") from err
+            if first is None:
+                first = row
+            self.done.add(str(rid))
+        if first is not None:
+            theirs = {k: first.get(k) for k in self.IDENTITY}
+            ours = {k: self.identity.get(k) for k in self.IDENTITY}
+            if theirs != ours:
+                diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in self.IDENTITY if theirs[k] != ours[k])
+                raise MopError(f"output '{self.path}' holds rows generated with other settings: {diff}; choose "
+                               "another --output rather than mixing them")
+        if cut < len(data):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.dropped_partial = True
+
+    def append(self, rows: Sequence[dict]) -> None:
+        """Append rows, each as one complete line in one write, then fsync."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            for row in rows:
+                data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self.done.add(str(row["id"]))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------- main loop
+def sample_plan(records: Sequence, num_samples: int, shuffle_seed: int | None = None) -> list[tuple[int, str]]:
+    """(record position, sample id) of each sample: the records are cycled (in a seeded random order when
+    ``shuffle_seed`` is given); the id is ``<record id>-<cycle>``, so ids are stable when N grows."""
+    import numpy as np
+
+    R = len(records)
+    order = list(range(R)) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(R).tolist()
+    return [(order[n % R], f"{records[order[n % R]].id}-{n // R}") for n in range(num_samples)]
+
+
+def generate_population(export, model, tokenizer, records: Sequence, num_samples: int, output: str | Path, *,
+                        context_emb=None, model_name: str = "model", adapter: str | None = None,
+                        method: str = "mop", seed: int = 0, batch_size: int = 8, max_new_tokens: int = 96,
+                        top_p: float = 1.0, temperature: float | None = None,
+                        attributes: dict[str, list[str]] | None = None, stop_at_newline: bool = True,
+                        use_chat_template: bool | None = None, shuffle: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Write ``num_samples`` generated rows for ``records`` (cycled) into ``output``, resuming if it exists.
+
+    ``context_emb`` (R, D) are the records' context embeddings (needed by ``mop`` only); ``shuffle`` visits the
+    records in a seeded random order. A sample's content depends only on (seed, its id). Returns counts.
+    """
+    from tqdm.auto import tqdm
+
+    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise MopError(f"num_samples, batch_size and max_new_tokens must be >= 1, got {num_samples}, "
+                       f"{batch_size}, {max_new_tokens}")
+    if not records:
+        raise MopError("no contexts to generate for")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        raise MopError("context record ids must be unique")
+    if method == "mop" and context_emb is None:
+        raise MopError("method 'mop' needs the contexts' embeddings")
+    chat = bool(export.config.get("use_chat_template", False)) if use_chat_template is None else use_chat_template
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise MopError("the export's prompts use a chat template but this tokenizer has none (a base model?); "
+                       "pass --chat-template off")
+    sampler = ComponentSampler(export, method, temperature, attributes)
+    identity = {"model": model_name, "adapter": adapter, "method": method, "seed": seed}
+    out = OutputFile(output, identity)
+    if out.dropped_partial:
+        print(f"[mop] dropped an incomplete last line of {out.path} (an interrupted run)", file=sys.stderr)
+    plan = sample_plan(records, num_samples, seed if shuffle else None)
+    sids = [sid for _, sid in plan]
+    todo = [n for n in range(num_samples) if sids[n] not in out.done]
+    written = empty = 0
+    bar = tqdm(total=len(todo), unit="sample", desc=f"generating ({method})", disable=not progress)
+    for start in range(0, num_samples, batch_size):
+        batch = list(range(start, min(num_samples, start + batch_size)))
+        missing = [n for n in batch if sids[n] not in out.done]
+        if not missing:
+            continue
+        # The whole batch is generated even when part of it exists, so its rows equal an uninterrupted run's.
+        recs = [records[plan[n][0]] for n in batch]
+        hx = context_emb[[plan[n][0] for n in batch]] if context_emb is not None else None
+        keys = [sample_key(sids[n]) for n in batch]
+        comps = sampler.sample(hx, [r.id for r in recs], keys, seed)
+        prompts = [build_prompt(export, r, c) for r, c in zip(recs, comps)]
+        new_ids = sample_continuations(
+            model, tokenizer, prompts, [c.temperature for c in comps],
+            [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=max_new_tokens, top_p=top_p,
+            use_chat_template=chat, stop_at_newline=stop_at_newline)
+        rows = []
+        for n, rec, comp, tok_ids in zip(batch, recs, comps, new_ids):
+            if n not in missing:
+                continue
+            text = clean_text(tokenizer.decode(tok_ids, skip_special_tokens=True), stop_at_newline)
+            empty += not text
+            rows.append({
+                "id": sids[n], "record_id": rec.id, "context": rec.context, "label": rec.label,
+                "persona_id": export.persona_ids[comp.persona] if comp.persona is not None else None,
+                "persona": export.persona_texts[comp.persona] if comp.persona is not None else None,
+                "exemplar_id": export.exemplars[comp.exemplar].id if comp.exemplar is not None else None,
+                "attributes": comp.attributes, "temperature": round(float(comp.temperature), 6), **identity,
+                "text": text,
+            })
+        out.append(rows)
+        written += len(rows)
+        bar.update(len(rows))
+    bar.close()
+    return {"output": str(out.path), "written": written, "skipped": num_samples - len(todo), "empty": empty}
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gating", required=True, help="the gate export directory (train.py / `mop export`)")
+    p.add_argument("--model", required=True,
+                   help="causal LM: a bundled name (smollm2-135m, gemma3-270m), a local folder or a hub id")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter folder attached to --model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--contexts", default=None,
+                     help="CSV / JSONL / Parquet of contexts: every field the export's templates use (e.g. movie, "
+                          "label) and optionally a unique id column")
+    src.add_argument("--data", default=None, help="a train config (its data.dataset section) or dataset YAML")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of --data to use")
+    p.add_argument("--num-samples", type=int, required=True,
+                   help="rows to generate; the contexts are cycled, sample ids are <record id>-<repeat>")
+    p.add_argument("--output", required=True,
+                   help="JSONL output; its directory must exist; an existing file is resumed (same model, method, "
+                        "seed)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="visit the contexts in a seeded random order (when --num-samples is below their number, "
+                        "a sample of all of them rather than the first ones)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per LM generate call (left-padded)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated at most per sample")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice; same seed, same rows")
+    p.add_argument("--method", default="mop", choices=METHODS,
+                   help="mop (trained gate), uniform (untrained uniform gate), persona (random persona), fewshot "
+                        "(random exemplar), zerogen (context only), attrprompt (random attribute values)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="one sampling temperature for every row (default: tau_k of the sampled persona for mop, "
+                        "the mean tau of the export for the baselines)")
+    p.add_argument("--attributes", default=None,
+                   help="attrprompt: JSON/YAML file mapping attribute -> list of values (default: style, length "
+                        "and aspect lists for movie reviews)")
+    p.add_argument("--embedder", default=None,
+                   help="sentence embedder for the contexts (default: the export's; its dimension must match)")
+    p.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
+                   help="wrap prompts in the tokenizer's chat template (auto: as the export was trained)")
+    p.add_argument("--stop-at-newline", action=argparse.BooleanOptionalAction, default=True,
+                   help="stop a sample at its first newline and keep that one paragraph")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="LM dtype (default: the checkpoint's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from mop.export import read_export_config
+
+    for name in ("num_samples", "batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise MopError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.top_p <= 1:
+        raise MopError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature is not None and not args.temperature > 0:
+        raise MopError(f"--temperature must be positive, got {args.temperature}")
+    if args.attributes and args.method != "attrprompt":
+        raise MopError("--attributes is only used by --method attrprompt")
+    attributes = load_attributes(args.attributes) if args.method == "attrprompt" else None
+    identity = {"model": args.model, "adapter": args.adapter, "method": args.method, "seed": args.seed}
+    OutputFile(args.output, identity)  # a missing directory or another run's output fails before any loading
+    config = read_export_config(args.gating)
+    records = read_contexts(args.contexts, config) if args.contexts else dataset_contexts(args.data, args.split,
+                                                                                          config)
+    from mop.export import GateExport
+
+    export = GateExport.from_pretrained(args.gating)
+    context_emb = None
+    if args.method == "mop":
+        from mop.embed import Embedder
+
+        embedder = Embedder(args.embedder or export.embedder)
+        context_emb = embed_contexts(export, records, embedder)
+
+    import torch
+
+    from mop.assets import load_lm
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_lm(args.model, dtype=args.dtype, device=device, adapter=args.adapter)
+    chat = {"auto": None, "on": True, "off": False}[args.chat_template]
+    summary = generate_population(
+        export, model, tokenizer, records, args.num_samples, args.output, context_emb=context_emb,
+        model_name=args.model, adapter=args.adapter, method=args.method, seed=args.seed,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+        temperature=args.temperature, attributes=attributes, stop_at_newline=args.stop_at_newline,
+        use_chat_template=chat, shuffle=args.shuffle, progress=not args.no_progress)
+    print(f"wrote {summary['written']} row(s) to {summary['output']} ({summary['skipped']} already there"
+          + (f", {summary['empty']} empty text(s)" if summary["empty"] else "") + ")")
+    return 0
+
+
+DESCRIPTION = ("Generate a synthetic population: for each context, sample a persona and an exemplar from the "
+               "trained gate, render the prompt and sample the LM at the persona's temperature. Any causal LM "
+               "can be used (the gate is LM-free). Rows are JSONL; re-running the same command resumes.")
+
+
+def register_cli(subparsers) -> None:
+    """``mop generate ...`` (same arguments as ``python generate.py``)."""
+    p = subparsers.add_parser("generate", help="generate texts with a gate export and any causal LM",
+                              description=DESCRIPTION)
+    add_arguments(p)
+    p.set_defaults(func=_cmd_generate)
+
+
+def main(argv: list[str] | None = None, prog: str = "generate.py") -> int:
+    """``python generate.py ARGS`` == ``mop generate ARGS``."""
+    from mop.cli import run
+
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(lambda: _cmd_generate(args))

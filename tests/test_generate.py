@@ -1,0 +1,320 @@
+"""Generation: mixture sampling, per-row temperature, adapters, determinism, resumable output, CLI errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, assert_one_line_error, run_cli, tiny_llama, tiny_tokenizer
+from scipy.stats import chisquare
+from test_export import make_export
+
+from mop.data import Record
+from mop.errors import MopError
+from mop.export import load_export
+from mop.generate import (
+    ComponentSampler,
+    build_prompt,
+    generate_population,
+    main,
+    sample_continuations,
+)
+
+
+class HashEmbedder:
+    """A stand-in sentence embedder: a fixed random unit vector per text."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def encode(self, texts, desc: str = ""):
+        out = []
+        for t in texts:
+            rng = np.random.default_rng(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16))
+            v = rng.normal(size=self.dim)
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, dtype=np.float32)
+
+
+def _contexts(n: int = 3) -> list[Record]:
+    return [Record(id=f"c{i}", response="", context={"movie": f"Film {i}"}, label=["fresh", "rotten"][i % 2])
+            for i in range(n)]
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def _chisquare(counts: np.ndarray, probs: np.ndarray) -> float:
+    """p-value of observed counts against probabilities; cells expected below 5 are merged into one."""
+    counts, probs = np.asarray(counts, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    expected = probs / probs.sum() * counts.sum()
+    small = expected < 5
+    obs = np.append(counts[~small], counts[small].sum())
+    exp = np.append(expected[~small], expected[small].sum())
+    keep = exp > 0
+    return float(chisquare(obs[keep], exp[keep]).pvalue)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (OpenMP threads contend badly on a shared, busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    tok = tiny_tokenizer()
+    return tiny_llama(len(tok), seed=1), tok
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random Llama and its tokenizer saved as a model folder (what --model accepts)."""
+    path = tmp_path_factory.mktemp("tiny-lm")
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok), seed=2).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- mixture sampling
+def test_persona_and_exemplar_frequencies_follow_the_gate(tmp_path):
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=6, n_pool=10, init_std=0.6).path)
+    sampler = ComponentSampler(export, "mop")
+    hx = torch.as_tensor(HashEmbedder(16).encode(["a fresh review of the movie Film 0"]))
+    n = 2000
+    comps = sampler.sample(hx.expand(n, -1), [None] * n, range(n), seed=0)
+    pi = sampler.log_pi(hx)[0].exp().numpy()
+    assert pi.max() > 2.5 * pi.min()  # a far-from-uniform pi: the test can tell it from uniform
+    counts = np.bincount([c.persona for c in comps], minlength=6)
+    assert _chisquare(counts, pi) > 1e-3
+    assert _chisquare(counts, np.full(6, 1 / 6)) < 1e-6
+    # exemplars given the most frequent persona follow Omega_k(x) as the gate computes it
+    k = int(counts.argmax())
+    omega = export.gate.log_omega(hx, export.persona_emb, export.pool_emb)[0, k].exp().numpy()
+    ex_counts = np.bincount([c.exemplar for c in comps if c.persona == k], minlength=10)
+    assert _chisquare(ex_counts, omega) > 1e-3
+    assert all(c.temperature == pytest.approx(float(export.tau[c.persona])) for c in comps[:50])
+
+
+def test_own_record_is_never_an_exemplar(tmp_path):
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=3, n_pool=4, init_std=0.6).path)
+    hx = torch.as_tensor(HashEmbedder(16).encode(["x"])).expand(400, -1)
+    for method in ("mop", "uniform", "fewshot"):
+        comps = ComponentSampler(export, method).sample(hx, ["e2"] * 400, range(400), seed=3)
+        assert {c.exemplar for c in comps} == {0, 1, 3}, method
+
+
+def test_baselines_share_the_template(tmp_path):
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=4).path)
+    record = _contexts(1)[0]
+    hx = torch.as_tensor(HashEmbedder(16).encode(["x"]))
+    mean_tau = float(export.tau.mean())
+    seen = {}
+    for method in ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt"):
+        comp = ComponentSampler(export, method).sample(hx, [record.id], [0], seed=0)[0]
+        prompt = build_prompt(export, record, comp)
+        seen[method] = prompt
+        assert prompt.endswith("Now write a fresh review of the movie Film 0.\nReview:") or method == "attrprompt"
+        assert ("Persona: You are critic" in prompt) == (method in ("mop", "uniform", "persona")), method
+        assert ("Example: you wrote this" in prompt) == (method in ("mop", "uniform", "fewshot")), method
+        if method != "mop":
+            assert comp.temperature == pytest.approx(mean_tau)
+    lines = seen["attrprompt"].split("\n")
+    assert lines[-1] == "Review:" and lines[-2].startswith("Attributes: style=") and "aspect=" in lines[-2]
+    fixed = ComponentSampler(export, "mop", temperature=0.25).sample(hx, ["c0"], [0], seed=0)[0]
+    assert fixed.temperature == 0.25
+
+
+# ------------------------------------------------------------------------------------------------ LM sampling
+def _fixed_logit_lm(tok):
+    """A tiny Llama whose next-token logits are the same at every position, whatever the input."""
+    model = tiny_llama(len(tok), seed=0, hidden=32, layers=1)
+    with torch.no_grad():
+        for layer in model.model.layers:  # residual stream = the token embedding, which is the same for all
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        head = torch.full((len(tok),), -50.0)
+        letters = tok.convert_tokens_to_ids(["a", "b", "c", "d"])
+        head[letters] = torch.tensor([1.0, 0.5, 0.0, -0.5])
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[:, 0] = head / np.sqrt(32)
+        z = model(input_ids=torch.tensor([[5, 6, 7]])).logits[0, -1]
+    return model, letters, z
+
+
+def test_per_row_temperature_is_honoured_within_one_batch():
+    tok = tiny_tokenizer()
+    model, letters, z = _fixed_logit_lm(tok)
+    taus = [0.3] * 4 + [3.0] * 4
+    out = sample_continuations(model, tok, ["any prompt"] * 8, taus, list(range(8)), max_new_tokens=100,
+                               stop_at_newline=False)
+    assert all(len(row) == 100 for row in out)
+    low = np.bincount(np.searchsorted(letters, np.concatenate(out[:4])), minlength=4)
+    high = np.bincount(np.searchsorted(letters, np.concatenate(out[4:])), minlength=4)
+    assert low.sum() == high.sum() == 400  # only the four letters are ever sampled
+    p_low, p_high = (torch.softmax(z[letters] / t, -1).numpy() for t in (0.3, 3.0))
+    assert _chisquare(low, p_low) > 1e-3 and _chisquare(high, p_high) > 1e-3
+    assert _chisquare(low, p_high) < 1e-6 and _chisquare(high, p_low) < 1e-6
+    # top-p keeps the nucleus of the tempered distribution only (at tau=1: tokens a, b hold 0.73 > 0.6)
+    nucleus = sample_continuations(model, tok, ["p"] * 2, [1.0, 1.0], [10, 11], max_new_tokens=100, top_p=0.6,
+                                   stop_at_newline=False)
+    counts = np.bincount(np.searchsorted(letters, np.concatenate(nucleus)), minlength=4)
+    assert counts[2:].sum() == 0
+    assert _chisquare(counts[:2], torch.softmax(z[letters[:2]], -1).numpy()) > 1e-3
+
+
+def test_a_row_does_not_depend_on_its_batch(tiny_lm):
+    model, tok = tiny_lm
+    prompts = ["Review of Film 1:", "A much longer prompt about Film 2, which pads the first one:", "x"]
+    together = sample_continuations(model, tok, prompts, [0.7, 1.0, 1.3], [7, 8, 9], max_new_tokens=12,
+                                    stop_at_newline=False)
+    alone = [sample_continuations(model, tok, [p], [t], [s], max_new_tokens=12, stop_at_newline=False)[0]
+             for p, t, s in zip(prompts, [0.7, 1.0, 1.3], [7, 8, 9])]
+    assert together == alone
+    other_seed = sample_continuations(model, tok, prompts, [0.7, 1.0, 1.3], [17, 18, 19], max_new_tokens=12,
+                                      stop_at_newline=False)
+    assert other_seed != together
+
+
+def test_lora_adapter_changes_the_output(tiny_lm_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from mop.assets import load_lm
+
+    base, tok = load_lm(str(tiny_lm_dir))
+    lora = get_peft_model(tiny_llama(len(tok), seed=2), LoraConfig(r=4, lora_alpha=16, target_modules=[
+        "q_proj", "v_proj", "down_proj"], init_lora_weights=False))  # lora_B random, not zero
+    lora.save_pretrained(tmp_path / "adapter")
+    adapted, _ = load_lm(str(tiny_lm_dir), adapter=str(tmp_path / "adapter"))
+    prompts = ["Review of Film 1:", "Review of Film 2:", "Review of Film 3:"]
+    args = {"max_new_tokens": 16, "stop_at_newline": False}
+    plain = sample_continuations(base, tok, prompts, [1.0] * 3, [1, 2, 3], **args)
+    assert sample_continuations(base, tok, prompts, [1.0] * 3, [1, 2, 3], **args) == plain
+    assert sample_continuations(adapted, tok, prompts, [1.0] * 3, [1, 2, 3], **args) != plain
+
+
+# ------------------------------------------------------------------------------------- rows, seeds, resuming
+def test_same_seed_same_rows(tmp_path, tiny_lm):
+    model, tok = tiny_lm
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=4, init_std=0.6).path)
+    records = _contexts(3)
+    emb = HashEmbedder(16).encode([f"a {r.label} review of the movie {r.context['movie']}" for r in records])
+    kw = {"context_emb": emb, "model_name": "tiny", "max_new_tokens": 10, "progress": False}
+    s1 = generate_population(export, model, tok, records, 7, tmp_path / "a.jsonl", batch_size=4, **kw)
+    generate_population(export, model, tok, records, 7, tmp_path / "b.jsonl", batch_size=4, **kw)
+    generate_population(export, model, tok, records, 7, tmp_path / "c.jsonl", batch_size=3, **kw)
+    generate_population(export, model, tok, records, 7, tmp_path / "d.jsonl", batch_size=4, seed=1, **kw)
+    a = _rows(tmp_path / "a.jsonl")
+    assert s1 == {"output": str(tmp_path / "a.jsonl"), "written": 7, "skipped": 0, "empty": s1["empty"]}
+    assert a == _rows(tmp_path / "b.jsonl") == _rows(tmp_path / "c.jsonl")  # batch size does not matter
+    assert [r["id"] for r in a] == ["c0-0", "c1-0", "c2-0", "c0-1", "c1-1", "c2-1", "c0-2"]
+    assert [r["text"] for r in _rows(tmp_path / "d.jsonl")] != [r["text"] for r in a]
+    row = a[4]
+    assert row["record_id"] == "c1" and row["context"] == {"movie": "Film 1"} and row["label"] == "rotten"
+    assert row["persona"] == export.persona_texts[export.persona_ids.index(row["persona_id"])]
+    assert row["exemplar_id"] in {e.id for e in export.exemplars}
+    assert (row["model"], row["method"], row["seed"], row["adapter"]) == ("tiny", "mop", 0, None)
+    k = export.persona_ids.index(row["persona_id"])
+    assert row["temperature"] == pytest.approx(float(export.tau[k]), abs=1e-6)
+    # shuffled contexts: another order, but a sample's content depends on (seed, its id) only
+    generate_population(export, model, tok, records, 3, tmp_path / "e.jsonl", batch_size=4, shuffle=True, **kw)
+    shuffled = _rows(tmp_path / "e.jsonl")
+    assert [r["id"] for r in shuffled] == [f"c{i}-0" for i in np.random.default_rng(0).permutation(3)]
+    assert {r["id"]: r for r in shuffled} == {r["id"]: r for r in a[:3]}
+    # a finished output is a no-op to re-run; one from another method is refused
+    again = generate_population(export, model, tok, records, 7, tmp_path / "a.jsonl", batch_size=4, **kw)
+    assert again["written"] == 0 and again["skipped"] == 7
+    with pytest.raises(MopError, match="other settings: method 'mop' \\(now 'zerogen'\\)"):
+        generate_population(export, model, tok, records, 7, tmp_path / "a.jsonl", method="zerogen", **kw)
+    with pytest.raises(MopError, match="tokenizer has none"):
+        generate_population(export, model, tok, records, 2, tmp_path / "f.jsonl", use_chat_template=True, **kw)
+
+
+def test_killed_generation_resumes_to_exactly_n_rows(tmp_path, tiny_lm_dir, monkeypatch):
+    """A real process killed with SIGKILL mid-run, plus a torn last line: the re-run completes the set."""
+    gate = make_export(tmp_path / "gate", dim=384, k=4, init_std=0.2).path  # the real bundled embedder's size
+    ctx = tmp_path / "contexts.jsonl"
+    ctx.write_text("".join(json.dumps({"id": f"m{i}", "movie": f"Film {i}", "label": "fresh"}) + "\n"
+                           for i in range(5)))
+    n = 30
+    args = ["--gating", str(gate), "--model", str(tiny_lm_dir), "--contexts", str(ctx), "--num-samples", str(n),
+            "--batch-size", "2", "--max-new-tokens", "12", "--no-stop-at-newline", "--no-progress"]
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "MOP_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("MOP_CACHE", str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "generate.py", *args, "--output", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    data = out.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    if len(complete) >= n:  # the process won the race: simulate the kill by truncating its output
+        complete = complete[:9]
+    if len(complete) % 2 == 0:  # end inside a batch (of 2), which the re-run must complete identically
+        complete = complete[:-1]
+    out.write_bytes(b"".join(line + b"\n" for line in complete) + b'{"id": "m1-9", "text": "a torn wri')
+    assert main([*args, "--output", str(out)]) == 0
+    rows = _rows(out)
+    assert out.read_bytes().endswith(b"\n")
+    ids = [r["id"] for r in rows]
+    assert len(ids) == n and len(set(ids)) == n
+    assert set(ids) == {f"m{i % 5}-{i // 5}" for i in range(n)}
+    # ... and they are the rows an uninterrupted run writes
+    assert main([*args, "--output", str(tmp_path / "ref.jsonl")]) == 0
+    ref = {r["id"]: r for r in _rows(tmp_path / "ref.jsonl")}
+    assert {r["id"]: r for r in rows} == ref
+    assert len({r["persona_id"] for r in ref.values()}) > 1
+
+
+# --------------------------------------------------------------------------------------------------- CLI errors
+def test_cli_errors_are_one_line(tmp_path):
+    gate = make_export(tmp_path / "gate", dim=16).path
+    base = ["--gating", str(gate), "--model", "nowhere", "--num-samples", "3"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert_one_line_error(run_cli("generate", *base, "--contexts", str(empty), "--output", str(tmp_path / "o.jsonl")),
+                          "empty.jsonl", "is empty")
+    partial = tmp_path / "ctx.csv"
+    partial.write_text("label,title\nfresh,Film 1\n")
+    assert_one_line_error(run_cli("generate", *base, "--contexts", str(partial), "--output",
+                                  str(tmp_path / "o.jsonl")), "lacks field(s) 'movie'")
+    ok = tmp_path / "ok.csv"
+    ok.write_text("label,movie\nfresh,Film 1\n")
+    assert_one_line_error(run_cli("generate.py", *base, "--contexts", str(ok), "--output",
+                                  str(tmp_path / "missing" / "o.jsonl")), "output directory", "does not exist")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_real_assets_end_to_end(tmp_path):
+    """SmolLM2 + MiniLM on Rotten Tomatoes test contexts (--data): full rows of one-paragraph reviews."""
+    gate = make_export(tmp_path / "gate", dim=384, k=4, init_std=0.2).path
+    out = tmp_path / "out.jsonl"
+    args = ["--gating", str(gate), "--model", "smollm2-135m", "--data", str(REPO / "configs" / "quickstart.yaml"),
+            "--split", "test", "--num-samples", "4", "--shuffle", "--max-new-tokens", "40", "--no-progress"]
+    assert main([*args, "--output", str(out)]) == 0
+    rows = _rows(out)
+    assert len(rows) == 4 and len({r["record_id"] for r in rows}) == 4
+    assert all(r["text"] and "\n" not in r["text"] for r in rows)
+    assert all(r["context"]["movie"] and r["label"] in ("fresh", "rotten") and r["persona_id"] for r in rows)
+    assert main([*args, "--output", str(out)]) == 0 and _rows(out) == rows  # resumed: nothing to add
