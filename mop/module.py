@@ -7,6 +7,7 @@ Only the gate's parameters reach the optimiser; checkpoints hold the gate and me
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ class MixtureOfPersonas(pl.LightningModule):
         explore: bool = True,
         exact_omega_max_pool: int = 20_000,
         omega_topk: int = 256,
-        lr: float = 1e-2,
+        lr: float = 1e-3,
         weight_decay: float = 0.0,
         target_prefix: str = " ",
         max_prompt_tokens: int = 384,
@@ -217,6 +218,7 @@ class MixtureOfPersonas(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         art = self.artifacts
         checkpoint["mop"] = {"artifacts_dir": str(art.directory), "embedder": art.embedder,
+                             "dataset": dataclasses.asdict(self._dm.dataset),
                              "embed_dim": art.embed_dim, "num_personas": len(art.persona_texts),
                              "persona_texts": art.persona_texts, "lm": self.hparams.lm}
 
