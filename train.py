@@ -14,13 +14,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import logging  # noqa: E402
+import logging
 
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.cli import LightningCLI
 
-from mop.cli import run  # noqa: E402
-from mop.datamodule import PopulationDataModule  # noqa: E402
-from mop.module import MixtureOfPersonas  # noqa: E402
+from mop.cli import run
+from mop.datamodule import PopulationDataModule
+from mop.module import MixtureOfPersonas
 
 
 class MopCLI(LightningCLI):

@@ -97,7 +97,7 @@ def _cmd_personas(args: argparse.Namespace) -> int:
                                    labels=[r.label for r in train], text_kind=args.text_kind,
                                    role=args.role)
     path = save_personas(personas, out / "personas.jsonl")
-    print(f"\n| id | size | source | persona |\n| --- | --- | --- | --- |")
+    print("\n| id | size | source | persona |\n| --- | --- | --- | --- |")
     for p in personas:
         print(f"| {p.id} | {p.cluster_size} | {getattr(p, 'source', '')} | {p.text} |")
     print(f"\n{len(personas)} personas from {len(train)} training records in {time.perf_counter() - t0:.0f} s "

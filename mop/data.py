@@ -6,7 +6,6 @@ optional label and an optional group (e.g. the movie) that never spans two split
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
 import json
 import math

@@ -8,6 +8,7 @@ Only the gate's parameters reach the optimiser; checkpoints hold the gate and me
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -93,7 +94,11 @@ class MixtureOfPersonas(pl.LightningModule):
         return self._dm.artifacts
 
     def setup(self, stage: str) -> None:
-        self.bind(self.trainer.datamodule, stage)
+        trainer = self.trainer
+        if trainer.world_size > 1 and trainer.strategy.root_device.type == "cpu":
+            # several CPU ranks on one machine: share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
+        self.bind(trainer.datamodule, stage)
 
     def bind(self, dm, stage: str | None = None) -> None:
         """Attach a set-up datamodule: build the gate, register the frozen embeddings, tokenise targets."""

@@ -9,13 +9,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
-from conftest import tiny_llama, tiny_tokenizer  # noqa: E402
-from gate_fixtures import synthetic_datamodule  # noqa: E402
+import lightning.pytorch as pl
+import torch
+from conftest import tiny_llama, tiny_tokenizer
+from gate_fixtures import synthetic_datamodule
 
-from mop.module import MixtureOfPersonas  # noqa: E402
-from mop.scoring import FrozenLMScorer  # noqa: E402
+from mop.module import MixtureOfPersonas
+from mop.scoring import FrozenLMScorer
 
 
 class RecordingModule(MixtureOfPersonas):

@@ -11,7 +11,6 @@ from conftest import tiny_llama, tiny_tokenizer
 from gate_fixtures import synthetic_datamodule
 
 from mop.gating import Gate, mixture_nll, select_candidates
-from mop.index import ExemplarIndex
 from mop.module import MixtureOfPersonas
 from mop.prompts import render_prompt
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
