@@ -148,7 +148,7 @@ def test_gate_learns_which_persona_explains_which_group():
 
     K = 4
     dm = synthetic_datamodule(n_train=240, n_val=120, k=K, noise=0.15, batch_size=16, n_pool=60)
-    module = MixtureOfPersonas(num_candidates=2, prompt_template=TEMPLATE)
+    module = MixtureOfPersonas(num_candidates=2, prompt_template=TEMPLATE, lr=0.01)
     module.attach_scorer(GroupScorer())
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
