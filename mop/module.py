@@ -217,7 +217,8 @@ class MixtureOfPersonas(pl.LightningModule):
         nll, tokens, records, entropy = sums.tolist()
         if records > 0:
             self.log_dict({"val/nll": nll / records, "val/nll_per_token": nll / tokens,
-                           "val/gate_entropy": entropy / records}, prog_bar=True)
+                           "val/gate_entropy": entropy / records}, prog_bar=True,
+                          sync_dist=True)  # already equal on every rank; the mean keeps Lightning quiet
 
     # -------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
