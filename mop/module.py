@@ -189,8 +189,10 @@ class MixtureOfPersonas(pl.LightningModule):
         tau = self.gate.tau.detach()
         self.log_dict({"train/nll": out["nll"], "train/nll_per_token": out["nll_per_token"],
                        "gate/entropy": out["entropy"], "gate/selected_mass": out["selected_mass"],
-                       "gate/tau_mean": tau.mean(), "gate/tau_min": tau.min(), "gate/tau_max": tau.max()},
+                       "gate/tau_mean": tau.mean(), "gate/tau_min": tau.min(), "gate/tau_max": tau.max(),
+                       "perf/lm_seconds": self._lm_time},
                       batch_size=B, prog_bar=False, on_step=True, on_epoch=True)  # rank 0's view
+        self._lm_time = 0.0  # frozen-LM seconds of this step (the hot path), logged above
         self.log("nll_tok", out["nll_per_token"], prog_bar=True, batch_size=B, on_step=True, on_epoch=False,
                  logger=False)
         if out["approximate"] and batch_idx == 0:
@@ -211,6 +213,7 @@ class MixtureOfPersonas(pl.LightningModule):
         self._val_sums = torch.zeros(4, dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
+        self._lm_time = 0.0  # perf/lm_seconds counts training steps only
         sums = self._val_sums.to(self.device)
         if self.trainer.world_size > 1:
             sums = self.all_gather(sums).reshape(-1, 4).sum(0)
