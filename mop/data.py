@@ -206,10 +206,8 @@ def _check_utf8(path: Path, block: int = 1 << 20) -> None:
         raise MopError(f"data file '{path}' is not valid UTF-8 (truncated sequence at the end)") from err
 
 
-def _read_jsonl(path: Path):
-    import pandas as pd
-
-    rows = []
+def iter_jsonl_objects(path: Path, where: str):
+    """Yield (line number, object) for each non-blank line of a JSONL file; one-line errors name the line."""
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -217,10 +215,16 @@ def _read_jsonl(path: Path):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise MopError(f"data file '{path}' line {n}: invalid JSON ({err.msg})") from err
+                raise MopError(f"{where} line {n} is not valid JSON ({err.msg})") from err
             if not isinstance(obj, dict):
-                raise MopError(f"data file '{path}' line {n}: expected a JSON object, found {type(obj).__name__}")
-            rows.append(obj)
+                raise MopError(f"{where} line {n} must be a JSON object, found {type(obj).__name__}")
+            yield n, obj
+
+
+def _read_jsonl(path: Path):
+    import pandas as pd
+
+    rows = [obj for _, obj in iter_jsonl_objects(path, f"data file '{path}'")]
     if not rows:
         raise MopError(f"data file '{path}' has no records")
     return pd.DataFrame(rows).astype(object).where(lambda d: d.notna(), "").astype(str)

@@ -193,19 +193,9 @@ def verify_checksums(directory: str | Path, config: dict[str, Any]) -> None:
 
 
 def _read_jsonl_objects(path: Path, where: str) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise MopError(f"{where}: {path.name} line {n} is not valid JSON") from err
-            if not isinstance(row, dict):
-                raise MopError(f"{where}: {path.name} line {n} is not a JSON object")
-            rows.append(row)
-    return rows
+    from mop.data import iter_jsonl_objects
+
+    return [row for _, row in iter_jsonl_objects(path, f"{where}: {path.name}")]
 
 
 def check_embed_dim(config: dict[str, Any], dim: int, where: str = "gate export") -> None:

@@ -579,30 +579,23 @@ def _parse_personas(path: str | Path, default_source: str) -> list[Persona]:
         path = path / PERSONAS_FILE
     if not path.exists():
         raise MopError(f"personas file '{path}' does not exist")
+    from mop.data import iter_jsonl_objects
+
     personas: list[Persona] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MopError(f"{path}: line {n} is not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise MopError(f"{path}: line {n} must be a JSON object like {{\"text\": \"You are ...\"}}")
-            text = row.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise MopError(f"{path}: line {n} has no \"text\" (a non-empty string is expected)")
-            pid = str(row.get("id", "")) or _persona_id(len(personas), 1000)
-            try:
-                personas.append(Persona(
-                    id=pid, text=text.strip(), cluster_size=int(row.get("cluster_size", 0)),
-                    member_ids=[str(i) for i in row.get("member_ids", [])],
-                    representative_ids=[str(i) for i in row.get("representative_ids", [])],
-                    source=str(row.get("source", default_source)),
-                ))
-            except (TypeError, ValueError) as err:
-                raise MopError(f"{path}: line {n} has a malformed field ({err})") from err
+    for n, row in iter_jsonl_objects(path, f"{path}:"):
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise MopError(f"{path}: line {n} has no \"text\" (a non-empty string is expected)")
+        pid = str(row.get("id", "")) or _persona_id(len(personas), 1000)
+        try:
+            personas.append(Persona(
+                id=pid, text=text.strip(), cluster_size=int(row.get("cluster_size", 0)),
+                member_ids=[str(i) for i in row.get("member_ids", [])],
+                representative_ids=[str(i) for i in row.get("representative_ids", [])],
+                source=str(row.get("source", default_source)),
+            ))
+        except (TypeError, ValueError) as err:
+            raise MopError(f"{path}: line {n} has a malformed field ({err})") from err
     if not personas:
         raise MopError(f"personas file '{path}' is empty: expected one JSON object with a \"text\" per line")
     seen = Counter(p.id for p in personas)
