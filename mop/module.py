@@ -55,7 +55,10 @@ class MixtureOfPersonas(pl.LightningModule):
             init_tau: initial per-persona temperature.
             learn_tau: train the temperatures (False freezes them at init_tau).
             num_candidates: M, the (persona, exemplar) pairs scored per record.
-            explore: in training, also score one pair sampled from (pi, Omega) (M + 1 LM calls per record).
+            explore: also score one pair drawn from ((pi + uniform) / 2, (Omega + uniform) / 2) with its
+                importance weight (M + 1 LM calls per record): the loss is then an estimate of the full mixture
+                NLL, not only of its top-M part, which otherwise collapses the gate (mop.gating). Validation
+                uses it too, with a fixed seed, so val/nll compares gates of any sharpness fairly.
             exact_omega_max_pool: normalise Omega exactly (dense) up to this pool size; top-k beyond it.
             omega_topk: exemplars per persona Omega is normalised over when the pool is larger.
             lr: AdamW learning rate of the gate.
@@ -153,7 +156,7 @@ class MixtureOfPersonas(pl.LightningModule):
         cand = select_candidates(self.gate, hx, self.persona_emb, self.pool_emb, art.index,
                                  [dm.exclude[split][r] for r in rows], self.hparams.num_candidates,
                                  self.hparams.exact_omega_max_pool, self.hparams.omega_topk,
-                                 explore=self.hparams.explore and split == "train" and self.training)
+                                 explore=self.hparams.explore, generator=self._explore_generator(split, idx))
         B, M = cand.persona.shape
         valid = cand.exemplar >= 0  # False where target masking left a record fewer than M pairs
         if not bool(valid.any(-1).all()):
@@ -173,8 +176,15 @@ class MixtureOfPersonas(pl.LightningModule):
         nll = mixture_nll(cand.log_weight, log_lik.to(cand.log_weight.device))  # (B,)
         n_tok = torch.tensor([len(self._targets[split][r]) for r in rows], dtype=torch.float32, device=nll.device)
         return {"nll": nll.mean(), "nll_per_token": nll.sum() / n_tok.sum(), "entropy": self.gate.entropy(cand.log_pi),
-                "selected_mass": cand.log_weight.detach().exp().sum(-1).mean(), "approximate": cand.approximate,
+                "selected_mass": cand.log_weight[:, :self.hparams.num_candidates].detach().exp().sum(-1).mean(), "approximate": cand.approximate,
                 "tokens": n_tok.sum()}
+
+    def _explore_generator(self, split: str, idx: torch.Tensor) -> torch.Generator | None:
+        """Training draws the exploration pair from the global (seeded) RNG; validation from a generator seeded
+        by the batch's first record, so val/nll is the same estimate in every run and epoch of a fixed gate."""
+        if split == "train" and self.training:
+            return None
+        return torch.Generator(device=idx.device).manual_seed(int(idx[0]))
 
     def _empty_step(self) -> torch.Tensor:
         """A zero loss still connected to every gate parameter (a rank whose batch is all padding)."""
