@@ -1,0 +1,652 @@
+"""Population fidelity (DESIGN.md section 7): real held-out texts vs generated texts, on sentence embeddings.
+
+Metrics, all on the same embedder's vectors of both sets:
+
+- ``fid``: Frechet distance of Gaussians fitted to the L2-normalised embeddings (lower is better);
+- ``mauve_score``: the reference ``mauve-text`` implementation on the embeddings, mean and std over k-means seeds
+  (higher is better);
+- ``kl_cosine``: KL(P_real || P_gen) between the histograms of within-set pairwise cosine similarities (lower is
+  better: the generated population is as diverse as the real one);
+- ``downstream_f1``: a logistic regression trained on one set's embeddings and labels, macro-F1 on the real
+  held-out texts (higher is better).
+
+Sets are compared at equal size: :func:`evaluate_sets` subsamples the real set and every generated set to the same
+n (the smallest of their sizes, or ``sample_size``), seeded, since FID, MAUVE and the cosine histograms all depend
+on the sample size. ``mop evaluate`` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mop.errors import MopError
+
+MAUVE_SEEDS = (0, 1, 2, 3, 4)
+MIN_TEXTS = 10  # fewer texts than this make every metric meaningless (MAUVE needs >= 2 clusters of ~10)
+KL_MAX_N = 2000
+KL_BINS = 100
+KL_EPS = 1e-10
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def _as_2d(x, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise MopError(f"{name} embeddings must be a non-empty (N, D) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise MopError(f"{name} embeddings contain NaN or infinite values")
+    return x
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float64); zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _check_pair(real, gen) -> tuple[np.ndarray, np.ndarray]:
+    real, gen = _as_2d(real, "real"), _as_2d(gen, "generated")
+    if real.shape[1] != gen.shape[1]:
+        raise MopError(f"real and generated embeddings differ in dimension ({real.shape[1]} vs {gen.shape[1]}): "
+                       "embed both with the same embedder")
+    return real, gen
+
+
+def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) of two Gaussians, in float64.
+
+    ``scipy.linalg.sqrtm`` of the product; where it is not finite (near-singular covariances), a tiny multiple of
+    the identity is added to both, as in pytorch-fid. The imaginary part (round-off) is dropped and the result,
+    non-negative in exact arithmetic, is clipped at 0.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * 1e-10
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return max(value, 0.0)
+
+
+def fid(real, gen, normalize: bool = True) -> float:
+    """FID between two embedding sets (N_r, D), (N_g, D): L2-normalised first unless ``normalize=False``.
+
+    Means and covariances (``np.cov``, ddof 1) in float64; see :func:`frechet_distance`. Lower is better.
+    """
+    real, gen = _check_pair(real, gen)
+    if min(len(real), len(gen)) < 2:
+        raise MopError("FID needs at least 2 embeddings per set")
+    if normalize:
+        real, gen = l2_normalise(real), l2_normalise(gen)
+    return frechet_distance(real.mean(0), np.cov(real, rowvar=False), gen.mean(0), np.cov(gen, rowvar=False))
+
+
+@contextlib.contextmanager
+def _faiss_warnings_dropped():
+    """Drop FAISS's C-level "WARNING clustering N points to K centroids" lines (MAUVE's default n/10 clusters
+    always trigger it); anything else written to stderr meanwhile is passed through."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured by pytest): leave it be
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not ln.startswith("WARNING clustering")]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def mauve_score(real, gen, seeds: Sequence[int] = MAUVE_SEEDS) -> dict[str, Any]:
+    """MAUVE of the reference implementation (default settings) per k-means seed: mean, std (ddof 0), scores.
+
+    Features are given, so ``mauve-text`` loads no model and downloads nothing. Higher is better (1: same).
+    """
+    import mauve
+
+    real, gen = _check_pair(real, gen)
+    if not seeds:
+        raise MopError("MAUVE needs at least one seed")
+    scores = []
+    with _faiss_warnings_dropped():
+        for s in seeds:
+            out = mauve.compute_mauve(p_features=real, q_features=gen, seed=int(s), verbose=False)
+            scores.append(float(out.mauve))
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "scores": scores,
+            "seeds": [int(s) for s in seeds]}
+
+
+def cosine_histogram(emb, max_n: int = KL_MAX_N, seed: int = 0, bins: int = KL_BINS) -> np.ndarray:
+    """Normalised histogram (``bins`` on [-1, 1], +1e-10 per bin) of the cosines of all pairs i < j of a set,
+    subsampled (seeded) to at most ``max_n`` embeddings."""
+    emb = _as_2d(emb, "set")
+    if len(emb) < 2:
+        raise MopError("a cosine histogram needs at least 2 embeddings")
+    if len(emb) > max_n:
+        emb = emb[np.sort(np.random.default_rng(seed).choice(len(emb), max_n, replace=False))]
+    x = l2_normalise(emb)
+    iu = np.triu_indices(len(x), k=1)
+    cos = np.clip((x @ x.T)[iu], -1.0, 1.0)  # (N (N - 1) / 2,)
+    hist = np.histogram(cos, bins=bins, range=(-1.0, 1.0))[0].astype(np.float64) + KL_EPS
+    return hist / hist.sum()
+
+
+def kl_cosine(real, gen, max_n: int = KL_MAX_N, seed: int = 0, bins: int = KL_BINS) -> float:
+    """KL(P_real || P_gen) of the within-set pairwise-cosine histograms. Lower is better (0: same diversity)."""
+    real, gen = _check_pair(real, gen)
+    p = cosine_histogram(real, max_n, seed, bins)
+    q = cosine_histogram(gen, max_n, seed, bins)
+    return float(np.sum(p * np.log(p / q)))
+
+
+def downstream_f1(train_emb, train_labels: Sequence, test_emb, test_labels: Sequence, seed: int = 0) -> float:
+    """Macro-F1 on the test set of a logistic regression trained on (train_emb, train_labels).
+
+    Macro over the test set's labels (a label the classifier predicts but the test set lacks counts only as an
+    error). Higher is better.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    train_emb, test_emb = _check_pair(train_emb, test_emb)
+    train_labels, test_labels = [str(v) for v in train_labels], [str(v) for v in test_labels]
+    if len(train_labels) != len(train_emb) or len(test_labels) != len(test_emb):
+        raise MopError("downstream F1: one label per embedding is needed")
+    if len(set(train_labels)) < 2:
+        raise MopError(f"downstream F1: the training set has a single label ({train_labels[0]!r})")
+    clf = LogisticRegression(max_iter=5000, random_state=seed)
+    clf.fit(train_emb, train_labels)
+    pred = clf.predict(test_emb)
+    return float(f1_score(test_labels, pred, average="macro", labels=sorted(set(test_labels)), zero_division=0))
+
+
+# --------------------------------------------------------------------------------------------------- sets
+def _clean_labels(labels: Sequence | None, n: int, where: str) -> list[str] | None:
+    """Labels as strings, or None when missing for any text (None, NaN or empty)."""
+    if labels is None:
+        return None
+    labels = list(labels)
+    if len(labels) != n:
+        raise MopError(f"{where}: {n} texts but {len(labels)} labels")
+    out = []
+    for v in labels:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip():
+            return None
+        out.append(str(v).strip())
+    return out
+
+
+def _subsample(size: int, n: int, seed: int, key: str) -> np.ndarray:
+    """Sorted positions of a seeded n-subset of range(size); the stream depends on (seed, key) only."""
+    if n >= size:
+        return np.arange(size)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode("utf-8"))])
+    return np.sort(rng.choice(size, n, replace=False))
+
+
+def _encode(embedder, texts: list[str], desc: str, progress: bool) -> np.ndarray:
+    import inspect
+
+    params = inspect.signature(embedder.encode).parameters
+    if "desc" in params and "show_progress" in params:  # mop.embed.Embedder: a progress bar per set
+        emb = embedder.encode(texts, desc=desc, show_progress=progress)
+    else:
+        emb = embedder.encode(texts)
+    return np.asarray(emb, dtype=np.float64)
+
+
+def evaluate_sets(real_texts: Sequence[str], real_labels: Sequence | None,
+                  synthetic: dict[str, tuple[Sequence[str], Sequence | None]], embedder,
+                  reference_train: tuple[Sequence[str], Sequence | None] | None = None,
+                  sample_size: int | None = None, seed: int = 0, mauve_seeds: Sequence[int] = MAUVE_SEEDS,
+                  plot: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Every metric for each synthetic set against the real held-out set, at one sample size n.
+
+    ``embedder``: a :class:`mop.embed.Embedder` (or a bundled name / path, or any object with
+    ``encode(texts) -> (N, D)``). n is the smallest of the real and synthetic sets' sizes, or ``sample_size``
+    (which must not exceed it); the real set is subsampled once (seed) and every synthetic set on its own seeded
+    stream. FID, MAUVE and KL-cosine compare the two n-subsets. Downstream F1 trains on a synthetic n-subset (its
+    rows' labels) and tests on all the labelled real texts; ``reference_train`` (real training texts, labels)
+    gives the reference row, trained on n of them. ``plot``: a PNG path for :func:`plot_projection`.
+
+    Returns ``{"n", "seed", "embedder", "mauve_seeds", "real", "rows", "reference", "notes"}``; each row holds
+    name, n, n_total, fid, mauve, mauve_std, mauve_scores, kl_cosine, f1 (None where not computable) and notes.
+    """
+    if isinstance(embedder, (str, Path)):
+        from mop.embed import Embedder
+
+        embedder = Embedder(str(embedder))
+    real_texts = list(real_texts)
+    if not synthetic:
+        raise MopError("no synthetic set to evaluate")
+    sizes = {"real": len(real_texts), **{name: len(texts) for name, (texts, _) in synthetic.items()}}
+    small = {k: v for k, v in sizes.items() if v < MIN_TEXTS}
+    if small:
+        raise MopError("every set needs at least %d texts; too few in: %s" % (
+            MIN_TEXTS, ", ".join(f"{k} ({v})" for k, v in small.items())))
+    for where, texts in [("real", real_texts), *((name, t) for name, (t, _) in synthetic.items())]:
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise MopError(f"{where}: text {bad} is {type(texts[bad]).__name__}, expected a string")
+    n_max = min(sizes.values())
+    if sample_size is None:
+        n = n_max
+    else:
+        if sample_size < MIN_TEXTS:
+            raise MopError(f"sample size must be at least {MIN_TEXTS}, got {sample_size}")
+        if sample_size > n_max:
+            smallest = min(sizes, key=sizes.get)
+            raise MopError(f"sample size {sample_size} exceeds the smallest set ({smallest}: {n_max} texts)")
+        n = int(sample_size)
+    notes: list[str] = []
+    real_labels = _clean_labels(real_labels, len(real_texts), "real set")
+    if real_labels is not None and len(set(real_labels)) < 2:
+        notes.append("the real set has a single label: no downstream F1")
+        real_labels = None
+    elif real_labels is None:
+        notes.append("the real set has no (complete) labels: no downstream F1")
+
+    real_emb_all = _encode(embedder, real_texts, "embedding real", progress)  # (N_r, D)
+    real_idx = _subsample(len(real_texts), n, seed, "\0real")
+    real_emb = real_emb_all[real_idx]  # (n, D)
+
+    rows, sets_for_plot = [], {}
+    for name, (texts, labels) in synthetic.items():
+        texts = list(texts)
+        idx = _subsample(len(texts), n, seed, name)
+        emb = _encode(embedder, [texts[i] for i in idx], f"embedding {name}", progress)  # (n, D)
+        if emb.shape[1] != real_emb.shape[1]:
+            raise MopError(f"set '{name}': embedding dimension {emb.shape[1]} differs from the real set's")
+        row_notes = []
+        labels = _clean_labels(labels, len(texts), f"set '{name}'")
+        sub_labels = [labels[i] for i in idx] if labels is not None else None
+        mv = mauve_score(real_emb, emb, mauve_seeds)
+        row = {"name": name, "n": n, "n_total": len(texts), "fid": fid(real_emb, emb),
+               "mauve": mv["mean"], "mauve_std": mv["std"], "mauve_scores": mv["scores"],
+               "kl_cosine": kl_cosine(real_emb, emb, seed=seed), "f1": None}
+        if real_labels is not None:
+            if sub_labels is None:
+                row_notes.append("no labels on every row: F1 left out")
+            elif len(set(sub_labels)) < 2:
+                row_notes.append(f"a single label ({sub_labels[0]!r}): F1 left out")
+            else:
+                row["f1"] = downstream_f1(emb, sub_labels, real_emb_all, real_labels, seed=seed)
+        empty = sum(1 for i in idx if not texts[i].strip())
+        if empty:
+            row_notes.append(f"{empty} empty text(s) in the sample")
+        row["notes"] = row_notes
+        rows.append(row)
+        sets_for_plot[name] = (emb, sub_labels)
+
+    reference = None
+    if reference_train is not None and real_labels is not None:
+        ref_texts, ref_labels = list(reference_train[0]), reference_train[1]
+        ref_labels = _clean_labels(ref_labels, len(ref_texts), "reference training set")
+        if ref_labels is None or len(set(ref_labels)) < 2:
+            notes.append("the reference training set lacks labels (or has one label): no reference row")
+        else:
+            m = min(n, len(ref_texts))
+            idx = _subsample(len(ref_texts), m, seed, "\0reference")
+            ref_emb = _encode(embedder, [ref_texts[i] for i in idx], "embedding reference", progress)
+            reference = {"name": "real train (reference)", "n": m, "n_total": len(ref_texts),
+                         "f1": downstream_f1(ref_emb, [ref_labels[i] for i in idx], real_emb_all, real_labels,
+                                             seed=seed)}
+            if m < n:
+                notes.append(f"the reference training set has only {m} texts (< n = {n})")
+
+    result = {"n": n, "seed": seed, "embedder": getattr(embedder, "name", type(embedder).__name__),
+              "mauve_seeds": [int(s) for s in mauve_seeds],
+              "real": {"n_total": len(real_texts), "n_f1_test": len(real_texts) if real_labels else 0},
+              "rows": rows, "reference": reference, "notes": notes}
+    if plot is not None:
+        plot_projection(real_emb, [real_labels[i] for i in real_idx] if real_labels else None, sets_for_plot,
+                        plot, scores={r["name"]: r["fid"] for r in rows})
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ plot
+def class_ellipse(points2d: np.ndarray, n_std: float = 2.0) -> tuple[np.ndarray, float, float, float]:
+    """(center, width, height, angle in degrees) of the n-std ellipse of 2-D points' covariance."""
+    center = points2d.mean(0)
+    cov = np.cov(points2d, rowvar=False) if len(points2d) > 1 else np.zeros((2, 2))
+    vals, vecs = np.linalg.eigh(cov)  # ascending
+    vals = np.clip(vals, 0.0, None)
+    angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
+    return center, 2 * n_std * float(np.sqrt(vals[1])), 2 * n_std * float(np.sqrt(vals[0])), angle
+
+
+def plot_projection(real_emb, real_labels: Sequence | None, sets: dict[str, tuple[np.ndarray, Sequence | None]],
+                    path: str | Path, scores: dict[str, float] | None = None) -> Path:
+    """A PNG with one panel per set: PCA (fitted on the real embeddings) to 2-D, the real points in light grey,
+    the set's points coloured by label, and each real class's 2-std ellipse; titled with the set's FID
+    (``scores[name]``, else computed). Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+    from sklearn.decomposition import PCA
+
+    real_emb = l2_normalise(_as_2d(real_emb, "real"))
+    if not sets:
+        raise MopError("nothing to plot: no synthetic set")
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise MopError(f"plot directory '{path.parent}' does not exist")
+    pca = PCA(n_components=2, random_state=0).fit(real_emb)
+    real2 = pca.transform(real_emb)  # (N_r, 2)
+    classes = sorted(set(real_labels)) if real_labels is not None else []
+    for _, labels in sets.values():
+        classes += sorted({str(v) for v in labels or []} - set(classes))
+    cmap = plt.get_cmap("tab10")
+    colour = {c: cmap(i % 10) for i, c in enumerate(classes)}
+
+    cols = min(3, len(sets))
+    rows = -(-len(sets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(sets):]:
+        ax.axis("off")
+    for ax, (name, (emb, labels)) in zip(axes.flat, sets.items()):
+        emb = l2_normalise(_as_2d(emb, name))
+        gen2 = pca.transform(emb)
+        ax.scatter(real2[:, 0], real2[:, 1], s=6, c="0.8", alpha=0.6, linewidths=0, label="real")
+        if labels is None:
+            ax.scatter(gen2[:, 0], gen2[:, 1], s=8, color="tab:blue", alpha=0.7, linewidths=0, label="generated")
+        else:
+            labels = [str(v) for v in labels]
+            for c in classes:
+                mask = np.array([lab == c for lab in labels])
+                if mask.any():
+                    ax.scatter(gen2[mask, 0], gen2[mask, 1], s=8, color=colour[c], alpha=0.7, linewidths=0,
+                               label=c)
+        if real_labels is not None:
+            for c in sorted(set(real_labels)):
+                mask = np.array([lab == c for lab in real_labels])
+                center, w, h, angle = class_ellipse(real2[mask])
+                ax.add_patch(Ellipse(center, w, h, angle=angle, fill=False, edgecolor=colour[c], linewidth=1.5,
+                                     linestyle="--"))
+        value = (scores or {}).get(name)
+        if value is None:
+            value = fid(real_emb, emb)
+        ax.set_title(f"{name}\nFID {value:.3f}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, loc="best", markerscale=2)
+    fig.suptitle("PCA of the real embeddings; dashed: real classes' 2-std ellipses", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- file input
+def read_texts(path: str | Path, text_field: str | None = None, label_field: str = "label"
+               ) -> tuple[list[str], list[str] | None, dict[str, Any]]:
+    """(texts, labels or None, first row) of a CSV / JSONL / Parquet file.
+
+    The text column is ``text_field``, else ``text``, else ``response``; labels come from ``label_field`` when
+    every row has one.
+    """
+    from mop.data import read_table
+
+    df = read_table(path)
+    fields = [text_field] if text_field else ["text", "response"]
+    column = next((f for f in fields if f in df.columns), None)
+    if column is None:
+        raise MopError(f"'{path}' has no text field ({' or '.join(repr(f) for f in fields)}); found columns: "
+                       f"{', '.join(map(str, df.columns))}")
+    texts = [str(t) for t in df[column]]
+    labels = None
+    if label_field in df.columns:
+        labels = [str(v).strip() for v in df[label_field]]
+        if any(not v or v == "None" for v in labels):
+            labels = None
+    first = df.iloc[0].to_dict() if len(df) else {}
+    return texts, labels, first
+
+
+def set_name(path: str | Path, first_row: dict[str, Any]) -> str:
+    """``<method>/<model>`` from a generated file's first row, else the file's stem."""
+    method, model = (str(first_row.get(k, "") or "").strip() for k in ("method", "model"))
+    if method and model and method != "None" and model != "None":
+        return f"{method}/{model}"
+    return Path(path).name.split(".")[0]
+
+
+def _config_embedder(config: str | Path) -> str | None:
+    """``data.embedder`` of a train config, if it names one."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict):
+        data = data.get("init_args", data)
+        if isinstance(data, dict) and isinstance(data.get("embedder"), str):
+            return data["embedder"]
+    return None
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    """Write JSON to a temporary file next to ``path`` and rename it into place."""
+    path = Path(path).expanduser()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The markdown table printed by ``mop evaluate``: one row per set, then the reference row."""
+    lines = ["| set | n | FID ↓ | MAUVE ↑ (mean ± std) | KL-cos ↓ | F1 ↑ |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        f1 = f"{r['f1']:.3f}" if r["f1"] is not None else "–"
+        lines.append(f"| {r['name']} | {r['n']} | {r['fid']:.4f} | {r['mauve']:.3f} ± {r['mauve_std']:.3f} | "
+                     f"{r['kl_cosine']:.4f} | {f1} |")
+    ref = result.get("reference")
+    if ref:
+        lines.append(f"| {ref['name']} | {ref['n']} | – | – | – | {ref['f1']:.3f} |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def _make_embedder(name: str):
+    """The embedder for ``mop evaluate`` (a seam for tests)."""
+    from mop.embed import Embedder
+
+    return Embedder(name)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--real", default=None,
+                     help="CSV / JSONL / Parquet of the real held-out texts: a text (or response) column and an "
+                          "optional label column")
+    src.add_argument("--data", default=None, help="a train config (its data.dataset section) or dataset YAML")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="split of --data holding the real held-out texts")
+    p.add_argument("--synthetic", nargs="+", required=True,
+                   help="generated JSONL files (rows with text and label, as written by mop generate); CSV / "
+                        "Parquet with a text column also work")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="one name per --synthetic file (default: <method>/<model> of its rows, else the file stem)")
+    p.add_argument("--output", required=True, help="JSON report path (its directory must exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output / --plot")
+    p.add_argument("--plot", default=None, help="PNG: PCA of the real embeddings, one panel per synthetic set")
+    p.add_argument("--embedder", default=None,
+                   help="sentence embedder for both sides (default: the config's data.embedder, else minilm-l6)")
+    p.add_argument("--sample-size", type=int, default=None,
+                   help="n texts per set (default: the smallest set's size); every set is subsampled to n, seeded")
+    p.add_argument("--reference-split", default=None, choices=["train", "val", "test", "none"],
+                   help="with --data: the split a reference classifier is trained on for the F1 column "
+                        "(default: train; none: no reference row)")
+    p.add_argument("--reference", default=None,
+                   help="with --real: a CSV / JSONL of real training texts with labels, for the reference F1 row")
+    p.add_argument("--text-field", default=None, help="text column of --real (default: text, else response)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsampling and the classifiers")
+    p.add_argument("--mauve-seeds", type=int, default=len(MAUVE_SEEDS),
+                   help="number of k-means seeds (0..N-1) MAUVE is averaged over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _check_output(path: str | None, what: str, overwrite: bool) -> None:
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if not p.parent.is_dir():
+        raise MopError(f"{what} directory '{p.parent}' does not exist (create it first)")
+    if p.is_dir():
+        raise MopError(f"{what} '{path}' is a directory")
+    if p.exists() and not overwrite:
+        raise MopError(f"{what} '{path}' exists; pass --overwrite to replace it")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.perf_counter()
+    _check_output(args.output, "--output", args.overwrite)
+    _check_output(args.plot, "--plot", args.overwrite)
+    if args.plot and Path(args.plot).expanduser().resolve() == Path(args.output).expanduser().resolve():
+        raise MopError("--plot and --output must be different files")
+    if args.names is not None and len(args.names) != len(args.synthetic):
+        raise MopError(f"--names gives {len(args.names)} name(s) for {len(args.synthetic)} --synthetic file(s)")
+    if args.sample_size is not None and args.sample_size < MIN_TEXTS:
+        raise MopError(f"--sample-size must be at least {MIN_TEXTS}, got {args.sample_size}")
+    if args.mauve_seeds < 1:
+        raise MopError(f"--mauve-seeds must be >= 1, got {args.mauve_seeds}")
+    if args.real and args.reference_split not in (None, "none"):
+        raise MopError("--reference-split goes with --data; with --real pass --reference FILE")
+    if args.data and args.reference:
+        raise MopError("--reference goes with --real; with --data use --reference-split")
+
+    synthetic, files = {}, {}
+    for n, path in enumerate(args.synthetic):
+        texts, labels, first = read_texts(path)
+        name = args.names[n] if args.names else set_name(path, first)
+        if name in synthetic:
+            if args.names:
+                raise MopError(f"--names: duplicate name '{name}'")
+            name = f"{name} ({Path(path).name})"
+        synthetic[name] = (texts, labels)
+        files[name] = str(path)
+
+    reference = None
+    if args.data:
+        from mop.data import load_dataset_config, load_population
+
+        pop = load_population(load_dataset_config(args.data))
+        records = pop[args.split]
+        if not records:
+            raise MopError(f"split '{args.split}' of the dataset of '{args.data}' has no records")
+        real_texts = [r.response for r in records]
+        real_labels = [r.label for r in records] if pop.spec.label_column else None
+        ref_split = args.reference_split or "train"
+        if ref_split != "none" and real_labels is not None:
+            if ref_split == args.split:
+                raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
+            ref = pop[ref_split]
+            reference = ([r.response for r in ref], [r.label for r in ref]) if ref else None
+        real_source = {"data": str(args.data), "split": args.split, "reference_split": ref_split}
+        embedder_name = args.embedder or _config_embedder(args.data)
+    else:
+        real_texts, real_labels, _ = read_texts(args.real, args.text_field)
+        if args.reference:
+            ref_texts, ref_labels, _ = read_texts(args.reference, args.text_field)
+            if ref_labels is None:
+                raise MopError(f"--reference '{args.reference}' needs a label on every row")
+            reference = (ref_texts, ref_labels)
+        real_source = {"real": str(args.real), "reference": args.reference}
+        embedder_name = args.embedder
+    if embedder_name is None:
+        from mop.assets import DEFAULT_EMBEDDER
+
+        embedder_name = DEFAULT_EMBEDDER
+
+    embedder = _make_embedder(embedder_name)
+    result = evaluate_sets(real_texts, real_labels, synthetic, embedder, reference_train=reference,
+                           sample_size=args.sample_size, seed=args.seed,
+                           mauve_seeds=tuple(range(args.mauve_seeds)), plot=args.plot,
+                           progress=not args.no_progress)
+    for row in result["rows"]:
+        row["file"] = files[row["name"]]
+    result["embedder"] = embedder_name
+    result["real"].update(real_source)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(result, args.output)
+    print(format_table(result))
+    for row in result["rows"]:
+        for note in row["notes"]:
+            print(f"note: {row['name']}: {note}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"\n{len(result['rows'])} set(s) at n = {result['n']} with {embedder_name} in {result['seconds']:.0f} s "
+          f"-> {args.output}" + (f", {args.plot}" if args.plot else ""))
+    return 0
+
+
+DESCRIPTION = ("Compare generated populations with the real held-out texts on sentence embeddings: FID, MAUVE, "
+               "KL of the pairwise-cosine histograms and downstream macro-F1, every set subsampled to the same n.")
+
+
+def register_cli(subparsers) -> None:
+    """``mop evaluate ...``."""
+    p = subparsers.add_parser("evaluate", help="population fidelity of generated texts vs real held-out texts",
+                              description=DESCRIPTION)
+    add_arguments(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mop.evaluate ARGS`` == ``mop evaluate ARGS``."""
+    from mop.cli import run
+
+    parser = argparse.ArgumentParser(prog="mop evaluate", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(lambda: _cmd_evaluate(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

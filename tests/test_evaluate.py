@@ -1,0 +1,313 @@
+"""Population fidelity metrics (DESIGN.md section 7) and ``mop evaluate``."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli
+
+from mop.errors import MopError
+from mop.evaluate import (
+    class_ellipse,
+    cosine_histogram,
+    downstream_f1,
+    evaluate_sets,
+    fid,
+    frechet_distance,
+    kl_cosine,
+    mauve_score,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class HashEmbedder:
+    """A tiny deterministic embedder: the normalised sum of a fixed random vector per word (no model)."""
+
+    name = "hash-16"
+
+    def __init__(self, dim: int = 16):
+        self.dim = dim
+        self.calls = 0
+
+    def encode(self, texts, desc="embedding", show_progress=True):
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim))
+        for i, t in enumerate(texts):
+            for w in t.lower().split() or [""]:
+                out[i] += np.random.default_rng(zlib.crc32(w.encode())).normal(size=self.dim)
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+POS = "great superb moving brilliant charming delightful funny gripping".split()
+NEG = "dull boring tedious clumsy awful bland messy lifeless".split()
+FILL = "the film movie plot cast story director script acting scenes".split()
+
+
+def reviews(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """n short labelled fake reviews whose sentiment words depend on the label."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = "fresh" if i % 2 == 0 else "rotten"
+        words = list(rng.choice(FILL, 4)) + list(rng.choice(POS if label == "fresh" else NEG, 3))
+        texts.append(" ".join(rng.permutation(words)) + f" {i}")
+        labels.append(label)
+    return texts, labels
+
+
+def write_generated(path, texts, labels, method="mop", model="smollm2-135m"):
+    """Rows in generate.py's format."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, (t, lab) in enumerate(zip(texts, labels)):
+            fh.write(json.dumps({"id": f"r{i}-0", "record_id": f"r{i}", "context": {"movie": "x"}, "label": lab,
+                                 "persona_id": None, "persona": None, "exemplar_id": None, "attributes": None,
+                                 "temperature": 0.7, "model": model, "adapter": None, "method": method, "seed": 0,
+                                 "text": t}) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------- FID
+@pytest.mark.parametrize("n,d", [(300, 8), (40, 64)])  # the second is rank-deficient (n < d)
+def test_fid_of_a_set_with_itself_is_zero(n, d):
+    x = np.random.default_rng(0).normal(size=(n, d)) + 0.3
+    assert abs(fid(x, x)) < 1e-6
+    assert fid(x, x + np.r_[0.5, np.zeros(d - 1)]) > 1e-3  # but not zero for a shifted copy
+
+
+def test_fid_matches_the_closed_form_of_two_gaussians():
+    # normalize=False: the raw Frechet distance of the samples, which for large n approaches the one of the true
+    # Gaussians: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(1)
+    d, n = 4, 200_000
+    mu1, mu2 = np.zeros(d), np.array([1.0, -0.5, 0.0, 0.25])
+    a = rng.normal(size=(d, d))
+    s1, s2 = np.diag([1.0, 2.0, 0.5, 1.5]), a @ a.T / d + 0.2 * np.eye(d)
+    expected = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * np.real(sqrtm(s1 @ s2))))
+    x = rng.multivariate_normal(mu1, s1, size=n)
+    y = rng.multivariate_normal(mu2, s2, size=n)
+    got = fid(x, y, normalize=False)
+    assert expected > 1.0
+    assert got == pytest.approx(expected, rel=0.02, abs=0.01)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-9)
+    # identical Gaussians: only sampling noise, O(d^2 / n)
+    assert fid(x, rng.multivariate_normal(mu1, s1, size=n), normalize=False) < 1e-3
+
+
+def test_fid_l2_normalises_rows():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(200, 6)) + 1, rng.normal(size=(200, 6))
+    scale = rng.uniform(0.1, 10, size=(200, 1))
+    assert fid(x * scale, y) == pytest.approx(fid(x, y), abs=1e-9)
+    assert fid(x * scale, y, normalize=False) != pytest.approx(fid(x, y, normalize=False), rel=1e-3)
+    with pytest.raises(MopError, match="dimension"):
+        fid(x, y[:, :5])
+
+
+# ------------------------------------------------------------------------------------------------ KL-cosine
+def test_cosine_histogram_is_a_distribution_over_100_bins():
+    x = np.tile([[1.0, 0.0, 0.0]], (30, 1))  # every pair has cosine 1: all mass in the last bin
+    h = cosine_histogram(x)
+    assert h.shape == (100,) and h.sum() == pytest.approx(1.0)
+    assert h[-1] > 1 - 1e-6 and h[0] == pytest.approx(1e-10 / (435 + 99e-10))
+    opposite = np.array([[1.0, 0.0], [-1.0, 0.0]])  # one pair, cosine -1: the first bin
+    assert cosine_histogram(opposite)[0] > 1 - 1e-6
+
+
+def test_kl_cosine_is_zero_for_identical_sets_and_grows_as_diversity_shrinks():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(400, 8)) + 0.5
+    assert kl_cosine(real, real) == pytest.approx(0.0, abs=1e-12)
+    mean = real.mean(0)
+    kls = [kl_cosine(real, mean + a * (real - mean)) for a in (1.0, 0.6, 0.3, 0.1)]
+    assert kls[0] == pytest.approx(0.0, abs=1e-12)
+    assert all(b > a for a, b in zip(kls, kls[1:])), kls
+    assert kls[-1] > 1.0
+    # the direction is KL(P_real || P_gen), not the reverse (the two differ for these sets)
+    narrow = mean + 0.3 * (real - mean)
+    p, q = cosine_histogram(real), cosine_histogram(narrow)
+    assert kl_cosine(real, narrow) == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-9)
+    assert abs(np.sum(q * np.log(q / p)) - kl_cosine(real, narrow)) > 0.1
+
+
+def test_kl_cosine_subsamples_large_sets_with_a_fixed_seed():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(300, 5)), rng.normal(size=(300, 5)) + 0.2
+    assert kl_cosine(x, y, max_n=100, seed=7) == kl_cosine(x, y, max_n=100, seed=7)
+    assert kl_cosine(x, y, max_n=100, seed=7) != kl_cosine(x, y, max_n=100, seed=8)
+
+
+# ------------------------------------------------------------------------------------------------------ MAUVE
+def test_mauve_is_one_for_identical_features_and_near_zero_for_disjoint_clusters():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 16))
+    same = mauve_score(x, x, seeds=(0, 1, 2))
+    assert same["mean"] > 0.95 and len(same["scores"]) == 3 and same["seeds"] == [0, 1, 2]
+    shift = np.r_[6.0, np.zeros(15)]
+    apart = mauve_score(rng.normal(size=(200, 16)) - shift, rng.normal(size=(200, 16)) + shift, seeds=(0, 1))
+    assert apart["mean"] < 0.1 and apart["std"] >= 0
+
+
+# ------------------------------------------------------------------------------------------------ downstream
+def test_downstream_f1_is_one_on_separable_data_and_low_on_shuffled_labels():
+    rng = np.random.default_rng(6)
+
+    def make(n):
+        y = rng.integers(0, 3, n)
+        return rng.normal(size=(n, 5)) * 0.3 + np.eye(5)[y] * 4, [f"c{v}" for v in y]
+
+    xtr, ytr = make(300)
+    xte, yte = make(200)
+    assert downstream_f1(xtr, ytr, xte, yte) == pytest.approx(1.0)
+    assert downstream_f1(xtr, list(rng.permutation(ytr)), xte, yte) < 0.7
+    with pytest.raises(MopError, match="single label"):
+        downstream_f1(xtr, ["a"] * 300, xte, yte)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate_sets
+def test_evaluate_sets_compares_every_set_at_one_sample_size():
+    real_t, real_l = reviews(80, seed=0)
+    same_t, same_l = real_t[:60], real_l[:60]
+    other_t, other_l = reviews(120, seed=1)
+    flat = [f"the film {i}" for i in range(100)]  # no sentiment words, one label: no F1
+    sets = {"copy": (same_t, same_l), "other": (other_t, other_l), "flat": (flat, ["fresh"] * 100)}
+    ref = reviews(200, seed=2)
+    emb = HashEmbedder()
+    out = evaluate_sets(real_t, real_l, sets, emb, reference_train=ref, seed=0, mauve_seeds=(0, 1), progress=False)
+    rows = {r["name"]: r for r in out["rows"]}
+    assert out["n"] == 60 and all(r["n"] == 60 for r in rows.values())
+    assert [rows[k]["n_total"] for k in ("copy", "other", "flat")] == [60, 120, 100]
+    assert rows["copy"]["fid"] < rows["other"]["fid"] < rows["flat"]["fid"]
+    assert rows["flat"]["kl_cosine"] > rows["other"]["kl_cosine"]
+    assert rows["copy"]["f1"] > 0.9 and rows["other"]["f1"] > 0.9
+    assert rows["flat"]["f1"] is None and "single label" in rows["flat"]["notes"][0]
+    assert out["reference"]["n"] == 60 and out["reference"]["f1"] > 0.8
+    again = evaluate_sets(real_t, real_l, sets, emb, reference_train=ref, seed=0, mauve_seeds=(0, 1),
+                          progress=False)
+    assert again["rows"] == out["rows"]  # seeded subsamples
+    other_seed = evaluate_sets(real_t, real_l, sets, emb, seed=1, mauve_seeds=(0,), progress=False)
+    assert other_seed["rows"][1]["fid"] != out["rows"][1]["fid"]
+    small = evaluate_sets(real_t, real_l, {"copy": (same_t, same_l)}, emb, sample_size=20, mauve_seeds=(0,),
+                          progress=False)
+    assert small["n"] == 20 and small["rows"][0]["n"] == 20
+    with pytest.raises(MopError, match="exceeds the smallest set"):
+        evaluate_sets(real_t, real_l, sets, emb, sample_size=61, progress=False)
+    with pytest.raises(MopError, match="at least 10 texts"):
+        evaluate_sets(real_t, real_l, {"tiny": (same_t[:9], same_l[:9])}, emb, progress=False)
+
+
+def test_class_ellipse_spans_two_standard_deviations():
+    rng = np.random.default_rng(8)
+    pts = rng.normal(size=(20000, 2)) * [3.0, 0.5]
+    _, w, h, angle = class_ellipse(pts)
+    assert w == pytest.approx(4 * 3.0, rel=0.03) and h == pytest.approx(4 * 0.5, rel=0.03)
+    assert abs(np.sin(np.radians(angle))) < 0.05  # major axis along x
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+@pytest.fixture
+def fake_embedder(monkeypatch):
+    import mop.evaluate
+
+    monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name: HashEmbedder())
+
+
+def _real_csv(write_csv, n=60, seed=0, name="real.csv"):
+    texts, labels = reviews(n, seed)
+    return write_csv([{"text": t, "label": lab} for t, lab in zip(texts, labels)], name), texts, labels
+
+
+def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, fake_embedder, capsys):
+    from mop.cli import main
+
+    real, texts, labels = _real_csv(write_csv)
+    ref, _, _ = _real_csv(write_csv, n=100, seed=3, name="train.csv")
+    same = write_generated(tmp_path / "self.jsonl", texts, labels)
+    other_t, other_l = reviews(70, seed=9)
+    other = write_generated(tmp_path / "other.jsonl", other_t, other_l, method="zerogen")
+    out, png = tmp_path / "report.json", tmp_path / "report.png"
+    code = main(["evaluate", "--real", str(real), "--synthetic", str(same), str(other), "--reference", str(ref),
+                 "--output", str(out), "--plot", str(png), "--mauve-seeds", "2", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"mop/smollm2-135m", "zerogen/smollm2-135m"}
+    me = rows["mop/smollm2-135m"]
+    assert me["n"] == 60 and abs(me["fid"]) < 1e-6 and me["mauve"] > 0.95 and me["kl_cosine"] < 1e-9
+    assert rows["zerogen/smollm2-135m"]["fid"] > 1e-3 and me["f1"] > 0.9
+    assert report["reference"]["n"] == 60 and report["reference"]["f1"] > 0.9
+    assert report["embedder"] == "minilm-l6" and me["file"] == str(same)
+    assert "| set | n | FID ↓ | MAUVE ↑ (mean ± std) | KL-cos ↓ | F1 ↑ |" in printed
+    assert "| mop/smollm2-135m | 60 | 0.0000 | 1.000 ± 0.000 |" in printed
+    assert "| real train (reference) | 60 |" in printed
+    data = png.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary file
+    # an existing report is not overwritten unless asked
+    code = main(["evaluate", "--real", str(real), "--synthetic", str(same), "--output", str(out)])
+    assert code == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    # a generated file without labels: F1 left out with a note, the rest computed
+    nolab = write_generated(tmp_path / "nolab.jsonl", texts, [None] * len(texts))
+    code = main(["evaluate", "--real", str(real), "--synthetic", str(nolab), "--output", str(out), "--overwrite",
+                 "--mauve-seeds", "1", "--names", "unlabelled", "--no-progress"])
+    printed = capsys.readouterr().out
+    row = json.loads(out.read_text())["rows"][0]
+    assert code == 0 and row["name"] == "unlabelled" and row["f1"] is None and abs(row["fid"]) < 1e-6
+    assert "F1 left out" in printed and "| unlabelled | 60 | 0.0000 |" in printed
+
+
+def test_cli_bad_input_is_one_line(tmp_path, write_csv, fake_embedder, capsys):
+    from mop.cli import main
+
+    real, texts, labels = _real_csv(write_csv)
+    good = write_generated(tmp_path / "g.jsonl", texts, labels)
+    out = str(tmp_path / "r.json")
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text('{"label": "fresh", "body": "x"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    few = write_generated(tmp_path / "few.jsonl", texts[:5], labels[:5])
+    cases = [
+        (["--real", str(tmp_path / "missing.csv"), "--synthetic", str(good)], "does not exist"),
+        (["--real", str(real), "--synthetic", str(nofield)], "no text field"),
+        (["--real", str(real), "--synthetic", str(empty)], "is empty"),
+        (["--real", str(real), "--synthetic", str(few)], "at least 10 texts"),
+        (["--real", str(real), "--synthetic", str(good), "--sample-size", "5"], "at least 10"),
+        (["--real", str(real), "--synthetic", str(good), "--names", "a", "b"], "--names gives 2"),
+        (["--real", str(real), "--synthetic", str(good), "--reference-split", "train"], "--reference-split"),
+    ]
+    for args, fragment in cases:
+        assert main(["evaluate", *args, "--output", out]) == 2, args
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("mop: error:") and fragment in err[0], (args, err)
+    assert main(["evaluate", "--real", str(real), "--synthetic", str(good), "--output",
+                 str(tmp_path / "no" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # and as a user sees it: a subprocess, one line, no traceback
+    assert_one_line_error(run_cli("evaluate", "--real", str(real), "--synthetic", str(nofield), "--output", out),
+                          "no text field")
+
+
+@pytest.mark.slow
+def test_real_embedder_self_evaluation_on_rotten_tomatoes(tmp_path):
+    # The bundled MiniLM on 150 real test reviews against themselves, through the installed command.
+    from mop.data import load_dataset_config, load_population
+
+    records = load_population(load_dataset_config(REPO / "configs/rotten_tomatoes.yaml"))["test"][:150]
+    real = tmp_path / "real.jsonl"
+    real.write_text("".join(json.dumps({"text": r.response, "label": r.label}) + "\n" for r in records))
+    gen = write_generated(tmp_path / "self.jsonl", [r.response for r in records], [r.label for r in records])
+    out = tmp_path / "r.json"
+    proc = run_cli("evaluate", "--real", str(real), "--synthetic", str(gen), "--output", str(out),
+                   "--plot", str(tmp_path / "p.png"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["n"] == 150 and abs(row["fid"]) < 1e-6 and row["mauve"] > 0.95 and row["kl_cosine"] < 1e-9
+    assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+    assert "WARNING clustering" not in proc.stderr
