@@ -1,0 +1,227 @@
+"""Population fidelity end to end on Rotten Tomatoes (issue 6, DESIGN.md section 7).
+
+Trains MoP (SmolLM2-135M + MiniLM, the quickstart data and personas), generates the same number of reviews for
+the same shuffled test contexts with every method, on SmolLM2 and on Gemma-3-270M (the SmolLM2-trained gate
+transferred, beside Gemma's own baselines), plus two ablations, then evaluates every set against the real test
+reviews of the same contexts (FID, MAUVE, KL-cosine, downstream F1) and writes a markdown table and JSON.
+
+    python benchmarks/fidelity.py                       # everything; resumable: re-run to continue
+    python benchmarks/fidelity.py --runs smollm2-135m:mop smollm2-135m:zerogen --num-samples 100
+
+Every step is resumable: training is skipped when the export exists, generate.py resumes a partial JSONL, and
+the evaluation uses the sets that are complete (a partial set is listed as such, never evaluated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BASELINES = ("zerogen", "attrprompt", "persona", "fewshot", "uniform")
+DEFAULT_RUNS = ([f"smollm2-135m:{m}" for m in ("mop", *BASELINES)]
+                + [f"gemma3-270m:{m}" for m in ("mop", *BASELINES)]
+                + [f"smollm2-135m:{m}" for m in ("mop-no-exemplar", "mop-random-persona")])
+LABELS = {"mop": "MoP", "uniform": "MoP, untrained (uniform gate)", "persona": "persona only",
+          "fewshot": "few-shot (random exemplar)", "zerogen": "ZeroGen", "attrprompt": "AttrPrompt",
+          "mop-no-exemplar": "ablation: MoP without exemplars", "mop-random-persona": "ablation: MoP, random persona"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/quickstart.yaml", help="training config (data, personas, LM)")
+    p.add_argument("--workdir", default="runs/fidelity", help="gate, samples, logs (resumable)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs of the gate")
+    p.add_argument("--num-samples", type=int, default=500, help="texts per method (the same contexts for all)")
+    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="MODEL:METHOD pairs, in order")
+    p.add_argument("--batch-size", type=int, default=16, help="generate.py --batch-size")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generate.py --max-new-tokens")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (and the contexts' shuffle)")
+    p.add_argument("--steps", default="train,generate,evaluate", help="comma-separated subset of the steps")
+    p.add_argument("--output", default="benchmarks/results/fidelity", help="writes OUTPUT.json and OUTPUT.md")
+    p.add_argument("--plot", default="benchmarks/results/fidelity.png", help="PCA panels, one per set (empty: none)")
+    return p.parse_args(argv)
+
+
+def _timings(workdir: Path) -> dict:
+    f = workdir / "timings.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _add_timing(workdir: Path, key: str, seconds: float) -> None:
+    t = _timings(workdir)
+    t[key] = round(t.get(key, 0.0) + seconds, 1)  # summed over resumed invocations
+    tmp = workdir / "timings.json.tmp"
+    tmp.write_text(json.dumps(t, indent=1))
+    tmp.replace(workdir / "timings.json")
+
+
+def train(args, workdir: Path) -> Path:
+    gate = workdir / "gate"
+    if (gate / "config.json").exists():
+        print(f"[fidelity] gate exists: {gate}")
+        return gate
+    cmd = [sys.executable, "train.py", "fit", "-c", args.config, "--model.export_dir", str(gate),
+           "--trainer.default_root_dir", str(workdir), "--trainer.logger.init_args.save_dir", str(workdir),
+           "--trainer.max_epochs", str(args.epochs)]
+    last = workdir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        cmd += ["--ckpt_path", str(last)]
+    print("[fidelity]", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(workdir / "train.log", "a") as log:
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    _add_timing(workdir, "train", time.perf_counter() - t0)
+    return gate
+
+
+def sample_file(workdir: Path, run: str) -> Path:
+    model, method = run.split(":")
+    return workdir / "samples" / f"{model}__{method}.jsonl"
+
+
+def count_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.endswith(b"\n"))
+
+
+def generate(args, workdir: Path, gate: Path, run: str) -> None:
+    model, method = run.split(":")
+    out = sample_file(workdir, run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if count_rows(out) >= args.num_samples:
+        print(f"[fidelity] {run}: {out} complete")
+        return
+    cmd = [sys.executable, "generate.py", "--gating", str(gate), "--model", model, "--data", args.config,
+           "--split", "test", "--shuffle", "--num-samples", str(args.num_samples), "--seed", str(args.seed),
+           "--method", method, "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
+           "--output", str(out)]
+    print("[fidelity]", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(workdir / "generate.log", "a") as log:
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    _add_timing(workdir, f"generate {run}", time.perf_counter() - t0)
+
+
+def real_sets(args, gate: Path):
+    """The real test reviews of the sampled contexts (the plan generate.py follows) and real training reviews."""
+    import numpy as np
+
+    from mop.data import load_dataset_config, load_population
+    from mop.export import read_export_config
+    from mop.generate import dataset_contexts, sample_plan
+
+    records = dataset_contexts(args.config, "test", read_export_config(gate))
+    plan = sample_plan(records, args.num_samples, args.seed)
+    real = [records[i] for i, _ in plan]
+    spec = dataclasses.replace(load_dataset_config(args.config), max_records=None)
+    train_recs = load_population(spec)["train"]
+    pick = np.random.default_rng(args.seed).permutation(len(train_recs))[:args.num_samples]
+    train = [train_recs[i] for i in pick]
+    return ([r.response for r in real], [r.label for r in real]), ([r.response for r in train],
+                                                                   [r.label for r in train])
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def evaluate(args, workdir: Path, gate: Path) -> dict:
+    from mop.evaluate import evaluate_sets
+
+    (real_texts, real_labels), reference = real_sets(args, gate)
+    synthetic, usage, missing = {}, {}, []
+    for run in args.runs:
+        path = sample_file(workdir, run)
+        rows = read_rows(path) if path.exists() else []
+        if len(rows) < args.num_samples:
+            missing.append(f"{run} ({len(rows)}/{args.num_samples} rows)")
+            continue
+        synthetic[run] = ([r["text"] for r in rows], [r["label"] for r in rows])
+        usage[run] = {"personas_used": len({r["persona_id"] for r in rows if r["persona_id"] is not None}),
+                      "exemplars_used": len({r["exemplar_id"] for r in rows if r["exemplar_id"] is not None}),
+                      "empty": sum(not r["text"] for r in rows),
+                      "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1)}
+    if not synthetic:
+        raise SystemExit("no complete sample set to evaluate yet")
+    t0 = time.perf_counter()
+    result = evaluate_sets(real_texts, real_labels, synthetic, "minilm-l6", reference_train=reference,
+                           seed=args.seed, plot=args.plot or None)
+    result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    for row in result["rows"]:
+        row.update(usage[row["name"]])
+    result["missing"] = missing
+    result["real_words"] = round(sum(len(t.split()) for t in real_texts) / len(real_texts), 1)
+    return result
+
+
+def table(result: dict, timings: dict, args) -> str:
+    lines = ["| LM | method | n | FID ↓ | MAUVE ↑ | KL-cos ↓ | F1 ↑ | personas / exemplars used | words | gen s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        model, method = row["name"].split(":")
+        f1 = f"{row['f1']:.3f}" if row.get("f1") is not None else "–"
+        lines.append(f"| {model} | {LABELS.get(method, method)} | {row['n']} | {row['fid']:.4f} | "
+                     f"{row['mauve']:.3f} ± {row['mauve_std']:.3f} | {row['kl_cosine']:.4f} | {f1} | "
+                     f"{row['personas_used']} / {row['exemplars_used']} | {row['mean_words']} | "
+                     f"{timings.get('generate ' + row['name'], float('nan')):.0f} |")
+    ref = result.get("reference")
+    if ref:
+        lines.append(f"| – | real training reviews (reference) | {ref['n']} | – | – | – | {ref['f1']:.3f} | – | "
+                     f"– | – |")
+    lines.append(f"| – | real test reviews (the target) | {result['n']} | 0 | 1 | 0 | – | – | "
+                 f"{result['real_words']} | – |")
+    if result.get("missing"):
+        lines.append("")
+        lines.append("Not yet generated: " + ", ".join(result["missing"]))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.chdir(ROOT)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    steps = set(args.steps.split(","))
+    t_start = time.perf_counter()
+    gate = train(args, workdir) if "train" in steps else workdir / "gate"
+    if "generate" in steps:
+        for run in args.runs:
+            generate(args, workdir, gate, run)
+    if "evaluate" not in steps:
+        return 0
+    result = evaluate(args, workdir, gate)
+    timings = _timings(workdir)
+    gate_cfg = json.loads((gate / "config.json").read_text())
+    result.update({
+        "config": args.config, "epochs": args.epochs, "num_samples": args.num_samples, "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens, "timings_s": timings, "gate_metrics": gate_cfg.get("metrics", {}),
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    })
+    md = table(result, timings, args)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"\n[fidelity] wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}"
+          f"{', ' + args.plot if args.plot else ''} ({time.perf_counter() - t_start:.0f} s this invocation)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
