@@ -124,7 +124,7 @@ class PopulationDataModule(pl.LightningDataModule):
             artifacts_dir: where embeddings, personas and the index are cached, keyed by their inputs.
             mask_same_response: also mask exemplars whose response equals the target's.
             mask_same_group: also mask exemplars from the target's group (e.g. the same movie).
-            seed: seed of the exemplar-pool sample.
+            seed: seed of the exemplar-pool sample and of the per-epoch shuffling of the training records.
         """
         super().__init__()
         self.dataset = dataset or DatasetSpec()
@@ -150,6 +150,39 @@ class PopulationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.artifacts: Artifacts | None = None
         self.exclude: dict[str, list[list[int]]] = {}
+
+    # ------------------------------------------------------------------------------------------- checks
+    def check_sizes(self, num_candidates: int | None = None) -> None:
+        """Fail fast, before any embedding or LM loading, on sizes the data cannot meet.
+
+        Loads the population (which validates the dataset spec and file), then checks: K personas need at least
+        K training records; M candidate pairs per record need at most K x pool (persona, exemplar) pairs.
+        """
+        from mop.personas import SYNTHESIZERS
+
+        population = load_population(self.dataset)
+        n_train = len(population["train"])
+        if n_train == 0:
+            raise MopError(f"the training split of '{self.dataset.source}' is empty ({population.summary()})")
+        synth = self.personas.synthesizer
+        if synth == "file":
+            if not self.personas.file:
+                raise MopError("data.personas.synthesizer is 'file' but data.personas.file is not set")
+            from mop.personas import load_personas_jsonl
+
+            k = len(load_personas_jsonl(self.personas.file))
+        elif synth not in SYNTHESIZERS:
+            raise MopError(f"data.personas.synthesizer '{synth}' is unknown; expected one of "
+                           f"{', '.join([*SYNTHESIZERS, 'file'])}")
+        else:
+            k = self.personas.num_personas
+            if k > n_train:
+                raise MopError(f"data.personas.num_personas ({k}) exceeds the {n_train} training records of "
+                               f"'{self.dataset.source}': lower it or use more data")
+        pool = n_train if self.num_exemplars is None else min(self.num_exemplars, n_train)
+        if num_candidates is not None and num_candidates > k * pool:
+            raise MopError(f"model.num_candidates (M = {num_candidates}) exceeds the {k * pool} (persona, exemplar) "
+                           f"pairs there are ({k} personas x {pool} exemplars)")
 
     # ------------------------------------------------------------------------------------------- artifacts
     def artifact_key(self) -> str:
@@ -247,13 +280,15 @@ class PopulationDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # The order is a function of (seed, epoch) only -- Lightning calls set_epoch() -- never of torch's global
+        # RNG, so a run resumed from a checkpoint visits the records in the order an uninterrupted run does.
         n = len(self.artifacts.population[split])
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             sampler = ExactDistributedSampler(_Indices(n), shuffle=shuffle, seed=self.seed)
-            return DataLoader(_Indices(n), batch_size=self.batch_size, sampler=sampler,
-                              num_workers=self.num_workers, collate_fn=_collate)
-        return DataLoader(_Indices(n), batch_size=self.batch_size, shuffle=shuffle,
+        else:
+            sampler = ExactDistributedSampler(_Indices(n), num_replicas=1, rank=0, shuffle=shuffle, seed=self.seed)
+        return DataLoader(_Indices(n), batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=_collate)
 
     def train_dataloader(self) -> DataLoader:

@@ -35,6 +35,8 @@ INDEX_FILES = ("exemplars.faiss", "exemplar_embeddings.npy")  # mop.index.INDEX_
 REQUIRED_FILES = (GATE_FILE, PERSONAS_FILE, EXEMPLARS_FILE, *INDEX_FILES)
 REQUIRED_CONFIG = ("embedder", "embed_dim", "prompt_template", "context_template")
 GATE_TENSORS = ("W_x.weight", "W_g.weight", "W_e.weight", "log_tau", "persona_emb")
+# The only kinds of file an export holds; none of them is a pickle (the .npy is read with allow_pickle=False).
+EXPORT_SUFFIXES = (".json", ".jsonl", ".safetensors", ".faiss", ".npy")
 
 
 def _sha256(path: Path) -> str:
@@ -57,6 +59,70 @@ def _is_export(path: Path) -> bool:
         return False
 
 
+def check_replaceable(out: Path) -> None:
+    """An export may be written to ``out`` only if it is absent, empty or itself a gate export."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_export(out))):
+        raise MopError(f"refusing to replace '{out}': it exists and is not a MoP gate export")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not Linux / glibc < 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):  # e.g. a file system without it
+        return False
+    raise OSError(err, f"cannot swap '{a}' and '{b}': {os.strerror(err)}")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished export ``tmp`` to ``out``. A kill at any instant leaves ``out`` a complete export:
+    the old or the new one (an atomic exchange); where the file system cannot exchange, the old export is
+    renamed to ``.<name>.<pid>.old`` for the instant between two renames, and the next save restores it."""
+    if out.exists() and _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the previous export
+        return
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover_interrupted(out: Path) -> None:
+    """Clean up after an export killed mid-write: restore a previous export left at ``.<name>.<pid>.old``
+    (if ``out`` is gone) and delete the temporary folders of processes that no longer run."""
+    if not out.parent.is_dir():
+        return
+    for leftover in sorted(out.parent.glob(f".{out.name}.*.*")):
+        pid, _, kind = leftover.name[len(out.name) + 2:].partition(".")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists() and _is_export(leftover):
+            os.replace(leftover, out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def save_pretrained(out_dir: str | Path, gate, persona_ids, persona_texts, persona_sizes, persona_emb, pool,
                     index, config: dict) -> Path:
     """Write an export into ``out_dir`` atomically: a half-written export never replaces a good one.
@@ -77,8 +143,8 @@ def save_pretrained(out_dir: str | Path, gate, persona_ids, persona_texts, perso
     if index.ntotal != n:
         raise MopError(f"export: the exemplar index holds {index.ntotal} vectors but the pool has {n} exemplars")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_export(out))):
-        raise MopError(f"refusing to replace '{out}': it exists and is not a MoP gate export")
+    _recover_interrupted(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -97,11 +163,7 @@ def save_pretrained(out_dir: str | Path, gate, persona_ids, persona_texts, perso
                "num_personas": len(persona_texts), "num_exemplars": len(pool),
                "checksums": {name: _sha256(tmp / name) for name in files}}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -135,6 +197,9 @@ def _member(directory: Path, name: Any) -> Path:
             or Path(name).name != name:
         raise MopError(f"gate export '{directory}': config.json lists {name!r}, which is not a file inside the "
                        "export directory")
+    if not name.endswith(EXPORT_SUFFIXES):
+        raise MopError(f"gate export '{directory}': config.json lists {name!r}, not a kind of file an export holds "
+                       f"({', '.join(EXPORT_SUFFIXES)})")
     path = directory / name
     if path.resolve().parent != directory.resolve():  # e.g. a symbolic link that leads out of the export
         raise MopError(f"gate export '{directory}': {name} points outside the export directory")
@@ -172,8 +237,9 @@ def read_export_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def verify_checksums(directory: str | Path, config: dict[str, Any]) -> None:
-    """Every required file is listed, inside the export, present and matches its sha256 in config.json."""
+def check_export_files(directory: str | Path, config: dict[str, Any]) -> dict[str, Path]:
+    """Every required file is listed and present, and every listed file is a plain export file inside the export
+    directory (no path that escapes it, no unexpected kind of file). Cheap: nothing is hashed or read."""
     d = Path(directory).expanduser()
     checksums = config["checksums"]
     paths = {name: _member(d, name) for name in checksums}
@@ -185,6 +251,13 @@ def verify_checksums(directory: str | Path, config: dict[str, Any]) -> None:
     for name, path in paths.items():
         if not path.is_file():
             raise MopError(f"gate export '{directory}' is missing {name}")
+    return paths
+
+
+def verify_checksums(directory: str | Path, config: dict[str, Any]) -> None:
+    """Every required file is listed, inside the export, present and matches its sha256 in config.json."""
+    checksums = config["checksums"]
+    for name, path in check_export_files(directory, config).items():
         found = _sha256(path)
         if found != checksums[name]:
             raise MopError(f"gate export '{directory}': {name} does not match its sha256 in {CONFIG_FILE} "
@@ -332,15 +405,22 @@ def load_export(directory: str | Path, expected_embed_dim: int | None = None) ->
 # ------------------------------------------------------------------------------------------ from a checkpoint
 def _load_checkpoint(path: Path, trust: bool) -> dict:
     import pickle
+    import re
+    import zipfile
 
     import torch
 
     if not path.is_file():
         raise MopError(f"checkpoint '{path}' does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint of ours
+        raise MopError(f"cannot read checkpoint '{path}': not a PyTorch checkpoint (torch.save writes a zip "
+                       "archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
-        raise MopError(f"checkpoint '{path}' holds objects that safe (weights_only) loading refuses; if you "
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise MopError(f"checkpoint '{path}' holds objects that safe (weights_only) loading refuses{what}; if you "
                        "trust the file, rerun with --trust-checkpoint") from err
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise MopError(f"cannot read checkpoint '{path}': {str(err).strip().splitlines()[0]}") from err
@@ -381,6 +461,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir:
     from mop.prompts import DEFAULT_TEMPLATE
 
     path = Path(ckpt_path).expanduser()
+    check_replaceable(Path(out_dir))  # before any work: a foreign folder is never replaced
     ckpt = _load_checkpoint(path, trust_checkpoint)
     meta = ckpt.get("mop")
     if not isinstance(meta, dict) or "embed_dim" not in meta:

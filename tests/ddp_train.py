@@ -19,14 +19,28 @@ from mop.scoring import FrozenLMScorer
 
 
 class RecordingModule(MixtureOfPersonas):
-    """Notes which training records this rank scored."""
+    """Notes which records this rank scored, the raw batches its sampler gave it (-1: padding) and how many
+    validation passes ran."""
 
     scored: list[int] = []
+    scored_val: list[int] = []
+    raw_train: list[int] = []
+    val_passes: int = 0
 
     def mixture_loss(self, split, idx):
         if split == "train" and self.training:
             self.scored.extend(idx.tolist())
+        elif split == "val":
+            self.scored_val.extend(idx.tolist())
         return super().mixture_loss(split, idx)
+
+    def training_step(self, idx, batch_idx):
+        self.raw_train.extend(idx.tolist())
+        return super().training_step(idx, batch_idx)
+
+    def on_validation_epoch_start(self):
+        type(self).val_passes += 1
+        super().on_validation_epoch_start()
 
 
 def main(out: Path) -> None:
@@ -47,7 +61,9 @@ def main(out: Path) -> None:
     rank = trainer.global_rank
     torch.save({k: v.detach().clone() for k, v in module.gate.state_dict().items()}, out / f"gate{rank}.pt")
     (out / f"loss{rank}.json").write_text(json.dumps({"before": before, "after": after, "scored": per_epoch,
-                                                      "world_size": trainer.world_size}))
+                                                      "world_size": trainer.world_size, "raw": module.raw_train,
+                                                      "scored_val": module.scored_val,
+                                                      "val_passes": RecordingModule.val_passes}))
 
 
 if __name__ == "__main__":

@@ -29,3 +29,18 @@ def test_two_process_cpu_ddp_identical_gates_lower_loss_each_record_once(tmp_pat
 
     counts = Counter(losses[0]["scored"] + losses[1]["scored"])
     assert sorted(counts) == list(range(25)) and set(counts.values()) == {3}
+    # ... although the sampler padded the shorter rank with -1 so both run 4 steps an epoch (DDP needs equal
+    # step counts); the padding reached training_step and was dropped before scoring
+    raw = [losses[r]["raw"] for r in (0, 1)]
+    assert len(raw[0]) == len(raw[1]) == 3 * 13
+    assert raw[0].count(-1) + raw[1].count(-1) == 3 and -1 not in counts
+    # the two ranks see disjoint records within an epoch, and a new order each epoch (seeded by epoch)
+    epochs = [[raw[r][e * 13:(e + 1) * 13] for r in (0, 1)] for e in range(3)]
+    for a, b in epochs:
+        assert not (set(a) - {-1}) & (set(b) - {-1})
+    assert epochs[0][0] != epochs[1][0]
+    # validation: 9 records split 5 / 4 (+1 padding), each scored exactly once per validation pass
+    val = Counter(losses[0]["scored_val"] + losses[1]["scored_val"])
+    passes = losses[0]["val_passes"]
+    assert passes == losses[1]["val_passes"] >= 2
+    assert sorted(val) == list(range(9)) and set(val.values()) == {passes}
