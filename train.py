@@ -27,7 +27,7 @@ from mop.datamodule import PopulationDataModule
 from mop.errors import MopError
 from mop.module import MixtureOfPersonas
 
-# Config values that must be > 0 (integers unless noted) and >= 0; None means "unset" and passes.
+# Config values that must be > 0 or >= 0 (None means unset and passes), and the values some keys may take.
 POSITIVE = ("model.hidden_dim", "model.num_candidates", "model.max_prompt_tokens", "model.max_target_tokens",
             "model.max_batch_tokens", "model.omega_topk", "model.init_tau", "model.lr", "data.batch_size",
             "data.num_exemplars", "data.personas.num_personas")

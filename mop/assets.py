@@ -185,6 +185,17 @@ def _check_local_model(path: str, kind: str) -> None:
             raise MopError(f"{kind} path '{path}' is a directory without config.json: not a model folder")
 
 
+def check_model_path(name_or_path: str, kind: str = "model") -> None:
+    """Fail fast, before any loading, on a local path that does not exist or is not a model folder.
+
+    Bundled names and anything that does not look like a local path (a hub id) pass; nothing is loaded.
+    """
+    name = str(name_or_path)
+    if name in BUNDLED_LMS or name in BUNDLED_EMBEDDERS:
+        return
+    _check_local_model(name, kind)
+
+
 def load_lm(
     name_or_path: str = DEFAULT_LM,
     *,
@@ -201,6 +212,8 @@ def load_lm(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if dtype not in (None, "float32", "bfloat16", "float16"):
+        raise MopError(f"LM dtype must be float32, bfloat16 or float16, got {dtype!r}")
     path = resolve_lm(name_or_path)
     _check_local_model(path, "model")
     torch_dtype = getattr(torch, dtype) if dtype else None
@@ -234,7 +247,7 @@ def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: str | None = Non
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(path, device=device or "cpu")
+        return SentenceTransformer(path, device=device or "cpu", trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise MopError(f"could not load embedder '{name_or_path}': {str(err).splitlines()[0]}") from err
 

@@ -62,6 +62,10 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
     for split, s in summary.items():
         counts = " | ".join(str(s["labels"].get(lab, 0)) for lab in labels)
         print(f"| {split} | {s['records']} | {s['groups']} | {counts}" + (" |" if labels else ""))
+    if any(pop.dropped.values()):
+        print(f"dropped on load: {pop.dropped.get('empty', 0)} row(s) with an empty response, "
+              f"{pop.dropped.get('words', 0)} outside min_words={pop.spec.min_words} / "
+              f"max_words={pop.spec.max_words}")
     records = pop[args.split]
     picks = np.random.default_rng(pop.spec.seed).permutation(len(records))[: args.examples]
     examples = [records[i] for i in sorted(picks)]
@@ -105,8 +109,15 @@ def _cmd_personas(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``PROG: error: ... (see PROG --help)``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mop", description="Mixture of Personas: population simulation.")
+    parser = OneLineParser(prog="mop", description="Mixture of Personas: population simulation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     assets = sub.add_parser("assets", help="bundled offline models and data").add_subparsers(

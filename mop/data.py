@@ -141,6 +141,26 @@ def _guardian_frame(path: Path):
 
 
 # ------------------------------------------------------------------------------------------------ user files
+# A physical line longer than this is not population text (a binary file, or a file without newlines): it is
+# refused before any parser reads it, so a 100 MB line costs a fast scan of its first MAX_LINE_BYTES, not memory.
+MAX_LINE_BYTES = 8 << 20
+# The first bytes of files users mistake for tables: a clear name beats "invalid start byte".
+_MAGIC = (
+    (b"PK\x03\x04", "ZIP archive (an Excel .xlsx / .ods workbook or a .zip)"),
+    (b"\xd0\xcf\x11\xe0", "legacy Office document (an Excel .xls workbook?)"),
+    (b"\x89PNG", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF8", "GIF image"),
+    (b"%PDF", "PDF document"),
+    (b"PAR1", "Parquet file"),
+    (b"\x1f\x8b", "gzip-compressed file"),
+    (b"BZh", "bzip2-compressed file"),
+    (b"\xfd7zXZ", "xz-compressed file"),
+    (b"SQLite format 3", "SQLite database"),
+)
+_OPENERS = {".bz2": "bz2", ".gz": "gzip", ".xz": "lzma"}
+
+
 def read_table(path: str | Path):
     """Read a CSV / JSONL / Parquet file into a DataFrame of strings, with one-line errors for bad files."""
     import pandas as pd
@@ -155,55 +175,101 @@ def read_table(path: str | Path):
     suffixes = [s.lower() for s in p.suffixes]
     compression = None
     if suffixes and suffixes[-1] in (".bz2", ".gz", ".xz", ".zst"):
-        compression = "infer"
+        compression = suffixes[-1]
         suffixes = suffixes[:-1]
     kind = suffixes[-1] if suffixes else ""
+    if kind not in (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"):
+        raise MopError(f"data file '{path}': unsupported type '{''.join(p.suffixes) or 'none'}', "
+                       "expected .csv, .tsv, .jsonl or .parquet")
     try:
         if kind in (".csv", ".tsv"):
-            if compression is None:
-                _check_utf8(p)
+            _check_text_file(p, compression, kind)
             df = pd.read_csv(p, sep="\t" if kind == ".tsv" else ",", dtype=str, keep_default_na=False,
                              encoding="utf-8", encoding_errors="strict")
         elif kind in (".jsonl", ".ndjson"):
-            if compression is None:
-                _check_utf8(p)
+            _check_text_file(p, compression, kind)
             df = _read_jsonl(p)
-        elif kind in (".parquet", ".pq"):
-            df = pd.read_parquet(p).astype(str)
         else:
-            raise MopError(f"data file '{path}': unsupported type '{''.join(p.suffixes) or 'none'}', "
-                           "expected .csv, .tsv, .jsonl or .parquet")
+            if compression is None:
+                what = _sniff(p)
+                if what != "Parquet file":
+                    raise MopError(f"data file '{path}' is not a Parquet file (it looks like "
+                                   f"{'a ' + what if what else 'text'}): give it the extension of what it holds")
+            df = pd.read_parquet(p).astype(str)
     except MopError:
         raise
     except UnicodeDecodeError as err:
         raise MopError(f"data file '{path}' is not valid UTF-8 ({err.reason} at byte {err.start})") from err
     except pd.errors.EmptyDataError as err:
         raise MopError(f"data file '{path}' has no columns (empty file?)") from err
-    except (pd.errors.ParserError, ValueError, OSError) as err:
-        raise MopError(f"data file '{path}' could not be parsed: {str(err).splitlines()[0]}") from err
+    except (pd.errors.ParserError, ValueError, OSError, EOFError) as err:
+        raise MopError(f"data file '{path}' could not be parsed: {str(err).strip().splitlines()[0]}") from err
     if len(df) == 0:
         raise MopError(f"data file '{path}' has a header but no rows")
     return df
 
 
-def _check_utf8(path: Path, block: int = 1 << 20) -> None:
-    """Fail with the byte offset of the first non-UTF-8 sequence (pandas' own message is vaguer)."""
+def _sniff(path: Path) -> str | None:
+    """What a file is by its first bytes (see _MAGIC), or None for anything else (e.g. text)."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    return next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+
+
+def _check_text_file(path: Path, compression: str | None, kind: str, block: int = 1 << 20) -> None:
+    """Refuse, before any parser reads it, a file that is not UTF-8 text or holds a line over MAX_LINE_BYTES.
+
+    One streaming pass in 1 MB blocks (decompressed on the fly for .bz2 / .gz / .xz); the errors name the byte
+    offset or line number, which pandas' own messages do not.
+    """
     import codecs
 
+    block = min(block, MAX_LINE_BYTES)
+    if compression is not None and compression not in _OPENERS:  # .zst: left to pandas
+        return
+    if compression is None:
+        what = _sniff(path)
+        if what is not None:
+            raise MopError(f"data file '{path}' looks like a {what}, not {kind[1:].upper()} text: save it as "
+                           "UTF-8 CSV, JSONL or Parquet")
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as err:
-                raise MopError(f"data file '{path}' is not valid UTF-8 ({err.reason} at byte "
-                               f"{offset + err.start})") from err
-            offset += len(chunk)
+    offset = line_no = line_len = 0
+    if compression in _OPENERS:
+        import importlib
+
+        opener = importlib.import_module(_OPENERS[compression]).open
+    else:
+        opener = open
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(block):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as err:
+                    raise MopError(f"data file '{path}' is not valid UTF-8 ({err.reason} at byte "
+                                   f"{offset + err.start})") from err
+                first = chunk.find(b"\n")  # lines inside one block are shorter than block <= MAX_LINE_BYTES
+                if first < 0:
+                    line_len += len(chunk)
+                else:
+                    if line_len + first > MAX_LINE_BYTES:
+                        _too_long(path, line_no + 1)
+                    line_no += chunk.count(b"\n")
+                    line_len = len(chunk) - chunk.rfind(b"\n") - 1
+                if line_len > MAX_LINE_BYTES:
+                    _too_long(path, line_no + 1)
+                offset += len(chunk)
+    except (OSError, EOFError) as err:  # a corrupt compressed stream
+        raise MopError(f"data file '{path}' could not be read: {str(err).strip().splitlines()[0]}") from err
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as err:
         raise MopError(f"data file '{path}' is not valid UTF-8 (truncated sequence at the end)") from err
+
+
+def _too_long(path: Path, line_no: int):
+    raise MopError(f"data file '{path}': line {line_no} is longer than {MAX_LINE_BYTES >> 20} MB (not one record of "
+                   "text: a binary file, or one without line breaks?)")
 
 
 def iter_jsonl_objects(path: Path, where: str):
@@ -260,6 +326,7 @@ class Population:
 
     spec: DatasetSpec
     splits: dict[str, list[Record]]
+    dropped: dict[str, int] = field(default_factory=dict)  # rows dropped on load: {"empty": n, "words": m}
 
     def __getitem__(self, split: str) -> list[Record]:
         if split not in self.splits:
@@ -298,12 +365,12 @@ def validate_spec(spec: DatasetSpec) -> None:
         raise MopError(f"dataset '{spec.source}': response_column is required for a file source")
     fractions = list(spec.split)
     if len(fractions) != 3:
-        raise MopError(f"split must have 3 fractions (train, val, test), got {fractions}")
+        raise MopError(f"dataset split must have 3 fractions (train, val, test), got {fractions}")
     for name, frac in zip(SPLITS, fractions):
         if not isinstance(frac, (int, float)) or not (0 < frac < 1):
-            raise MopError(f"split fraction for {name} must be in (0, 1), got {frac}")
+            raise MopError(f"dataset split: the {name} fraction must be in (0, 1), got {frac}")
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise MopError(f"split fractions must sum to 1, got {fractions} (sum {sum(fractions):g})")
+        raise MopError(f"dataset split: fractions must sum to 1, got {fractions} (sum {sum(fractions):g})")
     if spec.min_words < 0 or (spec.max_words is not None and spec.max_words < max(spec.min_words, 1)):
         raise MopError(f"word filters invalid: min_words={spec.min_words}, max_words={spec.max_words}")
     for split, cap in (spec.max_records or {}).items():
@@ -326,13 +393,21 @@ def load_frame(spec: DatasetSpec):
     return read_table(spec.source), str(spec.source)
 
 
-def build_records(df, spec: DatasetSpec, where: str) -> list[Record]:
-    """Turn a frame into records: check columns, drop empty / filtered responses, assign stable ids."""
+def build_records(df, spec: DatasetSpec, where: str, counts: dict[str, int] | None = None) -> list[Record]:
+    """Turn a frame into records: check columns, drop empty / filtered responses, assign stable ids.
+
+    Rows with an empty (or NaN) response are dropped, as are responses outside ``min_words`` / ``max_words``;
+    ``counts``, when given, receives how many of each (``empty``, ``words``).
+    """
     columns = [spec.response_column, *spec.context_columns, spec.label_column, spec.group_column, spec.id_column]
     missing = [c for c in columns if c and c not in df.columns]
     if missing:
+        import difflib
+
+        hints = {c: difflib.get_close_matches(str(c), list(map(str, df.columns)), n=1, cutoff=0.6) for c in missing}
+        hint = "; ".join(f"did you mean {m[0]!r} for {c!r}?" for c, m in hints.items() if m)
         raise MopError(f"{where}: column(s) {', '.join(repr(c) for c in missing)} not found; "
-                       f"available: {', '.join(map(str, df.columns))}")
+                       f"available: {', '.join(map(str, df.columns))}" + (f" ({hint})" if hint else ""))
 
     def clean(value) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -341,6 +416,7 @@ def build_records(df, spec: DatasetSpec, where: str) -> list[Record]:
         return "" if text.lower() == "nan" and not isinstance(value, str) else text.strip()
 
     records, seen = [], {}
+    dropped = {"empty": 0, "words": 0}
     for row_no, row in enumerate(df.to_dict("records")):
         rid = clean(row[spec.id_column]) if spec.id_column else f"r{row_no:06d}"
         if spec.id_column:
@@ -352,7 +428,11 @@ def build_records(df, spec: DatasetSpec, where: str) -> list[Record]:
             seen[rid] = row_no
         response = clean(row[spec.response_column])
         n_words = len(response.split())
-        if not response or n_words < spec.min_words or (spec.max_words is not None and n_words > spec.max_words):
+        if not response:
+            dropped["empty"] += 1
+            continue
+        if n_words < spec.min_words or (spec.max_words is not None and n_words > spec.max_words):
+            dropped["words"] += 1
             continue
         records.append(Record(
             id=rid, response=response,
@@ -361,8 +441,11 @@ def build_records(df, spec: DatasetSpec, where: str) -> list[Record]:
             group=clean(row[spec.group_column]) or None if spec.group_column else None,
         ))
     if not records:
-        raise MopError(f"{where}: no records left after dropping empty responses and word filters "
-                       f"(min_words={spec.min_words}, max_words={spec.max_words})")
+        raise MopError(f"{where}: no records left of {len(df)} row(s) after dropping {dropped['empty']} empty "
+                       f"response(s) (column '{spec.response_column}') and {dropped['words']} outside the word "
+                       f"filters (min_words={spec.min_words}, max_words={spec.max_words})")
+    if counts is not None:
+        counts.update(dropped)
     return records
 
 
@@ -398,13 +481,14 @@ def load_population(spec: DatasetSpec | dict[str, Any]) -> Population:
     spec = resolve_spec(spec)
     validate_spec(spec)
     df, where = load_frame(spec)
-    records = build_records(df, spec, where)
+    dropped: dict[str, int] = {}
+    records = build_records(df, spec, where, dropped)
     splits = split_records(records, spec.split, spec.seed)
     for split, cap in (spec.max_records or {}).items():
         if len(splits[split]) > cap:
             keep = np.sort(np.random.default_rng(spec.seed + 1).permutation(len(splits[split]))[:cap])
             splits[split] = [splits[split][i] for i in keep]
-    return Population(spec=spec, splits=splits)
+    return Population(spec=spec, splits=splits, dropped=dropped)
 
 
 def load_dataset_config(path: str | Path) -> DatasetSpec:

@@ -26,9 +26,12 @@ from typing import Any
 
 from mop.errors import MopError
 
-METHODS = ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt")
-USES_PERSONA = {"mop", "uniform", "persona"}
-USES_EXEMPLAR = {"mop", "uniform", "fewshot"}
+METHODS = ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt", "mop-no-exemplar", "mop-random-persona")
+USES_PERSONA = {"mop", "uniform", "persona", "mop-no-exemplar", "mop-random-persona"}
+USES_EXEMPLAR = {"mop", "uniform", "fewshot", "mop-random-persona"}
+# Methods that use the trained gate (and so need the contexts' embeddings and sample at tau_k): MoP and its two
+# ablations, persona k ~ pi(x) without an exemplar, and a uniformly random persona with j ~ Omega_k(x).
+GATED = {"mop", "mop-no-exemplar", "mop-random-persona"}
 # Attribute lists of the attrprompt baseline when no --attributes file is given (written for reviews).
 DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
     "style": ["enthusiastic", "sarcastic", "analytical", "witty", "blunt", "poetic", "casual", "formal"],
@@ -164,8 +167,8 @@ class Component:
 class ComponentSampler:
     """Draws (k, j, tau) per sample: k ~ pi(x), j ~ Omega_k(x) for ``mop``; uniform choices for the baselines.
 
-    Temperatures: tau_k for ``mop``; the mean of the export's tau_k for every baseline; ``temperature``, when
-    given, replaces both.
+    Temperatures: tau_k for the gated methods (``mop`` and its ablations); the mean of the export's tau_k for every
+    baseline; ``temperature``, when given, replaces both.
     """
 
     def __init__(self, export, method: str = "mop", temperature: float | None = None,
@@ -194,7 +197,7 @@ class ComponentSampler:
 
         hx = torch.as_tensor(hx, dtype=torch.float32)
         K = self.export.num_personas
-        if self.method != "mop":
+        if self.method not in ("mop", "mop-no-exemplar"):
             return torch.full((hx.shape[0], K), -float(torch.log(torch.tensor(float(K)))))
         with torch.no_grad():
             return self.export.gate.log_pi(hx, self.export.persona_emb)
@@ -205,7 +208,7 @@ class ComponentSampler:
 
         N = self._pool.shape[0]
         B = len(record_ids)
-        if self.method == "mop":
+        if self.method in ("mop", "mop-random-persona"):
             hx = torch.as_tensor(hx, dtype=torch.float32)
             gate = self.export.gate
             with torch.no_grad():
@@ -239,7 +242,7 @@ class ComponentSampler:
         out = []
         for b in range(B):
             k = int(persona[b]) if persona is not None else None
-            tau = self.temperature or (float(self.tau[k]) if self.method == "mop" else self.mean_tau)
+            tau = self.temperature or (float(self.tau[k]) if self.method in GATED else self.mean_tau)
             attrs = None
             if self.attributes is not None:
                 attrs = {name: values[int(torch.randint(len(values), (1,), generator=gens[b]))]
@@ -359,10 +362,12 @@ def stop_token_ids(model, tokenizer, use_chat_template: bool) -> list[int]:
 
 def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures: Sequence[float],
                          seeds: Sequence[int], *, max_new_tokens: int = 96, top_p: float = 1.0,
-                         use_chat_template: bool = False, stop_at_newline: bool = True) -> list[list[int]]:
+                         use_chat_template: bool = False, stop_at_newline: bool = True,
+                         min_new_tokens: int = 0) -> list[list[int]]:
     """Sample one continuation per prompt (left-padded batch, row b at temperature ``temperatures[b]``).
 
-    Returns the new token ids of each row, up to (excluding) its first stop token.
+    Returns the new token ids of each row, up to (excluding) its first stop token. ``min_new_tokens`` masks the
+    stop tokens until that many were generated (with ``stop_at_newline=False``: equal lengths, for benchmarks).
     """
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -394,7 +399,7 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures:
     criteria = [NewlineStop(tokenizer, width)] if stop_at_newline else []
     config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0,
                               repetition_penalty=1.0, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                              pad_token_id=pad)
+                              pad_token_id=pad, min_new_tokens=min_new_tokens)
     with torch.inference_mode():
         out = model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList(processors),
                              stopping_criteria=StoppingCriteriaList(criteria))
@@ -509,8 +514,8 @@ def generate_population(export, model, tokenizer, records: Sequence, num_samples
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         raise MopError("context record ids must be unique")
-    if method == "mop" and context_emb is None:
-        raise MopError("method 'mop' needs the contexts' embeddings")
+    if method in GATED and context_emb is None:
+        raise MopError(f"method '{method}' needs the contexts' embeddings")
     chat = bool(export.config.get("use_chat_template", False)) if use_chat_template is None else use_chat_template
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MopError("the export's prompts use a chat template but this tokenizer has none (a base model?); "
@@ -587,7 +592,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice; same seed, same rows")
     p.add_argument("--method", default="mop", choices=METHODS,
                    help="mop (trained gate), uniform (untrained uniform gate), persona (random persona), fewshot "
-                        "(random exemplar), zerogen (context only), attrprompt (random attribute values)")
+                        "(random exemplar), zerogen (context only), attrprompt (random attribute values); ablations: "
+                        "mop-no-exemplar (k ~ pi(x), no exemplar), mop-random-persona (uniform k, j ~ Omega_k(x))")
     p.add_argument("--temperature", type=float, default=None,
                    help="one sampling temperature for every row (default: tau_k of the sampled persona for mop, "
                         "the mean tau of the export for the baselines)")
@@ -621,18 +627,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     attributes = load_attributes(args.attributes) if args.method == "attrprompt" else None
     identity = {"model": args.model, "adapter": args.adapter, "method": args.method, "seed": args.seed}
     OutputFile(args.output, identity)  # a missing directory or another run's output fails before any loading
+    # Every input is checked before anything heavy is loaded: the model paths, the export's files, the
+    # contexts and the embedder's dimension.
+    from mop.assets import check_model_path
+    from mop.export import check_embed_dim, check_export_files
+
+    check_model_path(args.model, "model")
+    if args.adapter and not (Path(args.adapter).expanduser() / "adapter_config.json").is_file():
+        raise MopError(f"adapter '{args.adapter}' has no adapter_config.json: not a PEFT adapter folder")
     config = read_export_config(args.gating)
+    check_export_files(args.gating, config)
     records = read_contexts(args.contexts, config) if args.contexts else dataset_contexts(args.data, args.split,
                                                                                           config)
+    embedder = None
+    if args.method in GATED:
+        from mop.embed import Embedder
+
+        check_model_path(args.embedder or str(config["embedder"]), "embedder")
+        embedder = Embedder(args.embedder or str(config["embedder"]))
+        check_embed_dim(config, embedder.dim, f"gate export '{args.gating}'")
     from mop.export import GateExport
 
     export = GateExport.from_pretrained(args.gating)
-    context_emb = None
-    if args.method == "mop":
-        from mop.embed import Embedder
-
-        embedder = Embedder(args.embedder or export.embedder)
-        context_emb = embed_contexts(export, records, embedder)
+    context_emb = embed_contexts(export, records, embedder) if embedder is not None else None
 
     import torch
 
@@ -669,9 +686,9 @@ def register_cli(subparsers) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "generate.py") -> int:
     """``python generate.py ARGS`` == ``mop generate ARGS``."""
-    from mop.cli import run
+    from mop.cli import OneLineParser, run
 
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = OneLineParser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run(lambda: _cmd_generate(args))

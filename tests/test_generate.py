@@ -109,6 +109,26 @@ def test_persona_and_exemplar_frequencies_follow_the_gate(tmp_path):
     assert all(c.temperature == pytest.approx(float(export.tau[c.persona])) for c in comps[:50])
 
 
+def test_ablations_keep_one_half_of_the_gate(tmp_path):
+    """mop-no-exemplar: k ~ pi(x), no exemplar; mop-random-persona: uniform k, j ~ Omega_k(x); both at tau_k."""
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=6, n_pool=10, init_std=0.6).path)
+    hx = torch.as_tensor(HashEmbedder(16).encode(["a fresh review of the movie Film 0"]))
+    n = 2000
+    pi = ComponentSampler(export, "mop").log_pi(hx)[0].exp().numpy()
+    no_ex = ComponentSampler(export, "mop-no-exemplar").sample(hx.expand(n, -1), [None] * n, range(n), seed=0)
+    assert all(c.exemplar is None for c in no_ex)
+    counts = np.bincount([c.persona for c in no_ex], minlength=6)
+    assert _chisquare(counts, pi) > 1e-3 and _chisquare(counts, np.full(6, 1 / 6)) < 1e-6
+    rnd = ComponentSampler(export, "mop-random-persona").sample(hx.expand(n, -1), [None] * n, range(n), seed=0)
+    counts = np.bincount([c.persona for c in rnd], minlength=6)
+    assert _chisquare(counts, np.full(6, 1 / 6)) > 1e-3 and _chisquare(counts, pi) < 1e-6
+    k = int(counts.argmax())
+    omega = export.gate.log_omega(hx, export.persona_emb, export.pool_emb)[0, k].exp().numpy()
+    ex_counts = np.bincount([c.exemplar for c in rnd if c.persona == k], minlength=10)
+    assert _chisquare(ex_counts, omega) > 1e-3 and _chisquare(ex_counts, np.full(10, 0.1)) < 1e-3
+    assert all(c.temperature == pytest.approx(float(export.tau[c.persona])) for c in no_ex[:50] + rnd[:50])
+
+
 def test_own_record_is_never_an_exemplar(tmp_path):
     export = load_export(make_export(tmp_path / "gate", dim=16, k=3, n_pool=4, init_std=0.6).path)
     hx = torch.as_tensor(HashEmbedder(16).encode(["x"])).expand(400, -1)
