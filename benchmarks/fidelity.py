@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mop.generate import GATED  # noqa: E402
+
 BASELINES = ("zerogen", "attrprompt", "persona", "fewshot", "uniform")
 DEFAULT_RUNS = ([f"smollm2-135m:{m}" for m in ("mop", *BASELINES)]
                 + [f"gemma3-270m:{m}" for m in ("mop", *BASELINES)]
@@ -43,13 +45,23 @@ def parse_args(argv=None):
     p.add_argument("--workdir", default="runs/fidelity", help="gate, samples, logs (resumable)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the gate")
     p.add_argument("--num-samples", type=int, default=500, help="texts per method (the same contexts for all)")
+    p.add_argument("--model-samples", nargs="*", default=["gemma3-270m=200"], metavar="MODEL=N",
+                   help="a smaller number of texts for a slow LM (its sets are evaluated as their own group, "
+                        "on the first N of the same shuffled contexts)")
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="MODEL:METHOD pairs, in order")
-    p.add_argument("--batch-size", type=int, default=16, help="generate.py --batch-size")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="generate.py --max-new-tokens")
+    p.add_argument("--batch-size", type=int, default=32, help="generate.py --batch-size")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="generate.py --max-new-tokens")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the contexts' shuffle)")
+    p.add_argument("--baseline-temperature", type=float, default=0.6,
+                   help="sampling temperature of the baselines (the gate's initial tau); the gated methods "
+                        "sample at their persona's learned tau_k")
+    p.add_argument("--gate", default=None,
+                   help="an existing export to use instead of training one (baselines only read its personas, "
+                        "exemplars and templates)")
     p.add_argument("--steps", default="train,generate,evaluate", help="comma-separated subset of the steps")
     p.add_argument("--output", default="benchmarks/results/fidelity", help="writes OUTPUT.json and OUTPUT.md")
-    p.add_argument("--plot", default="benchmarks/results/fidelity.png", help="PCA panels, one per set (empty: none)")
+    p.add_argument("--plot", default="benchmarks/results/fidelity.png",
+                   help="PCA panels, one per set, one file per LM (NAME_<lm>.png; empty: none)")
     return p.parse_args(argv)
 
 
@@ -61,7 +73,7 @@ def _timings(workdir: Path) -> dict:
 def _add_timing(workdir: Path, key: str, seconds: float) -> None:
     t = _timings(workdir)
     t[key] = round(t.get(key, 0.0) + seconds, 1)  # summed over resumed invocations
-    tmp = workdir / "timings.json.tmp"
+    tmp = workdir / f"timings.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(t, indent=1))
     tmp.replace(workdir / "timings.json")
 
@@ -97,17 +109,24 @@ def count_rows(path: Path) -> int:
         return sum(1 for line in f if line.endswith(b"\n"))
 
 
+def samples_for(args, model: str) -> int:
+    return dict((m, int(n)) for m, n in (x.split("=") for x in args.model_samples)).get(model, args.num_samples)
+
+
 def generate(args, workdir: Path, gate: Path, run: str) -> None:
     model, method = run.split(":")
     out = sample_file(workdir, run)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if count_rows(out) >= args.num_samples:
+    n = samples_for(args, model)
+    if count_rows(out) >= n:
         print(f"[fidelity] {run}: {out} complete")
         return
     cmd = [sys.executable, "generate.py", "--gating", str(gate), "--model", model, "--data", args.config,
-           "--split", "test", "--shuffle", "--num-samples", str(args.num_samples), "--seed", str(args.seed),
+           "--split", "test", "--shuffle", "--num-samples", str(n), "--seed", str(args.seed),
            "--method", method, "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
            "--output", str(out)]
+    if method not in GATED:
+        cmd += ["--temperature", str(args.baseline_temperature)]
     print("[fidelity]", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(workdir / "generate.log", "a") as log:
@@ -115,7 +134,7 @@ def generate(args, workdir: Path, gate: Path, run: str) -> None:
     _add_timing(workdir, f"generate {run}", time.perf_counter() - t0)
 
 
-def real_sets(args, gate: Path):
+def real_sets(args, gate: Path, n: int):
     """The real test reviews of the sampled contexts (the plan generate.py follows) and real training reviews."""
     import numpy as np
 
@@ -124,11 +143,11 @@ def real_sets(args, gate: Path):
     from mop.generate import dataset_contexts, sample_plan
 
     records = dataset_contexts(args.config, "test", read_export_config(gate))
-    plan = sample_plan(records, args.num_samples, args.seed)
+    plan = sample_plan(records, n, args.seed)  # the contexts generate.py --shuffle visits (a prefix for any n)
     real = [records[i] for i, _ in plan]
     spec = dataclasses.replace(load_dataset_config(args.config), max_records=None)
     train_recs = load_population(spec)["train"]
-    pick = np.random.default_rng(args.seed).permutation(len(train_recs))[:args.num_samples]
+    pick = np.random.default_rng(args.seed).permutation(len(train_recs))[:n]
     train = [train_recs[i] for i in pick]
     return ([r.response for r in real], [r.label for r in real]), ([r.response for r in train],
                                                                    [r.label for r in train])
@@ -139,53 +158,67 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def evaluate(args, workdir: Path, gate: Path) -> dict:
+    """Each LM's sets are evaluated together, at that LM's number of samples, against the same real texts."""
     from mop.evaluate import evaluate_sets
 
-    (real_texts, real_labels), reference = real_sets(args, gate)
-    synthetic, usage, missing = {}, {}, []
+    groups: dict[str, list[str]] = {}
     for run in args.runs:
-        path = sample_file(workdir, run)
-        rows = read_rows(path) if path.exists() else []
-        if len(rows) < args.num_samples:
-            missing.append(f"{run} ({len(rows)}/{args.num_samples} rows)")
+        groups.setdefault(run.split(":")[0], []).append(run)
+    result = {"groups": [], "missing": []}
+    for model, runs in groups.items():
+        n = samples_for(args, model)
+        synthetic, usage = {}, {}
+        for run in runs:
+            path = sample_file(workdir, run)
+            rows = read_rows(path)[:n] if path.exists() else []
+            if len(rows) < n:
+                result["missing"].append(f"{run} ({len(rows)}/{n} rows)")
+                continue
+            synthetic[run] = ([r["text"] for r in rows], [r["label"] for r in rows])
+            usage[run] = {"personas_used": len({r["persona_id"] for r in rows if r["persona_id"] is not None}),
+                          "exemplars_used": len({r["exemplar_id"] for r in rows if r["exemplar_id"] is not None}),
+                          "empty": sum(not r["text"] for r in rows),
+                          "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1)}
+        if not synthetic:
             continue
-        synthetic[run] = ([r["text"] for r in rows], [r["label"] for r in rows])
-        usage[run] = {"personas_used": len({r["persona_id"] for r in rows if r["persona_id"] is not None}),
-                      "exemplars_used": len({r["exemplar_id"] for r in rows if r["exemplar_id"] is not None}),
-                      "empty": sum(not r["text"] for r in rows),
-                      "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1)}
-    if not synthetic:
+        (real_texts, real_labels), reference = real_sets(args, gate, n)
+        plot = None
+        if args.plot:
+            plot = Path(args.plot)
+            plot = plot.with_name(f"{plot.stem}_{model}{plot.suffix}")
+        t0 = time.perf_counter()
+        group = evaluate_sets(real_texts, real_labels, synthetic, "minilm-l6", reference_train=reference,
+                              seed=args.seed, plot=plot)
+        group.update({"model": model, "eval_seconds": round(time.perf_counter() - t0, 1), "plot": str(plot),
+                      "real_words": round(sum(len(t.split()) for t in real_texts) / len(real_texts), 1)})
+        for row in group["rows"]:
+            row.update(usage[row["name"]])
+        result["groups"].append(group)
+    if not result["groups"]:
         raise SystemExit("no complete sample set to evaluate yet")
-    t0 = time.perf_counter()
-    result = evaluate_sets(real_texts, real_labels, synthetic, "minilm-l6", reference_train=reference,
-                           seed=args.seed, plot=args.plot or None)
-    result["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    for row in result["rows"]:
-        row.update(usage[row["name"]])
-    result["missing"] = missing
-    result["real_words"] = round(sum(len(t.split()) for t in real_texts) / len(real_texts), 1)
     return result
 
 
-def table(result: dict, timings: dict, args) -> str:
+def table(result: dict, timings: dict) -> str:
     lines = ["| LM | method | n | FID ↓ | MAUVE ↑ | KL-cos ↓ | F1 ↑ | personas / exemplars used | words | gen s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in result["rows"]:
-        model, method = row["name"].split(":")
-        f1 = f"{row['f1']:.3f}" if row.get("f1") is not None else "–"
-        lines.append(f"| {model} | {LABELS.get(method, method)} | {row['n']} | {row['fid']:.4f} | "
-                     f"{row['mauve']:.3f} ± {row['mauve_std']:.3f} | {row['kl_cosine']:.4f} | {f1} | "
-                     f"{row['personas_used']} / {row['exemplars_used']} | {row['mean_words']} | "
-                     f"{timings.get('generate ' + row['name'], float('nan')):.0f} |")
-    ref = result.get("reference")
-    if ref:
-        lines.append(f"| – | real training reviews (reference) | {ref['n']} | – | – | – | {ref['f1']:.3f} | – | "
-                     f"– | – |")
-    lines.append(f"| – | real test reviews (the target) | {result['n']} | 0 | 1 | 0 | – | – | "
-                 f"{result['real_words']} | – |")
+    for group in result["groups"]:
+        for row in group["rows"]:
+            model, method = row["name"].split(":")
+            f1 = f"{row['f1']:.3f}" if row.get("f1") is not None else "–"
+            lines.append(f"| {model} | {LABELS.get(method, method)} | {row['n']} | {row['fid']:.4f} | "
+                         f"{row['mauve']:.3f} ± {row['mauve_std']:.3f} | {row['kl_cosine']:.4f} | {f1} | "
+                         f"{row['personas_used']} / {row['exemplars_used']} | {row['mean_words']} | "
+                         f"{timings.get('generate ' + row['name'], float('nan')):.0f} |")
+        ref = group.get("reference")
+        if ref:
+            lines.append(f"| – | real training reviews (reference) | {ref['n']} | – | – | – | {ref['f1']:.3f} | "
+                         f"– | – | – |")
+        lines.append(f"| – | real test reviews (the target) | {group['n']} | 0 | 1 | 0 | – | – | "
+                     f"{group['real_words']} | – |")
     if result.get("missing"):
         lines.append("")
-        lines.append("Not yet generated: " + ", ".join(result["missing"]))
+        lines.append("Not generated (incomplete): " + ", ".join(result["missing"]))
     return "\n".join(lines)
 
 
@@ -197,7 +230,7 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     steps = set(args.steps.split(","))
     t_start = time.perf_counter()
-    gate = train(args, workdir) if "train" in steps else workdir / "gate"
+    gate = Path(args.gate) if args.gate else train(args, workdir) if "train" in steps else workdir / "gate"
     if "generate" in steps:
         for run in args.runs:
             generate(args, workdir, gate, run)
@@ -207,12 +240,13 @@ def main(argv=None) -> int:
     timings = _timings(workdir)
     gate_cfg = json.loads((gate / "config.json").read_text())
     result.update({
-        "config": args.config, "epochs": args.epochs, "num_samples": args.num_samples, "seed": args.seed,
+        "config": args.config, "epochs": args.epochs, "num_samples": args.num_samples,
+        "model_samples": args.model_samples, "seed": args.seed,
         "max_new_tokens": args.max_new_tokens, "timings_s": timings, "gate_metrics": gate_cfg.get("metrics", {}),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     })
-    md = table(result, timings, args)
+    md = table(result, timings)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
