@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--model-samples", nargs="*", default=["gemma3-270m=200"], metavar="MODEL=N",
                    help="a smaller number of texts for a slow LM (its sets are evaluated as their own group, "
                         "on the first N of the same shuffled contexts)")
+    p.add_argument("--ablation-samples", type=int, default=200,
+                   help="texts per ablation (mop-*); evaluated as a group with the first N rows of mop")
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="MODEL:METHOD pairs, in order")
     p.add_argument("--batch-size", type=int, default=32, help="generate.py --batch-size")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generate.py --max-new-tokens")
@@ -61,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", default="train,generate,evaluate", help="comma-separated subset of the steps")
     p.add_argument("--output", default="benchmarks/results/fidelity", help="writes OUTPUT.json and OUTPUT.md")
     p.add_argument("--plot", default="benchmarks/results/fidelity.png",
-                   help="PCA panels, one per set, one file per LM (NAME_<lm>.png; empty: none)")
+                   help="PCA panels, one per set, one file per group (NAME_<lm>_<n>.png; empty: none)")
     return p.parse_args(argv)
 
 
@@ -109,7 +111,9 @@ def count_rows(path: Path) -> int:
         return sum(1 for line in f if line.endswith(b"\n"))
 
 
-def samples_for(args, model: str) -> int:
+def samples_for(args, model: str, method: str = "") -> int:
+    if method.startswith("mop-"):
+        return args.ablation_samples
     return dict((m, int(n)) for m, n in (x.split("=") for x in args.model_samples)).get(model, args.num_samples)
 
 
@@ -117,7 +121,7 @@ def generate(args, workdir: Path, gate: Path, run: str) -> None:
     model, method = run.split(":")
     out = sample_file(workdir, run)
     out.parent.mkdir(parents=True, exist_ok=True)
-    n = samples_for(args, model)
+    n = samples_for(args, model, method)
     if count_rows(out) >= n:
         print(f"[fidelity] {run}: {out} complete")
         return
@@ -161,12 +165,15 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
     """Each LM's sets are evaluated together, at that LM's number of samples, against the same real texts."""
     from mop.evaluate import evaluate_sets
 
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, int], list[str]] = {}
     for run in args.runs:
-        groups.setdefault(run.split(":")[0], []).append(run)
+        model, method = run.split(":")
+        groups.setdefault((model, samples_for(args, model, method)), []).append(run)
+    for (model, n), runs in list(groups.items()):  # ablations are compared with mop's first n rows
+        if any(r.split(":")[1].startswith("mop-") for r in runs) and f"{model}:mop" in args.runs:
+            runs.insert(0, f"{model}:mop")
     result = {"groups": [], "missing": []}
-    for model, runs in groups.items():
-        n = samples_for(args, model)
+    for (model, n), runs in groups.items():
         synthetic, usage = {}, {}
         for run in runs:
             path = sample_file(workdir, run)
@@ -185,11 +192,11 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
         plot = None
         if args.plot:
             plot = Path(args.plot)
-            plot = plot.with_name(f"{plot.stem}_{model}{plot.suffix}")
+            plot = plot.with_name(f"{plot.stem}_{model}_{n}{plot.suffix}")
         t0 = time.perf_counter()
         group = evaluate_sets(real_texts, real_labels, synthetic, "minilm-l6", reference_train=reference,
                               seed=args.seed, plot=plot)
-        group.update({"model": model, "eval_seconds": round(time.perf_counter() - t0, 1), "plot": str(plot),
+        group.update({"model": model, "n_requested": n, "eval_seconds": round(time.perf_counter() - t0, 1), "plot": str(plot),
                       "real_words": round(sum(len(t.split()) for t in real_texts) / len(real_texts), 1)})
         for row in group["rows"]:
             row.update(usage[row["name"]])
