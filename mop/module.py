@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,7 +22,14 @@ from mop.prompts import DEFAULT_TEMPLATE, render_prompt, validate_prompt_templat
 
 
 class MixtureOfPersonas(pl.LightningModule):
-    """Mixture of Personas: learns pi(x), Omega_k(x) and tau_k against a frozen causal LM."""
+    """Mixture of Personas: learns pi(x), Omega_k(x) and tau_k against a frozen causal LM.
+
+    Score cache: with frozen temperatures (``learn_tau: false``) the LM term log p^tau_k(y_i | prompt(g_k, e_j,
+    x_i)) depends only on (record i, persona k, exemplar j), so with ``score_cache: true`` (the default) it is
+    computed once and reused in later steps and epochs (exact: the same value the LM gave the first time);
+    ``perf/score_cache_hit_rate`` is logged per training epoch. With learnable temperatures every step needs the
+    per-token terms for d/dtau, so the cache is off.
+    """
 
     def __init__(
         self,
@@ -42,6 +50,7 @@ class MixtureOfPersonas(pl.LightningModule):
         max_prompt_tokens: int = 384,
         max_target_tokens: int = 96,
         max_batch_tokens: int = 4096,
+        score_cache: bool = True,
         gate_seed: int = 0,
         export_dir: str | None = None,
     ):
@@ -53,7 +62,7 @@ class MixtureOfPersonas(pl.LightningModule):
             prompt_template: format string over persona, exemplar and target context (mop.prompts).
             hidden_dim: d, the gate's projection size.
             init_tau: initial per-persona temperature.
-            learn_tau: train the temperatures (False freezes them at init_tau).
+            learn_tau: train the temperatures (False freezes them at init_tau, which enables the score cache).
             num_candidates: M, the (persona, exemplar) pairs scored per record.
             explore: also score one pair drawn from ((pi + uniform) / 2, (Omega + uniform) / 2) with its
                 importance weight (M + 1 LM calls per record): the loss is then an estimate of the full mixture
@@ -68,6 +77,8 @@ class MixtureOfPersonas(pl.LightningModule):
             max_prompt_tokens: prompts are truncated from the left beyond this.
             max_target_tokens: responses are truncated beyond this.
             max_batch_tokens: token budget of one LM micro-batch (padding included).
+            score_cache: with frozen temperatures (learn_tau false), cache each (record, persona, exemplar)
+                LM log-likelihood and reuse it in later epochs; no effect while tau is learned.
             gate_seed: seed of the gate's initialisation.
             export_dir: where the trained gate is exported at the end of fit (default: the log dir).
         """
@@ -82,11 +93,19 @@ class MixtureOfPersonas(pl.LightningModule):
         self._dm = None  # the bound PopulationDataModule
         self._targets: dict[str, list[list[int]]] = {}
         self._lm_time = 0.0
+        self._score_cache: dict[tuple[str, int, str, float], float] = {}  # (record id, k, exemplar id, tau) -> LL
+        self._cache_counts = [0, 0]  # training lookups, hits in the current epoch
 
     # ---------------------------------------------------------------------------------------------- wiring
     def attach_scorer(self, scorer) -> None:
         """Use this scorer (e.g. a test double) instead of loading ``lm`` in setup()."""
         object.__setattr__(self, "_scorer", scorer)
+        self._score_cache.clear()  # cached values belong to the previous LM
+
+    @property
+    def uses_score_cache(self) -> bool:
+        """True when LM scores are cached: temperatures frozen and ``score_cache`` on."""
+        return bool(self.hparams.score_cache) and not (self.gate is not None and self.gate.log_tau.requires_grad)
 
     @property
     def scorer(self):
@@ -136,6 +155,15 @@ class MixtureOfPersonas(pl.LightningModule):
         model = getattr(self._scorer, "model", None)
         if model is not None and next(model.parameters()).device != self.device:
             model.to(self.device)
+        if model is not None and self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
+            try:
+                native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            except (AttributeError, RuntimeError):
+                native = True
+            if not native:  # measured in benchmarks/scoring_speed.py: ~50x slower than float32 on AVX2
+                warnings.warn("lm_dtype bfloat16 on a CPU without bf16 instructions (AVX512-BF16/AMX): matmuls "
+                              "are emulated and far slower than float32; use lm_dtype float32 on this machine",
+                              stacklevel=2)
 
     def on_fit_start(self) -> None:
         self._lm_to_device()
@@ -163,14 +191,8 @@ class MixtureOfPersonas(pl.LightningModule):
             raise MopError("a record has no usable exemplar after target masking: the exemplar pool is too "
                            "small; add exemplars or relax mask_same_response / mask_same_group")
         pairs = valid.nonzero().tolist()  # [(b, m)] in row-major order
-        prompts = [render_prompt(self.hparams.prompt_template, art.population.spec.context_template,
-                                 art.population[split][rows[b]], art.persona_texts[int(cand.persona[b, m])],
-                                 art.pool[int(cand.exemplar[b, m])]) for b, m in pairs]
-        targets = [self._targets[split][rows[b]] for b, _ in pairs]
         tau = self.gate.tau[cand.persona[valid]]  # (P,) per-pair temperature of its persona
-        t0 = time.perf_counter()
-        scored = self._scorer.score_ids(self._scorer.encode_prompts(prompts), targets, tau)
-        self._lm_time += time.perf_counter() - t0
+        scored = self._score_pairs(split, rows, pairs, cand, tau)  # (P,)
         log_lik = torch.full((B, M), float("-inf"), device=cand.log_weight.device)
         log_lik = log_lik.masked_scatter(valid, scored.to(log_lik.device).float())  # (B, M)
         nll = mixture_nll(cand.log_weight, log_lik.to(cand.log_weight.device))  # (B,)
@@ -185,6 +207,44 @@ class MixtureOfPersonas(pl.LightningModule):
         if split == "train" and self.training:
             return None
         return torch.Generator(device=idx.device).manual_seed(int(idx[0]))
+
+    def _score_pairs(self, split: str, rows: list[int], pairs: list[list[int]], cand, tau: torch.Tensor):
+        """LM log-likelihood of each selected pair (P,), from the score cache where possible."""
+        art = self.artifacts
+        keys = None
+        todo = list(range(len(pairs)))
+        if self.uses_score_cache:
+            tau_list = tau.detach().tolist()
+            keys = [(art.population[split][rows[b]].id, int(cand.persona[b, m]), art.pool[int(cand.exemplar[b, m])].id,
+                     tau_list[p]) for p, (b, m) in enumerate(pairs)]
+            todo = [p for p, key in enumerate(keys) if key not in self._score_cache]
+            if split == "train" and self.training:
+                self._cache_counts[0] += len(keys)
+                self._cache_counts[1] += len(keys) - len(todo)
+        t0 = time.perf_counter()
+        scored = None
+        if todo:
+            prompts = [render_prompt(self.hparams.prompt_template, art.population.spec.context_template,
+                                     art.population[split][rows[pairs[p][0]]],
+                                     art.persona_texts[int(cand.persona[pairs[p][0], pairs[p][1]])],
+                                     art.pool[int(cand.exemplar[pairs[p][0], pairs[p][1]])]) for p in todo]
+            targets = [self._targets[split][rows[pairs[p][0]]] for p in todo]
+            scored = self._scorer.score_ids(self._scorer.encode_prompts(prompts), targets,
+                                            tau if keys is None else tau.detach()[todo])
+        self._lm_time += time.perf_counter() - t0
+        if keys is None:
+            return scored
+        for p, value in zip(todo, scored.detach().cpu().tolist() if scored is not None else []):
+            self._score_cache[keys[p]] = value
+        return torch.tensor([self._score_cache[k] for k in keys], dtype=torch.float32, device=tau.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._cache_counts = [0, 0]
+
+    def on_train_epoch_end(self) -> None:
+        lookups, hits = self._cache_counts
+        if self.uses_score_cache and lookups:
+            self.log("perf/score_cache_hit_rate", hits / lookups, sync_dist=self.trainer.world_size > 1)
 
     def _empty_step(self) -> torch.Tensor:
         """A zero loss still connected to every gate parameter (a rank whose batch is all padding)."""

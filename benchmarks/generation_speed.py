@@ -1,0 +1,119 @@
+"""Generation: batched mop.generate.sample_continuations (left-padded) vs one sample at a time, same prompts.
+
+    python benchmarks/generation_speed.py                       # SmolLM2, 32 samples x 64 tokens, batch 1/8/32
+    python benchmarks/generation_speed.py --device cuda --dtype bfloat16 --samples 256 --batch-sizes 1 32 128
+
+Prompts are real training prompts (persona + exemplar + context, see common.training_pairs), each sampled at
+tau 0.6 with its own seed. Every sample is forced to exactly ``--new-tokens`` tokens (min_new_tokens =
+max_new_tokens, no newline stop), so every batch size does the same work; batch 1 is the one-at-a-time loop.
+Each batch size is also run with a single new token ("prefill" column: the prompt forward, which costs the same
+per sample at any batch size and bounds the speed-up). Batch sizes are timed one after the other in one run.
+Writes benchmarks/results/generation_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from common import (
+    RESULTS,
+    SHARED_NOTE,
+    Timer,
+    hardware,
+    hardware_line,
+    markdown_table,
+    matmul_peak,
+    param_counts,
+    training_pairs,
+    write_json,
+)
+
+TAU = 0.6
+
+
+def generate_all(model, tok, prompts, seeds, batch_size: int, new_tokens: int, device: str) -> tuple[float, list]:
+    from mop.generate import sample_continuations
+
+    rows = []
+    with Timer(device) as t:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            rows += sample_continuations(model, tok, chunk, [TAU] * len(chunk), seeds[start:start + batch_size],
+                                         max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                         stop_at_newline=False)
+    return t.seconds, rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="bundled name or local model folder")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--config", default="configs/quickstart.yaml", help="config whose data and prompts to use")
+    parser.add_argument("--samples", type=int, default=32, help="prompts (one sample each)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample (forced)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--peak-size", type=int, default=None, help="matmul size of the peak (1024 CPU, 8192 cuda)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS / "generation_speed.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from mop.assets import load_lm
+
+    hw = hardware(args.device)
+    prompts, _, source = training_pairs(args.config, args.samples, per_record=1)
+    seeds = list(range(1000, 1000 + len(prompts)))
+    model, tok = load_lm(args.model, dtype=args.dtype, device=args.device)
+    generate_all(model, tok, prompts[:2], seeds[:2], 2, 2, args.device)  # warm-up, untimed
+    prompt_tokens = sum(len(ids) for ids in tok(prompts)["input_ids"])
+    rows = []
+    for bs in args.batch_sizes:
+        prefill_s, _ = generate_all(model, tok, prompts, seeds, bs, 1, args.device)
+        seconds, out = generate_all(model, tok, prompts, seeds, bs, args.new_tokens, args.device)
+        lengths = {len(r) for r in out}
+        assert lengths == {args.new_tokens}, f"unequal generated lengths {sorted(lengths)}"
+        generated = sum(len(r) for r in out)
+        rows.append({"batch_size": bs, "samples": len(out), "new_tokens": args.new_tokens, "seconds": seconds,
+                     "prefill_seconds": prefill_s, "samples_per_s": len(out) / seconds,
+                     "generated_tok_s": generated / seconds,
+                     "decode_tok_s": generated / (seconds - prefill_s) if seconds - prefill_s > 0.05 * seconds
+                     else None, "tokens": out})
+        print(f"done: batch {bs}: {seconds:.1f} s ({prefill_s:.1f} s with one new token)", flush=True)
+    base = rows[0]
+    base_tokens = base["tokens"]
+    for r in rows:  # decode = the run minus its one-token (prefill) run: None where noise swamps it
+        r["speedup"] = base["seconds"] / r["seconds"]
+        r["decode_speedup"] = (r["decode_tok_s"] / base["decode_tok_s"]
+                               if r["decode_tok_s"] and base["decode_tok_s"] else None)
+        # per-row seeds: a sample does not depend on its batch, up to float rounding of the padded batch
+        r["identical_to_first"] = sum(a == b for a, b in zip(r["tokens"], base_tokens)) / len(base_tokens)
+    for r in rows:
+        del r["tokens"]
+    counts = param_counts(model)
+    peak = matmul_peak(getattr(torch, args.dtype), args.device, args.peak_size)
+    for r in rows:  # model FLOPs: every prompt and generated token through the body and the head
+        r["gflops"] = 2 * counts["total"] * (prompt_tokens + r["samples"] * r["new_tokens"]) / r["seconds"] / 1e9
+        r["pct_peak"] = 100 * r["gflops"] / peak
+
+    print(f"\nGeneration, {args.model} {args.dtype}, {len(prompts)} real training prompts "
+          f"({prompt_tokens / len(prompts):.0f} tokens on average) x {args.new_tokens} forced new tokens, tau {TAU}")
+    print(hardware_line(hw) + (f"; {SHARED_NOTE}" if args.device == "cpu" else "") + "\n")
+    head = ["batch", "samples/s", "generated tok/s", "speed-up vs batch 1", "prefill s (1 token)",
+            "decode tok/s", "decode speed-up", "same samples as batch 1", f"GFLOP/s (peak {peak:.0f})"]
+    print(markdown_table(head, [[r["batch_size"], f"{r['samples_per_s']:.2f}", f"{r['generated_tok_s']:.1f}",
+                                 f"**{r['speedup']:.2f}x**", f"{r['prefill_seconds']:.1f}",
+                                 "n/a" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.1f}",
+                                 "n/a" if r["decode_speedup"] is None else f"{r['decode_speedup']:.2f}x",
+                                 f"{100 * r['identical_to_first']:.0f}%", f"{r['gflops']:.1f}"] for r in rows]))
+    write_json(args.out, {"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()}, "prompts": source,
+                          "params": counts, "matmul_peak_gflops": peak, "prompt_tokens": prompt_tokens,
+                          "results": rows})
+    print(f"\nwrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The speed benchmarks' CPU paths on a tiny random model and tiny sizes: they run and their numbers make sense.
+
+(The real numbers come from running the scripts; see benchmarks/results/.) The scripts import ``common`` from
+their own folder, so that folder goes first on sys.path here, as when they run as ``python benchmarks/x.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, tiny_llama, tiny_tokenizer
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)  # the benchmarks set 1 thread themselves
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama and a byte-level tokenizer saved as a local model folder (what --model accepts)."""
+    path = tmp_path_factory.mktemp("tiny-lm")
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def artifacts_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("artifacts"))
+
+
+def test_scoring_speed_scorer_matches_naive(tiny_model_dir, tmp_path):
+    import scoring_speed
+
+    out = tmp_path / "scoring.json"
+    rows = scoring_speed.main(["--models", tiny_model_dir, "--dtypes", "float32", "bfloat16", "--pairs", "8",
+                               "--half-pairs", "4", "--step", "8", "--naive-batch", "4", "--peak-size", "128",
+                               "--max-prompt-tokens", "64", "--max-target-tokens", "24", "--out", str(out)])
+    fp32, bf16 = rows
+    assert fp32["pairs"] == 8 and bf16["pairs"] == 4
+    assert fp32["max_abs_ll_diff"] < 1e-3  # the two scorers compute the same log-likelihoods
+    assert 0 <= fp32["scorer_pad_pct"] < 100 and 0 <= fp32["naive_pad_pct"] < 100
+    assert fp32["total_tokens"] > fp32["target_tokens"] > 0 and fp32["speedup"] > 0
+    assert math.isfinite(bf16["mean_token_ll_diff_vs_fp32"]) and bf16["mean_token_ll_diff_vs_fp32"] < 0.5
+    assert json.loads(out.read_text())["results"][0]["model"] == tiny_model_dir
+
+
+def test_generation_speed_forces_equal_lengths_and_keeps_samples(tiny_model_dir, tmp_path):
+    import generation_speed
+
+    rows = generation_speed.main(["--model", tiny_model_dir, "--samples", "4", "--new-tokens", "3",
+                                  "--batch-sizes", "1", "4", "--peak-size", "128", "--out", str(tmp_path / "gen.json")])
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    assert all(r["samples"] == 4 and r["new_tokens"] == 3 for r in rows)  # the script asserts equal lengths
+    assert rows[0]["speedup"] == 1.0
+    assert rows[1]["identical_to_first"] >= 0.75  # per-row seeds: a sample does not depend on its batch
+
+
+def test_scale_uses_top_k_beyond_the_dense_limit(tmp_path):
+    import scale
+
+    rows = scale.main(["--pool", "3000", "--dim", "32", "--nlist", "16", "--nprobe", "4", "--personas", "6",
+                       "--batch-sizes", "2", "4", "--exact-batch", "2", "--omega-topk", "32", "--repeats", "1",
+                       "--out", str(tmp_path / "scale.json")])
+    assert [r["omega"] for r in rows] == ["top-32 (IVF)", "top-32 (IVF)", "exact (dense)"]
+    assert all(r["ms_per_batch"] > 0 and 0 <= r["index_search_share"] <= 1 for r in rows)
+
+
+@pytest.mark.slow  # builds small artifacts with the bundled embedder and corpus (~10 s)
+def test_train_profile_accounts_for_the_whole_step(tiny_model_dir, artifacts_dir, tmp_path):
+    import train_profile
+
+    prof = train_profile.main(["--lm", tiny_model_dir, "--synthesizer", "keywords", "--num-personas", "3",
+                               "--max-records", "12", "--artifacts-dir", artifacts_dir, "--steps", "1",
+                               "--out", str(tmp_path / "profile.json")])
+    ms = prof["mean_ms"]
+    assert 0 < prof["lm_share"] < 1
+    assert ms["LM body"] > 0 and ms["gate + retrieval"] > 0 and ms["prompt tokenisation"] > 0
+    parts = sum(ms[s] for s in train_profile.STAGES)
+    assert parts == pytest.approx(ms["step"], rel=1e-6)  # the stages add up to the step
+
+
+@pytest.mark.slow
+def test_score_cache_benchmark_hits_in_epoch_two(tiny_model_dir, artifacts_dir, tmp_path):
+    import score_cache
+
+    rows = score_cache.main(["--lm", tiny_model_dir, "--records", "12", "--num-personas", "3", "--epochs", "2",
+                             "--artifacts-dir", artifacts_dir, "--out", str(tmp_path / "cache.json")])
+    assert rows[0]["hit_rate"] == 0 and rows[0]["pairs_scored"] == rows[0]["lookups"]
+    assert rows[1]["hit_rate"] > 0 and rows[1]["pairs_scored"] == rows[1]["lookups"] - rows[1]["hits"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_gpu_check_without_cuda_says_so_and_exits_0():
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device" in proc.stdout
