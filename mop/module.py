@@ -177,7 +177,8 @@ class MixtureOfPersonas(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ the loss
     def mixture_loss(self, split: str, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Truncated mixture NLL of records ``idx`` of ``split`` over their top-M candidate pairs."""
+        """Mixture NLL of records ``idx`` of ``split``: top-M candidate pairs plus the importance-weighted
+        exploration pair (an estimate of the full mixture, see mop.gating.select_candidates)."""
         art, dm = self.artifacts, self._dm
         rows = idx.tolist()
         hx = getattr(self, f"context_emb_{split}")[idx]  # (B, D)

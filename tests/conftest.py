@@ -16,6 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one torch thread (OpenMP threads contend badly on a shared, busy CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run ``python -m mop ARGS`` (or a script path given as first arg ending in .py) in a subprocess."""
     if args and args[0].endswith(".py") and not Path(args[0]).is_absolute():

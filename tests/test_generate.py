@@ -64,13 +64,7 @@ def _chisquare(counts: np.ndarray, probs: np.ndarray) -> float:
     return float(chisquare(obs[keep], exp[keep]).pvalue)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (OpenMP threads contend badly on a shared, busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

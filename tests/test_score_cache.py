@@ -13,12 +13,7 @@ from mop.scoring import FrozenLMScorer
 TEMPLATE = "Persona: {persona}\nExample: {exemplar_response}\nWrite about {topic}.\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CountingScorer(FrozenLMScorer):

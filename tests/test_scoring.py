@@ -14,13 +14,7 @@ from mop.scoring import FrozenLMScorer, naive_log_likelihood, tempered_token_ter
 VOCAB = 97
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs 2-5x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _freeze(model):
