@@ -1,4 +1,4 @@
-"""Population fidelity end to end on Rotten Tomatoes (issue 6, DESIGN.md section 7).
+"""Population fidelity end to end on Rotten Tomatoes (issue 6, docs/method.md section 7).
 
 Trains MoP (SmolLM2-135M + MiniLM, the quickstart data and personas), generates the same number of reviews for
 the same shuffled test contexts with every method, on SmolLM2 and on Gemma-3-270M (the SmolLM2-trained gate

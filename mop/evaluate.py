@@ -1,4 +1,4 @@
-"""Population fidelity (DESIGN.md section 7): real held-out texts vs generated texts, on sentence embeddings.
+"""Population fidelity (docs/method.md section 7): real held-out texts vs generated texts, on embeddings.
 
 Metrics, all on the same embedder's vectors of both sets:
 

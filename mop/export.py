@@ -1,4 +1,4 @@
-"""Plug-and-play gate export (DESIGN.md section 6): a small, LM-free directory, written atomically.
+"""Plug-and-play gate export (docs/method.md section 6): a small, LM-free directory, written atomically.
 
     config.json         format version, embedder name/dim, d, M, templates, sizes, LM (informational),
                         training metrics, sha256 of every other file

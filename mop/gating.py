@@ -1,7 +1,7 @@
 """The MoP gate: persona weights pi(x), exemplar weights Omega_k(x) and per-persona temperatures tau_k.
 
-A plain ``nn.Module`` (DESIGN.md sections 1-2). Notation: h(.) are frozen, L2-normalised sentence embeddings of
-dimension D; the gate projects them to d dimensions:
+A plain ``nn.Module`` (docs/method.md sections 1-2). Notation: h(.) are frozen, L2-normalised sentence
+embeddings of dimension D; the gate projects them to d dimensions:
 
     x~ = W_x h(x),  g~_k = W_g h(g_k),  e~_j = W_e h(e_j)
     log pi(x)        = log_softmax_k(x~ . g~_k)
@@ -84,7 +84,7 @@ def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torc
                       exclude: list[list[int]], num_candidates: int, exact_max_pool: int = 20_000,
                       approx_topk: int = 256, explore: bool = False,
                       generator: torch.Generator | None = None) -> Candidates:
-    """Top-M (persona, exemplar) pairs by log pi + log Omega, with target masking (DESIGN.md section 2).
+    """Top-M (persona, exemplar) pairs by log pi + log Omega, with target masking (docs/method.md section 2).
 
     The top min(K, M) personas by pi are taken; for each, the index retrieves its best exemplars with the
     query q_k (excluding ``exclude[b]``); the best M pairs are kept. Selection is non-differentiable; the returned

@@ -1,4 +1,4 @@
-"""Generation with a gate export and any causal LM (DESIGN.md section 5): the synthetic population.
+"""Generation with a gate export and any causal LM (docs/method.md section 5): the synthetic population.
 
 For each context x: k ~ pi(x), j ~ Omega_k(x) (exact dense softmax over the exemplar pool, the context's own
 record masked out), the prompt is rendered from the export's template, and the LM samples at temperature tau_k

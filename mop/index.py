@@ -1,9 +1,10 @@
-"""FAISS index over the frozen exemplar embeddings h(e_j), searched by maximum inner product (DESIGN.md 1, 9).
+"""FAISS index over the frozen exemplar embeddings h(e_j), searched by maximum inner product.
 
 The gate queries it with q_k = W_e^T (x~ + g~_k), so (x~ + g~_k) . e~_j = q_k . h(e_j): the index holds h(e_j)
 once and is never rebuilt while the gate trains. Pools below ``ivf_threshold`` use an exact ``IndexFlatIP``;
 larger pools an ``IndexIVFFlat`` (inner-product metric, seeded k-means on a sample), on the GPU when faiss has
 GPU support. ``search`` can exclude given pool positions per query (target masking).
+The method: docs/method.md sections 1 and 9.
 """
 
 from __future__ import annotations

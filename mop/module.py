@@ -1,6 +1,7 @@
-"""The LightningModule: the gate (trained) + the frozen-LM scorer + the exemplar index (DESIGN.md s1-2).
+"""The LightningModule: trained gate, frozen-LM scorer and exemplar index (docs/method.md sections 1-2).
 
-``training_step`` minimises the truncated mixture NLL over each record's top-M (persona, exemplar) pairs.
+``training_step`` minimises the mixture NLL estimate of docs/method.md section 2: each record's top-M
+(persona, exemplar) pairs plus one importance-weighted exploration pair drawn outside them.
 Only the gate's parameters reach the optimiser; checkpoints hold the gate and metadata, never LM weights
 (the LM is kept outside the module's registered children).
 """

@@ -1,4 +1,4 @@
-"""Persona synthesis (DESIGN.md section 3): cluster the responses, then describe each cluster's writer.
+"""Persona synthesis (docs/method.md section 3): cluster the responses, then describe each cluster's writer.
 
 Three sources of personas g_1..g_K:
 

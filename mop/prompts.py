@@ -1,4 +1,4 @@
-"""Prompt templates: persona + exemplar + target context -> the text the frozen LM continues (DESIGN.md s4).
+"""Prompt templates: persona + exemplar + target context -> the LM's prompt (docs/method.md section 4).
 
 Templates are Python format strings. Fields: ``{persona}``, ``{context}`` (the rendered target context), every
 target context field and ``{label}`` by name, ``{exemplar_context}``, ``{exemplar_response}`` and

@@ -1,7 +1,7 @@
 """The frozen-LM scorer: log p_LM^tau(y | prompt) for batches of (prompt, target) pairs, exact in tau.
 
-log p^tau(y | prompt) = sum_t log softmax(z_t / tau)[y_t], z_t the frozen LM's logits (DESIGN.md section 2).
-This is the hot path of training, so every token counts:
+log p^tau(y | prompt) = sum_t log softmax(z_t / tau)[y_t], z_t the frozen LM's logits (docs/method.md
+sections 1-2). This is the hot path of training, so every token counts:
 
 - prompt and target are tokenised separately and concatenated; only the target tokens are scored;
 - pairs are sorted by length and packed into right-padded micro-batches under a token budget (padding

@@ -1,4 +1,4 @@
-"""Population fidelity metrics (DESIGN.md section 7) and ``mop evaluate``."""
+"""Population fidelity metrics (docs/method.md section 7) and ``mop evaluate``."""
 
 from __future__ import annotations
 
