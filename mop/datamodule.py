@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mop.data import DatasetSpec, Population, Record, load_population
 from mop.errors import MopError
+from mop.types import NonNegativeInt, PositiveInt
 
 ARTIFACT_FORMAT = 1
 
@@ -39,8 +41,8 @@ class PersonaSpec:
         seed: seed of k-means and of the LLM's sampled retries.
     """
 
-    num_personas: int = 20
-    synthesizer: str = "llm"
+    num_personas: PositiveInt = 20
+    synthesizer: Literal["llm", "keywords", "file"] = "llm"
     lm: str = "smollm2-135m"
     file: str | None = None
     text_kind: str = "texts"
@@ -103,10 +105,10 @@ class PopulationDataModule(pl.LightningDataModule):
         dataset: DatasetSpec | None = None,
         personas: PersonaSpec | None = None,
         embedder: str = "minilm-l6",
-        num_exemplars: int | None = None,
-        index_kind: str = "auto",
-        batch_size: int = 8,
-        num_workers: int = 0,
+        num_exemplars: PositiveInt | None = None,
+        index_kind: Literal["auto", "flat", "ivf"] = "auto",
+        batch_size: PositiveInt = 8,
+        num_workers: NonNegativeInt = 0,
         artifacts_dir: str = "artifacts",
         mask_same_response: bool = True,
         mask_same_group: bool = False,

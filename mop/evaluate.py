@@ -17,7 +17,6 @@ on the sample size. ``mop evaluate`` is the command line.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -26,11 +25,12 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from mop.errors import MopError
+from mop.types import PositiveInt
 
 MAUVE_SEEDS = (0, 1, 2, 3, 4)
 MIN_TEXTS = 10  # fewer texts than this make every metric meaningless (MAUVE needs >= 2 clusters of ~10)
@@ -445,22 +445,6 @@ def set_name(path: str | Path, first_row: dict[str, Any]) -> str:
     return Path(path).name.split(".")[0]
 
 
-def _config_embedder(config: str | Path) -> str | None:
-    """``data.embedder`` of a train config, if it names one."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    data = raw.get("data") if isinstance(raw, dict) else None
-    if isinstance(data, dict):
-        data = data.get("init_args", data)
-        if isinstance(data, dict) and isinstance(data.get("embedder"), str):
-            return data["embedder"]
-    return None
-
-
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write JSON to a temporary file next to ``path`` and rename it into place."""
     path = Path(path).expanduser()
@@ -498,38 +482,6 @@ def _make_embedder(name: str):
     return Embedder(name)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--real", default=None,
-                     help="CSV / JSONL / Parquet of the real held-out texts: a text (or response) column and an "
-                          "optional label column")
-    src.add_argument("--data", default=None, help="a train config (its data.dataset section) or dataset YAML")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="split of --data holding the real held-out texts")
-    p.add_argument("--synthetic", nargs="+", required=True,
-                   help="generated JSONL files (rows with text and label, as written by mop generate); CSV / "
-                        "Parquet with a text column also work")
-    p.add_argument("--names", nargs="+", default=None,
-                   help="one name per --synthetic file (default: <method>/<model> of its rows, else the file stem)")
-    p.add_argument("--output", required=True, help="JSON report path (its directory must exist)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output / --plot")
-    p.add_argument("--plot", default=None, help="PNG: PCA of the real embeddings, one panel per synthetic set")
-    p.add_argument("--embedder", default=None,
-                   help="sentence embedder for both sides (default: the config's data.embedder, else minilm-l6)")
-    p.add_argument("--sample-size", type=int, default=None,
-                   help="n texts per set (default: the smallest set's size); every set is subsampled to n, seeded")
-    p.add_argument("--reference-split", default=None, choices=["train", "val", "test", "none"],
-                   help="with --data: the split a reference classifier is trained on for the F1 column "
-                        "(default: train; none: no reference row)")
-    p.add_argument("--reference", default=None,
-                   help="with --real: a CSV / JSONL of real training texts with labels, for the reference F1 row")
-    p.add_argument("--text-field", default=None, help="text column of --real (default: text, else response)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsampling and the classifiers")
-    p.add_argument("--mauve-seeds", type=int, default=len(MAUVE_SEEDS),
-                   help="number of k-means seeds (0..N-1) MAUVE is averaged over")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
 def _check_output(path: str | None, what: str, overwrite: bool) -> None:
     if path is None:
         return
@@ -542,79 +494,123 @@ def _check_output(path: str | None, what: str, overwrite: bool) -> None:
         raise MopError(f"{what} '{path}' exists; pass --overwrite to replace it")
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def evaluate_command(
+    synthetic: list[str],
+    output: str,
+    config: str | None = None,
+    real: str | None = None,
+    split: Literal["train", "val", "test"] = "test",
+    names: list[str] | None = None,
+    overwrite: bool = False,
+    plot: str | None = None,
+    embedder: str | None = None,
+    sample_size: PositiveInt | None = None,
+    reference_split: Literal["train", "val", "test", "none"] | None = None,
+    reference: str | None = None,
+    text_field: str | None = None,
+    seed: int = 0,
+    mauve_seeds: PositiveInt = len(MAUVE_SEEDS),
+    progress: bool = True,
+) -> int:
+    """Compare generated populations with the real held-out texts on sentence embeddings.
+
+    FID, MAUVE, KL of the pairwise-cosine histograms and downstream macro-F1, every set subsampled to the same
+    n. The real texts are a split of a config's dataset (-c) or a file (--real).
+
+    Args:
+        synthetic: generated JSONL files (rows with text and label, as written by mop generate); CSV / Parquet
+            with a text column also work.
+        output: the JSON report path (its directory must exist).
+        config: a train config (its data.dataset section) or a dataset YAML holding the real texts.
+        real: a CSV / JSONL / Parquet of the real held-out texts: a text (or response) column and an optional
+            label column.
+        split: the split of the config's dataset holding the real held-out texts.
+        names: one name per synthetic file (default: <method>/<model> of its rows, else the file stem).
+        overwrite: replace an existing output / plot.
+        plot: a PNG: PCA of the real embeddings, one panel per synthetic set.
+        embedder: the sentence embedder for both sides (default: the config's data.embedder, else minilm-l6).
+        sample_size: n texts per set (default: the smallest set's size); every set is subsampled to n, seeded.
+        reference_split: with a config: the split a reference classifier is trained on for the F1 column
+            (default: train; none: no reference row).
+        reference: with --real: a CSV / JSONL of real training texts with labels, for the reference F1 row.
+        text_field: the text column of --real (default: text, else response).
+        seed: seed of the subsampling and the classifiers.
+        mauve_seeds: the number of k-means seeds (0..N-1) MAUVE is averaged over.
+        progress: show progress bars.
+    """
     import time
 
     t0 = time.perf_counter()
-    _check_output(args.output, "--output", args.overwrite)
-    _check_output(args.plot, "--plot", args.overwrite)
-    if args.plot and Path(args.plot).expanduser().resolve() == Path(args.output).expanduser().resolve():
+    if (config is None) == (real is None):
+        raise MopError("pass exactly one of -c/--config CONFIG and --real FILE (the real held-out texts)")
+    if not synthetic:
+        raise MopError("--synthetic needs at least one file")
+    _check_output(output, "--output", overwrite)
+    _check_output(plot, "--plot", overwrite)
+    if plot and Path(plot).expanduser().resolve() == Path(output).expanduser().resolve():
         raise MopError("--plot and --output must be different files")
-    if args.names is not None and len(args.names) != len(args.synthetic):
-        raise MopError(f"--names gives {len(args.names)} name(s) for {len(args.synthetic)} --synthetic file(s)")
-    if args.sample_size is not None and args.sample_size < MIN_TEXTS:
-        raise MopError(f"--sample-size must be at least {MIN_TEXTS}, got {args.sample_size}")
-    if args.mauve_seeds < 1:
-        raise MopError(f"--mauve-seeds must be >= 1, got {args.mauve_seeds}")
-    if args.real and args.reference_split not in (None, "none"):
-        raise MopError("--reference-split goes with --data; with --real pass --reference FILE")
-    if args.data and args.reference:
-        raise MopError("--reference goes with --real; with --data use --reference-split")
+    if names is not None and len(names) != len(synthetic):
+        raise MopError(f"--names gives {len(names)} name(s) for {len(synthetic)} --synthetic file(s)")
+    if sample_size is not None and sample_size < MIN_TEXTS:
+        raise MopError(f"--sample-size must be at least {MIN_TEXTS}, got {sample_size}")
+    if real and reference_split not in (None, "none"):
+        raise MopError("--reference-split goes with -c/--config; with --real pass --reference FILE")
+    if config and reference:
+        raise MopError("--reference goes with --real; with -c/--config use --reference-split")
 
-    synthetic, files = {}, {}
-    for n, path in enumerate(args.synthetic):
+    sets, files = {}, {}
+    for n, path in enumerate(synthetic):
         texts, labels, first = read_texts(path)
-        name = args.names[n] if args.names else set_name(path, first)
-        if name in synthetic:
-            if args.names:
+        name = names[n] if names else set_name(path, first)
+        if name in sets:
+            if names:
                 raise MopError(f"--names: duplicate name '{name}'")
             name = f"{name} ({Path(path).name})"
-        synthetic[name] = (texts, labels)
+        sets[name] = (texts, labels)
         files[name] = str(path)
 
-    reference = None
-    if args.data:
-        from mop.data import load_dataset_config, load_population
+    reference_set = None
+    if config:
+        from mop.data import config_data_section, load_dataset_config, load_population, read_config
 
-        pop = load_population(load_dataset_config(args.data))
-        records = pop[args.split]
+        pop = load_population(load_dataset_config(config))
+        records = pop[split]
         if not records:
-            raise MopError(f"split '{args.split}' of the dataset of '{args.data}' has no records")
+            raise MopError(f"split '{split}' of the dataset of '{config}' has no records")
         real_texts = [r.response for r in records]
         real_labels = [r.label for r in records] if pop.spec.label_column else None
-        ref_split = args.reference_split or "train"
+        ref_split = reference_split or "train"
         if ref_split != "none" and real_labels is not None:
-            if ref_split == args.split:
+            if ref_split == split:
                 raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
             ref = pop[ref_split]
-            reference = ([r.response for r in ref], [r.label for r in ref]) if ref else None
-        real_source = {"data": str(args.data), "split": args.split, "reference_split": ref_split}
-        embedder_name = args.embedder or _config_embedder(args.data)
+            reference_set = ([r.response for r in ref], [r.label for r in ref]) if ref else None
+        real_source = {"data": str(config), "split": split, "reference_split": ref_split}
+        configured = config_data_section(read_config(config)).get("embedder")
+        embedder_name = embedder or (configured if isinstance(configured, str) else None)
     else:
-        real_texts, real_labels, _ = read_texts(args.real, args.text_field)
-        if args.reference:
-            ref_texts, ref_labels, _ = read_texts(args.reference, args.text_field)
+        real_texts, real_labels, _ = read_texts(real, text_field)
+        if reference:
+            ref_texts, ref_labels, _ = read_texts(reference, text_field)
             if ref_labels is None:
-                raise MopError(f"--reference '{args.reference}' needs a label on every row")
-            reference = (ref_texts, ref_labels)
-        real_source = {"real": str(args.real), "reference": args.reference}
-        embedder_name = args.embedder
+                raise MopError(f"--reference '{reference}' needs a label on every row")
+            reference_set = (ref_texts, ref_labels)
+        real_source = {"real": str(real), "reference": reference}
+        embedder_name = embedder
     if embedder_name is None:
         from mop.assets import DEFAULT_EMBEDDER
 
         embedder_name = DEFAULT_EMBEDDER
 
-    embedder = _make_embedder(embedder_name)
-    result = evaluate_sets(real_texts, real_labels, synthetic, embedder, reference_train=reference,
-                           sample_size=args.sample_size, seed=args.seed,
-                           mauve_seeds=tuple(range(args.mauve_seeds)), plot=args.plot,
-                           progress=not args.no_progress)
+    result = evaluate_sets(real_texts, real_labels, sets, _make_embedder(embedder_name),
+                           reference_train=reference_set, sample_size=sample_size, seed=seed,
+                           mauve_seeds=tuple(range(mauve_seeds)), plot=plot, progress=progress)
     for row in result["rows"]:
         row["file"] = files[row["name"]]
     result["embedder"] = embedder_name
     result["real"].update(real_source)
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(result, args.output)
+    write_json_atomic(result, output)
     print(format_table(result))
     for row in result["rows"]:
         for note in row["notes"]:
@@ -622,31 +618,5 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"\n{len(result['rows'])} set(s) at n = {result['n']} with {embedder_name} in {result['seconds']:.0f} s "
-          f"-> {args.output}" + (f", {args.plot}" if args.plot else ""))
+          f"-> {output}" + (f", {plot}" if plot else ""))
     return 0
-
-
-DESCRIPTION = ("Compare generated populations with the real held-out texts on sentence embeddings: FID, MAUVE, "
-               "KL of the pairwise-cosine histograms and downstream macro-F1, every set subsampled to the same n.")
-
-
-def register_cli(subparsers) -> None:
-    """``mop evaluate ...``."""
-    p = subparsers.add_parser("evaluate", help="population fidelity of generated texts vs real held-out texts",
-                              description=DESCRIPTION)
-    add_arguments(p)
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mop.evaluate ARGS`` == ``mop evaluate ARGS``."""
-    from mop.cli import run
-
-    parser = argparse.ArgumentParser(prog="mop evaluate", description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run(lambda: _cmd_evaluate(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

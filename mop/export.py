@@ -15,7 +15,6 @@ embedder dimension); the base LM is chosen at generation time. Only safetensors 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -523,30 +522,26 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir:
                            persona_emb, pool, index, config)
 
 
-# -------------------------------------------------------------------------------------------------------- CLI
-def _cmd_export(args: argparse.Namespace) -> int:
-    out = export_checkpoint(args.checkpoint, args.out_dir, args.artifacts, args.config, args.trust_checkpoint)
+# ---------------------------------------------------------------------------------------------- command
+def export_command(checkpoint: str, out_dir: str, artifacts: str | None = None, config: str | None = None,
+                   trust_checkpoint: bool = False) -> int:
+    """Export a training checkpoint as a plug-and-play, LM-free gate directory.
+
+    Writes the gate weights, personas, exemplar pool and index of a Lightning checkpoint written by
+    ``mop train`` into a directory like the one ``mop train`` exports at the end of fit. The checkpoint is read
+    with torch.load(weights_only=True), which runs no pickled code.
+
+    Args:
+        checkpoint: the .ckpt file (e.g. <run>/checkpoints/last.ckpt).
+        out_dir: the export directory to write (replaced only if it is an export itself).
+        artifacts: the artifacts directory the gate was trained with (default: the one the checkpoint names).
+        config: the training config (its data.dataset section re-loads the exemplar pool); needed when the
+            checkpoint does not record its dataset.
+        trust_checkpoint: load with weights_only=False if safe loading refuses the file: this runs pickled
+            code, so only for checkpoints you trust.
+    """
+    out = export_checkpoint(checkpoint, out_dir, artifacts, config, trust_checkpoint)
     cfg = read_export_config(out)
     print(f"exported gate: {out} ({cfg['num_personas']} personas, {cfg['num_exemplars']} exemplars, "
           f"embedder {cfg['embedder']})")
     return 0
-
-
-def register_cli(subparsers) -> None:
-    """``mop export CKPT OUT_DIR [--artifacts DIR] [--config CONFIG] [--trust-checkpoint]``."""
-    p = subparsers.add_parser(
-        "export", help="export a training checkpoint as a plug-and-play gate directory",
-        description="Export a Lightning checkpoint written by train.py (gate weights, personas, exemplar pool and "
-                    "index) into an LM-free gate directory, like the one train.py writes at the end of fit. The "
-                    "checkpoint is read with torch.load(weights_only=True), which runs no pickled code.")
-    p.add_argument("checkpoint", help="the .ckpt file (e.g. <run>/checkpoints/last.ckpt)")
-    p.add_argument("out_dir", help="the export directory to write (replaced only if it is an export itself)")
-    p.add_argument("--artifacts", default=None,
-                   help="artifacts directory the gate was trained with (default: the one the checkpoint names)")
-    p.add_argument("--config", default=None,
-                   help="the training config (its data.dataset section re-loads the exemplar pool); needed when "
-                        "the checkpoint does not record its dataset")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load with weights_only=False if safe loading refuses the file: this runs pickled code, "
-                        "so only for checkpoints you trust")
-    p.set_defaults(func=_cmd_export)

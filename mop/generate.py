@@ -15,16 +15,16 @@ written, so an interrupted run resumes and ends with the rows an uninterrupted r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mop.errors import MopError
+from mop.types import PositiveFloat, PositiveInt, Probability
 
 METHODS = ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt", "mop-no-exemplar", "mop-random-persona")
 USES_PERSONA = {"mop", "uniform", "persona", "mop-no-exemplar", "mop-random-persona"}
@@ -492,23 +492,67 @@ def sample_plan(records: Sequence, num_samples: int, shuffle_seed: int | None = 
     return [(order[n % R], f"{records[order[n % R]].id}-{n // R}") for n in range(num_samples)]
 
 
-def generate_population(export, model, tokenizer, records: Sequence, num_samples: int, output: str | Path, *,
-                        context_emb=None, model_name: str = "model", adapter: str | None = None,
-                        method: str = "mop", seed: int = 0, batch_size: int = 8, max_new_tokens: int = 96,
-                        top_p: float = 1.0, temperature: float | None = None,
-                        attributes: dict[str, list[str]] | None = None, stop_at_newline: bool = True,
-                        use_chat_template: bool | None = None, shuffle: bool = False,
-                        progress: bool = True) -> dict[str, Any]:
-    """Write ``num_samples`` generated rows for ``records`` (cycled) into ``output``, resuming if it exists.
+@dataclass
+class Sampling:
+    """How a population is sampled: the options of ``mop generate`` and the settings of
+    :func:`generate_population`.
 
-    ``context_emb`` (R, D) are the records' context embeddings (needed by ``mop`` only); ``shuffle`` visits the
-    records in a seeded random order. A sample's content depends only on (seed, its id). Returns counts.
+    Args:
+        num_samples: rows to generate; the contexts are cycled, sample ids are <record id>-<repeat>.
+        method: mop (trained gate), uniform (untrained uniform gate), persona (random persona), fewshot (random
+            exemplar), zerogen (context only), attrprompt (random attribute values); ablations: mop-no-exemplar
+            (k ~ pi(x), no exemplar), mop-random-persona (uniform k, j ~ Omega_k(x)).
+        seed: seed of every random choice; same seed, same rows.
+        shuffle: visit the contexts in a seeded random order (when num_samples is below their number, a sample of
+            all of them rather than the first ones).
+        batch_size: prompts per LM generate call (left-padded).
+        max_new_tokens: tokens generated at most per sample.
+        top_p: nucleus sampling mass (1.0: off).
+        temperature: one sampling temperature for every row (default: tau_k of the sampled persona for the gated
+            methods, the mean tau of the export for the baselines).
+        stop_at_newline: stop a sample at its first newline and keep that one paragraph.
+        chat_template: wrap prompts in the tokenizer's chat template (auto: as the export was trained).
+    """
+
+    num_samples: PositiveInt
+    method: Literal[METHODS] = "mop"
+    seed: int = 0
+    shuffle: bool = False
+    batch_size: PositiveInt = 8
+    max_new_tokens: PositiveInt = 96
+    top_p: Probability = 1.0
+    temperature: PositiveFloat | None = None
+    stop_at_newline: bool = True
+    chat_template: Literal["auto", "on", "off"] = "auto"
+
+    def check(self) -> None:
+        """The checks the command line does while parsing, for settings built in Python."""
+        if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise MopError(f"num_samples, batch_size and max_new_tokens must be >= 1, got {self.num_samples}, "
+                           f"{self.batch_size}, {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise MopError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise MopError(f"temperature must be positive, got {self.temperature}")
+        if self.method not in METHODS:
+            raise MopError(f"unknown method '{self.method}', expected one of {', '.join(METHODS)}")
+        if self.chat_template not in ("auto", "on", "off"):
+            raise MopError(f"chat_template must be auto, on or off, got {self.chat_template!r}")
+
+
+def generate_population(export, model, tokenizer, records: Sequence, output: str | Path, sampling: Sampling, *,
+                        context_emb=None, model_name: str = "model", adapter: str | None = None,
+                        attributes: dict[str, list[str]] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write ``sampling.num_samples`` generated rows for ``records`` (cycled) into ``output``, resuming if it
+    exists.
+
+    ``context_emb`` (R, D) are the records' context embeddings (needed by the gated methods only). A sample's
+    content depends only on (seed, its id). Returns counts.
     """
     from tqdm.auto import tqdm
 
-    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise MopError(f"num_samples, batch_size and max_new_tokens must be >= 1, got {num_samples}, "
-                       f"{batch_size}, {max_new_tokens}")
+    sampling.check()
+    method, seed, num_samples = sampling.method, sampling.seed, sampling.num_samples
     if not records:
         raise MopError("no contexts to generate for")
     ids = [r.id for r in records]
@@ -516,22 +560,23 @@ def generate_population(export, model, tokenizer, records: Sequence, num_samples
         raise MopError("context record ids must be unique")
     if method in GATED and context_emb is None:
         raise MopError(f"method '{method}' needs the contexts' embeddings")
-    chat = bool(export.config.get("use_chat_template", False)) if use_chat_template is None else use_chat_template
+    chat = {"auto": bool(export.config.get("use_chat_template", False)), "on": True,
+            "off": False}[sampling.chat_template]
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MopError("the export's prompts use a chat template but this tokenizer has none (a base model?); "
                        "pass --chat-template off")
-    sampler = ComponentSampler(export, method, temperature, attributes)
+    sampler = ComponentSampler(export, method, sampling.temperature, attributes)
     identity = {"model": model_name, "adapter": adapter, "method": method, "seed": seed}
     out = OutputFile(output, identity)
     if out.dropped_partial:
         print(f"[mop] dropped an incomplete last line of {out.path} (an interrupted run)", file=sys.stderr)
-    plan = sample_plan(records, num_samples, seed if shuffle else None)
+    plan = sample_plan(records, num_samples, seed if sampling.shuffle else None)
     sids = [sid for _, sid in plan]
     todo = [n for n in range(num_samples) if sids[n] not in out.done]
     written = empty = 0
     bar = tqdm(total=len(todo), unit="sample", desc=f"generating ({method})", disable=not progress)
-    for start in range(0, num_samples, batch_size):
-        batch = list(range(start, min(num_samples, start + batch_size)))
+    for start in range(0, num_samples, sampling.batch_size):
+        batch = list(range(start, min(num_samples, start + sampling.batch_size)))
         missing = [n for n in batch if sids[n] not in out.done]
         if not missing:
             continue
@@ -543,13 +588,13 @@ def generate_population(export, model, tokenizer, records: Sequence, num_samples
         prompts = [build_prompt(export, r, c) for r, c in zip(recs, comps)]
         new_ids = sample_continuations(
             model, tokenizer, prompts, [c.temperature for c in comps],
-            [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=max_new_tokens, top_p=top_p,
-            use_chat_template=chat, stop_at_newline=stop_at_newline)
+            [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=sampling.max_new_tokens,
+            top_p=sampling.top_p, use_chat_template=chat, stop_at_newline=sampling.stop_at_newline)
         rows = []
         for n, rec, comp, tok_ids in zip(batch, recs, comps, new_ids):
             if n not in missing:
                 continue
-            text = clean_text(tokenizer.decode(tok_ids, skip_special_tokens=True), stop_at_newline)
+            text = clean_text(tokenizer.decode(tok_ids, skip_special_tokens=True), sampling.stop_at_newline)
             empty += not text
             rows.append({
                 "id": sids[n], "record_id": rec.id, "context": rec.context, "label": rec.label,
@@ -566,129 +611,89 @@ def generate_population(export, model, tokenizer, records: Sequence, num_samples
     return {"output": str(out.path), "written": written, "skipped": num_samples - len(todo), "empty": empty}
 
 
-# -------------------------------------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gating", required=True, help="the gate export directory (train.py / `mop export`)")
-    p.add_argument("--model", required=True,
-                   help="causal LM: a bundled name (smollm2-135m, gemma3-270m), a local folder or a hub id")
-    p.add_argument("--adapter", default=None, help="a PEFT adapter folder attached to --model")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--contexts", default=None,
-                     help="CSV / JSONL / Parquet of contexts: every field the export's templates use (e.g. movie, "
-                          "label) and optionally a unique id column")
-    src.add_argument("--data", default=None, help="a train config (its data.dataset section) or dataset YAML")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of --data to use")
-    p.add_argument("--num-samples", type=int, required=True,
-                   help="rows to generate; the contexts are cycled, sample ids are <record id>-<repeat>")
-    p.add_argument("--output", required=True,
-                   help="JSONL output; its directory must exist; an existing file is resumed (same model, method, "
-                        "seed)")
-    p.add_argument("--shuffle", action="store_true",
-                   help="visit the contexts in a seeded random order (when --num-samples is below their number, "
-                        "a sample of all of them rather than the first ones)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per LM generate call (left-padded)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated at most per sample")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice; same seed, same rows")
-    p.add_argument("--method", default="mop", choices=METHODS,
-                   help="mop (trained gate), uniform (untrained uniform gate), persona (random persona), fewshot "
-                        "(random exemplar), zerogen (context only), attrprompt (random attribute values); ablations: "
-                        "mop-no-exemplar (k ~ pi(x), no exemplar), mop-random-persona (uniform k, j ~ Omega_k(x))")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="one sampling temperature for every row (default: tau_k of the sampled persona for mop, "
-                        "the mean tau of the export for the baselines)")
-    p.add_argument("--attributes", default=None,
-                   help="attrprompt: JSON/YAML file mapping attribute -> list of values (default: style, length "
-                        "and aspect lists for movie reviews)")
-    p.add_argument("--embedder", default=None,
-                   help="sentence embedder for the contexts (default: the export's; its dimension must match)")
-    p.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
-                   help="wrap prompts in the tokenizer's chat template (auto: as the export was trained)")
-    p.add_argument("--stop-at-newline", action=argparse.BooleanOptionalAction, default=True,
-                   help="stop a sample at its first newline and keep that one paragraph")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="LM dtype (default: the checkpoint's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+# ---------------------------------------------------------------------------------------------- command
+def generate_command(
+    gating: str,
+    model: str,
+    output: str,
+    sampling: Sampling,
+    contexts: str | None = None,
+    config: str | None = None,
+    split: Literal["train", "val", "test"] = "test",
+    adapter: str | None = None,
+    attributes: str | None = None,
+    embedder: str | None = None,
+    device: str = "auto",
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+    progress: bool = True,
+) -> int:
+    """Generate a synthetic population with a gate export and any causal LM.
 
+    For each context, sample a persona and an exemplar from the trained gate, render the prompt and sample the
+    LM at the persona's temperature. Any causal LM can be used (the gate is LM-free). Rows are JSONL; re-running
+    the same command resumes. The contexts come from --contexts or from a split of a config's dataset (-c).
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+    Args:
+        gating: the gate export directory (written by mop train or mop export).
+        model: the causal LM: a bundled name (smollm2-135m, gemma3-270m), a local folder or a hub id.
+        output: the JSONL output; its directory must exist; an existing file is resumed (same model, method,
+            seed).
+        contexts: a CSV / JSONL / Parquet of contexts: every field the export's templates use (e.g. movie, label)
+            and optionally a unique id column.
+        config: a train config (its data.dataset section) or a dataset YAML, whose --split gives the contexts.
+        split: the split of the config's dataset to use.
+        adapter: a PEFT adapter folder attached to the model.
+        attributes: attrprompt: a JSON/YAML file mapping attribute -> list of values (default: style, length and
+            aspect lists for movie reviews).
+        embedder: the sentence embedder for the contexts (default: the export's; its dimension must match).
+        device: auto, cpu, cuda, cuda:N.
+        dtype: the LM dtype (default: the checkpoint's).
+        progress: show a progress bar.
+    """
     from mop.export import read_export_config
 
-    for name in ("num_samples", "batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise MopError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 < args.top_p <= 1:
-        raise MopError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.temperature is not None and not args.temperature > 0:
-        raise MopError(f"--temperature must be positive, got {args.temperature}")
-    if args.attributes and args.method != "attrprompt":
+    sampling.check()
+    if (contexts is None) == (config is None):
+        raise MopError("pass exactly one of --contexts FILE and -c/--config CONFIG (the contexts to generate for)")
+    if attributes and sampling.method != "attrprompt":
         raise MopError("--attributes is only used by --method attrprompt")
-    attributes = load_attributes(args.attributes) if args.method == "attrprompt" else None
-    identity = {"model": args.model, "adapter": args.adapter, "method": args.method, "seed": args.seed}
-    OutputFile(args.output, identity)  # a missing directory or another run's output fails before any loading
+    attribute_lists = load_attributes(attributes) if sampling.method == "attrprompt" else None
+    identity = {"model": model, "adapter": adapter, "method": sampling.method, "seed": sampling.seed}
+    OutputFile(output, identity)  # a missing directory or another run's output fails before any loading
     # Every input is checked before anything heavy is loaded: the model paths, the export's files, the
     # contexts and the embedder's dimension.
     from mop.assets import check_model_path
     from mop.export import check_embed_dim, check_export_files
 
-    check_model_path(args.model, "model")
-    if args.adapter and not (Path(args.adapter).expanduser() / "adapter_config.json").is_file():
-        raise MopError(f"adapter '{args.adapter}' has no adapter_config.json: not a PEFT adapter folder")
-    config = read_export_config(args.gating)
-    check_export_files(args.gating, config)
-    records = read_contexts(args.contexts, config) if args.contexts else dataset_contexts(args.data, args.split,
-                                                                                          config)
-    embedder = None
-    if args.method in GATED:
+    check_model_path(model, "model")
+    if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise MopError(f"adapter '{adapter}' has no adapter_config.json: not a PEFT adapter folder")
+    export_config = read_export_config(gating)
+    check_export_files(gating, export_config)
+    records = read_contexts(contexts, export_config) if contexts else dataset_contexts(config, split,
+                                                                                       export_config)
+    context_embedder = None
+    if sampling.method in GATED:
         from mop.embed import Embedder
 
-        check_model_path(args.embedder or str(config["embedder"]), "embedder")
-        embedder = Embedder(args.embedder or str(config["embedder"]))
-        check_embed_dim(config, embedder.dim, f"gate export '{args.gating}'")
+        check_model_path(embedder or str(export_config["embedder"]), "embedder")
+        context_embedder = Embedder(embedder or str(export_config["embedder"]))
+        check_embed_dim(export_config, context_embedder.dim, f"gate export '{gating}'")
     from mop.export import GateExport
 
-    export = GateExport.from_pretrained(args.gating)
-    context_emb = embed_contexts(export, records, embedder) if embedder is not None else None
+    export = GateExport.from_pretrained(gating)
+    context_emb = embed_contexts(export, records, context_embedder) if context_embedder is not None else None
 
     import torch
 
     from mop.assets import load_lm
 
-    device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_lm(args.model, dtype=args.dtype, device=device, adapter=args.adapter)
-    chat = {"auto": None, "on": True, "off": False}[args.chat_template]
-    summary = generate_population(
-        export, model, tokenizer, records, args.num_samples, args.output, context_emb=context_emb,
-        model_name=args.model, adapter=args.adapter, method=args.method, seed=args.seed,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
-        temperature=args.temperature, attributes=attributes, stop_at_newline=args.stop_at_newline,
-        use_chat_template=chat, shuffle=args.shuffle, progress=not args.no_progress)
+    lm, tokenizer = load_lm(model, dtype=dtype, device=device, adapter=adapter)
+    summary = generate_population(export, lm, tokenizer, records, output, sampling, context_emb=context_emb,
+                                  model_name=model, adapter=adapter, attributes=attribute_lists,
+                                  progress=progress)
     print(f"wrote {summary['written']} row(s) to {summary['output']} ({summary['skipped']} already there"
           + (f", {summary['empty']} empty text(s)" if summary["empty"] else "") + ")")
     return 0
-
-
-DESCRIPTION = ("Generate a synthetic population: for each context, sample a persona and an exemplar from the "
-               "trained gate, render the prompt and sample the LM at the persona's temperature. Any causal LM "
-               "can be used (the gate is LM-free). Rows are JSONL; re-running the same command resumes.")
-
-
-def register_cli(subparsers) -> None:
-    """``mop generate ...`` (same arguments as ``python generate.py``)."""
-    p = subparsers.add_parser("generate", help="generate texts with a gate export and any causal LM",
-                              description=DESCRIPTION)
-    add_arguments(p)
-    p.set_defaults(func=_cmd_generate)
-
-
-def main(argv: list[str] | None = None, prog: str = "generate.py") -> int:
-    """``python generate.py ARGS`` == ``mop generate ARGS``."""
-    from mop.cli import OneLineParser, run
-
-    parser = OneLineParser(prog=prog, description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run(lambda: _cmd_generate(args))

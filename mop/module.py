@@ -12,7 +12,7 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -20,6 +20,7 @@ import torch
 from mop.errors import MopError
 from mop.gating import Gate, mixture_nll, select_candidates
 from mop.prompts import DEFAULT_TEMPLATE, render_prompt, validate_prompt_template
+from mop.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 class MixtureOfPersonas(pl.LightningModule):
@@ -35,22 +36,22 @@ class MixtureOfPersonas(pl.LightningModule):
     def __init__(
         self,
         lm: str = "smollm2-135m",
-        lm_dtype: str | None = None,
+        lm_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         use_chat_template: bool = False,
         prompt_template: str = DEFAULT_TEMPLATE,
-        hidden_dim: int = 128,
-        init_tau: float = 0.6,
+        hidden_dim: PositiveInt = 128,
+        init_tau: PositiveFloat = 0.6,
         learn_tau: bool = True,
-        num_candidates: int = 4,
+        num_candidates: PositiveInt = 4,
         explore: bool = True,
-        exact_omega_max_pool: int = 20_000,
-        omega_topk: int = 256,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        exact_omega_max_pool: NonNegativeInt = 20_000,
+        omega_topk: PositiveInt = 256,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 0.0,
         target_prefix: str = " ",
-        max_prompt_tokens: int = 384,
-        max_target_tokens: int = 96,
-        max_batch_tokens: int = 4096,
+        max_prompt_tokens: PositiveInt = 384,
+        max_target_tokens: PositiveInt = 96,
+        max_batch_tokens: PositiveInt = 4096,
         score_cache: bool = True,
         gate_seed: int = 0,
         export_dir: str | None = None,
@@ -177,7 +178,7 @@ class MixtureOfPersonas(pl.LightningModule):
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # ------------------------------------------------------------------------------------------ the loss
-    def mixture_loss(self, split: str, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def mixture_loss(self, split: str, idx: torch.Tensor, batch_idx: int = 0) -> dict[str, torch.Tensor]:
         """Mixture NLL of records ``idx`` of ``split``: top-M candidate pairs plus the importance-weighted
         exploration pair (an estimate of the full mixture, see mop.gating.select_candidates)."""
         art, dm = self.artifacts, self._dm
@@ -186,7 +187,8 @@ class MixtureOfPersonas(pl.LightningModule):
         cand = select_candidates(self.gate, hx, self.persona_emb, self.pool_emb, art.index,
                                  [dm.exclude[split][r] for r in rows], self.hparams.num_candidates,
                                  self.hparams.exact_omega_max_pool, self.hparams.omega_topk,
-                                 explore=self.hparams.explore, generator=self._explore_generator(split, idx))
+                                 explore=self.hparams.explore,
+                                 generator=self._explore_generator(split, idx, batch_idx))
         B, M = cand.persona.shape
         valid = cand.exemplar >= 0  # False where target masking left a record fewer than M pairs
         if not bool(valid.any(-1).all()):
@@ -203,12 +205,25 @@ class MixtureOfPersonas(pl.LightningModule):
                 "selected_mass": cand.log_weight[:, :self.hparams.num_candidates].detach().exp().sum(-1).mean(), "approximate": cand.approximate,
                 "tokens": n_tok.sum()}
 
-    def _explore_generator(self, split: str, idx: torch.Tensor) -> torch.Generator | None:
-        """Training draws the exploration pair from the global (seeded) RNG; validation from a generator seeded
-        by the batch's first record, so val/nll is the same estimate in every run and epoch of a fixed gate."""
+    def _explore_generator(self, split: str, idx: torch.Tensor, batch_idx: int = 0) -> torch.Generator:
+        """The generator of a step's random draws (the exploration pairs).
+
+        Training: seeded by (seed_everything, epoch, batch, rank), so a step draws the same numbers however the
+        run got there, and a run resumed from a checkpoint repeats an uninterrupted run exactly (Lightning
+        checkpoints hold no RNG state). Validation: seeded by the batch's first record, so val/nll is the same
+        estimate in every run and epoch of a fixed gate."""
+        gen = torch.Generator(device=idx.device)
         if split == "train" and self.training:
-            return None
-        return torch.Generator(device=idx.device).manual_seed(int(idx[0]))
+            import numpy as np
+
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) & (2**63 - 1)  # set by seed_everything
+            try:
+                epoch, rank = self.trainer.current_epoch, self.trainer.global_rank
+            except RuntimeError:  # not attached to a Trainer (a direct call)
+                epoch, rank = 0, 0
+            state = np.random.SeedSequence([seed, epoch, batch_idx, rank])
+            return gen.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+        return gen.manual_seed(int(idx[0]))
 
     def _score_pairs(self, split: str, rows: list[int], pairs: list[list[int]], cand, tau: torch.Tensor):
         """LM log-likelihood of each selected pair (P,), from the score cache where possible."""
@@ -256,7 +271,7 @@ class MixtureOfPersonas(pl.LightningModule):
         idx = idx[idx >= 0]  # -1: padding from ExactDistributedSampler
         if idx.numel() == 0:
             return self._empty_step()
-        out = self.mixture_loss("train", idx)
+        out = self.mixture_loss("train", idx, batch_idx)
         B = idx.shape[0]
         tau = self.gate.tau.detach()
         self.log_dict({"train/nll": out["nll"], "train/nll_per_token": out["nll_per_token"],

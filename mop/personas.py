@@ -13,6 +13,7 @@ Three sources of personas g_1..g_K:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
 import logging
@@ -22,10 +23,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from mop.errors import MopError
+from mop.types import PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -613,3 +616,69 @@ def load_personas_jsonl(path: str | Path) -> list[Persona]:
 def read_personas(path: str | Path) -> list[Persona]:
     """Personas written by :func:`save_personas` (a file or a directory holding ``personas.jsonl``)."""
     return _parse_personas(path, default_source="user")
+
+
+# ---------------------------------------------------------------------------------------------- command
+def personas_command(
+    config: str,
+    out: str,
+    num_personas: PositiveInt | None = None,
+    synthesizer: Literal["llm", "keywords"] | None = None,
+    lm: str | None = None,
+    embedder: str | None = None,
+    text_kind: str | None = None,
+    role: str | None = None,
+    seed: int | None = None,
+) -> int:
+    """Cluster the training responses of a config's dataset and write one persona per cluster.
+
+    Every setting left unset is taken from the config's ``data.personas`` section (and ``data.embedder``), else
+    from the training defaults, so ``mop personas`` writes the personas ``mop train`` would with that config.
+
+    Args:
+        config: a train config (its data.dataset and data.personas sections) or a dataset YAML.
+        out: the output directory (personas.jsonl is written there).
+        num_personas: K, the number of personas (-k).
+        synthesizer: llm (a causal LM describes each cluster) or keywords (distinctive terms, no LLM).
+        lm: the LLM of the llm synthesizer (bundled name, path or hub id).
+        embedder: the sentence embedder used for clustering.
+        text_kind: what the responses are, in words (e.g. "movie reviews").
+        role: who writes the responses, in words (e.g. "critic").
+        seed: seed of k-means and of the sampled retries.
+    """
+    import time
+
+    from mop.data import config_data_section, load_dataset_config, load_population, read_config
+    from mop.datamodule import PersonaSpec
+    from mop.embed import Embedder
+
+    t0 = time.perf_counter()
+    data = config_data_section(read_config(config))
+    spec = PersonaSpec(**{k: v for k, v in (data.get("personas") or {}).items()
+                          if k in PersonaSpec.__dataclass_fields__})
+    given = {"num_personas": num_personas, "synthesizer": synthesizer, "lm": lm, "text_kind": text_kind,
+             "role": role, "seed": seed}
+    spec = dataclasses.replace(spec, **{k: v for k, v in given.items() if v is not None})
+    if spec.synthesizer not in ("llm", "keywords"):
+        raise MopError(f"--synthesizer must be llm or keywords, got {spec.synthesizer!r} (from the config)")
+    embedder = embedder or data.get("embedder") or "minilm-l6"
+    pop = load_population(load_dataset_config(config))
+    train = pop["train"]
+    if spec.num_personas < 1 or spec.num_personas > len(train):
+        raise MopError(f"--num-personas must be between 1 and the {len(train)} training records, "
+                       f"got {spec.num_personas}")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MopError(f"--out '{out_dir}' exists and is not a directory")
+    texts = [r.response for r in train]
+    emb = Embedder(embedder).encode(texts, desc="embedding responses")
+    personas = synthesize_personas(texts, [r.id for r in train], emb, spec.num_personas,
+                                   synthesizer=spec.synthesizer, lm=spec.lm, seed=spec.seed,
+                                   labels=[r.label for r in train], text_kind=spec.text_kind, role=spec.role)
+    path = save_personas(personas, out_dir / PERSONAS_FILE)
+    print("\n| id | size | source | persona |\n| --- | --- | --- | --- |")
+    for p in personas:
+        print(f"| {p.id} | {p.cluster_size} | {p.source} | {p.text} |")
+    print(f"\n{len(personas)} personas from {len(train)} training records in {time.perf_counter() - t0:.0f} s "
+          f"-> {path}")
+    return 0
