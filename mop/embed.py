@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from mop.assets import (
     resolve_embedder,
 )
 from mop.errors import MopError
+from mop.files import atomic_path
 
 SHARD_TEXTS = 4096  # misses are published every this many texts, so an interrupted run keeps its work
 COMPACT_AFTER = 32  # shards in one folder before they are merged into one
@@ -147,10 +147,8 @@ class Embedder:
         """Publish one immutable shard atomically (temp file + os.replace)."""
         self.cache_path.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha1("".join(keys).encode()).hexdigest() + ".npz"
-        tmp = self.cache_path / f".{name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(self.cache_path / name) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, keys=np.array(keys, dtype="S40"), vectors=vectors.astype(np.float32))
-        os.replace(tmp, self.cache_path / name)
         self._shards_read.add(name)
 
     def _maybe_compact(self) -> None:

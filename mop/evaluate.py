@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mop.errors import MopError
+from mop.files import atomic_path
 from mop.types import PositiveInt
 
 MAUVE_SEEDS = (0, 1, 2, 3, 4)
@@ -401,13 +402,11 @@ def plot_projection(real_emb, real_labels: Sequence | None, sets: dict[str, tupl
         ax.legend(fontsize=7, loc="best", markerscale=2)
     fig.suptitle("PCA of the real embeddings; dashed: real classes' 2-std ellipses", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -448,16 +447,8 @@ def set_name(path: str | Path, first_row: dict[str, Any]) -> str:
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write JSON to a temporary file next to ``path`` and rename it into place."""
     path = Path(path).expanduser()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, fsync=True) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 

@@ -19,7 +19,8 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,54 @@ REQUIRED_CONFIG = ("embedder", "embed_dim", "prompt_template", "context_template
 GATE_TENSORS = ("W_x.weight", "W_g.weight", "W_e.weight", "log_tau", "persona_emb")
 # The only kinds of file an export holds; none of them is a pickle (the .npy is read with allow_pickle=False).
 EXPORT_SUFFIXES = (".json", ".jsonl", ".safetensors", ".faiss", ".npy")
+
+
+@dataclass
+class GateConfig:
+    """``config.json`` of a gate export: what it takes to use the gate without its training config.
+
+    Built once, by :meth:`from_training`, for both export paths (the end of ``mop train`` and ``mop export
+    CKPT``). :func:`save_pretrained` adds ``format_version``, the sizes and the sha256 of every file.
+    """
+
+    embedder: str
+    embed_dim: int
+    prompt_template: str
+    context_template: str
+    hidden_dim: int = 128
+    num_candidates: int = 4
+    context_columns: list[str] = field(default_factory=list)
+    use_chat_template: bool = False
+    trained_with_lm: str | None = None  # informational: any causal LM can drive the gate
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None  # file, epoch, global_step, when exported from a checkpoint
+
+    @classmethod
+    def from_training(cls, hparams: Mapping[str, Any], population, embedder: str, embed_dim: int, *,
+                      metrics: Mapping[str, float] | None = None,
+                      checkpoint: dict[str, Any] | None = None) -> GateConfig:
+        """From the model's hyper-parameters (``MixtureOfPersonas.hparams``) and the training population."""
+        from mop.prompts import DEFAULT_TEMPLATE
+
+        return cls(embedder=embedder, embed_dim=int(embed_dim),
+                   prompt_template=hparams.get("prompt_template", DEFAULT_TEMPLATE),
+                   context_template=population.spec.context_template,
+                   hidden_dim=int(hparams.get("hidden_dim", 128)),
+                   num_candidates=int(hparams.get("num_candidates", 4)),
+                   context_columns=list(population.spec.context_columns),
+                   use_chat_template=bool(hparams.get("use_chat_template", False)),
+                   trained_with_lm=hparams.get("lm"), metrics=dict(metrics or {}), checkpoint=checkpoint)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> GateConfig:
+        """From a config.json (its bookkeeping keys -- format version, sizes, checksums -- are left out)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["checkpoint"] is None:
+            del out["checkpoint"]
+        return out
 
 
 def _sha256(path: Path) -> str:
@@ -122,23 +171,21 @@ def _recover_interrupted(out: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def save_pretrained(out_dir: str | Path, gate, persona_ids, persona_texts, persona_sizes, persona_emb, pool,
-                    index, config: dict) -> Path:
+def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, index, config: GateConfig) -> Path:
     """Write an export into ``out_dir`` atomically: a half-written export never replaces a good one.
 
-    An existing ``out_dir`` is replaced only when it is empty or itself a gate export (never another folder).
+    ``personas``: the :class:`mop.personas.Persona` of each gate persona, in order; ``pool``: the exemplar
+    records; ``index``: the :class:`mop.index.ExemplarIndex` over them. An existing ``out_dir`` is replaced only
+    when it is empty or itself a gate export (never another folder).
     """
     import torch
     from safetensors.torch import save_file
 
-    missing = [k for k in REQUIRED_CONFIG if k not in config]
-    if missing:
-        raise MopError(f"export config lacks {', '.join(missing)} (needed to use the gate without its training "
-                       "config)")
-    k, n = len(persona_texts), len(pool)
-    if not (len(persona_ids) == len(persona_sizes) == k == gate.num_personas):
-        raise MopError(f"export: {len(persona_ids)} persona ids, {k} texts, {len(persona_sizes)} sizes but the "
-                       f"gate has {gate.num_personas} personas")
+    if not isinstance(config, GateConfig):
+        raise MopError(f"export config must be a GateConfig, got {type(config).__name__}")
+    k, n = len(personas), len(pool)
+    if k != gate.num_personas:
+        raise MopError(f"export: {k} personas but the gate has {gate.num_personas}")
     if index.ntotal != n:
         raise MopError(f"export: the exemplar index holds {index.ntotal} vectors but the pool has {n} exemplars")
     out = Path(out_dir)
@@ -152,14 +199,13 @@ def save_pretrained(out_dir: str | Path, gate, persona_ids, persona_texts, perso
         tensors = {k: v.detach().cpu().float().contiguous() for k, v in gate.state_dict().items()}
         tensors["persona_emb"] = torch.as_tensor(persona_emb).detach().cpu().float().contiguous()
         save_file(tensors, str(tmp / GATE_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        _write_jsonl(tmp / PERSONAS_FILE, ({"id": i, "text": t, "cluster_size": int(s)}
-                                           for i, t, s in zip(persona_ids, persona_texts, persona_sizes)))
+        _write_jsonl(tmp / PERSONAS_FILE, ({"id": p.id, "text": p.text, "cluster_size": int(p.cluster_size)}
+                                           for p in personas))
         _write_jsonl(tmp / EXEMPLARS_FILE, ({"id": e.id, "context": e.context, "label": e.label,
                                              "group": e.group, "response": e.response} for e in pool))
         index.save(tmp)
         files = sorted(p.name for p in tmp.iterdir())
-        cfg = {"format_version": FORMAT_VERSION, **config,
-               "num_personas": len(persona_texts), "num_exemplars": len(pool),
+        cfg = {"format_version": FORMAT_VERSION, **config.to_dict(), "num_personas": k, "num_exemplars": n,
                "checksums": {name: _sha256(tmp / name) for name in files}}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
         _publish(tmp, out)
@@ -170,23 +216,14 @@ def save_pretrained(out_dir: str | Path, gate, persona_ids, persona_texts, perso
 
 def export_from_module(module, trainer, out_dir: str | Path | None = None) -> Path:
     """Export a trained :class:`mop.module.MixtureOfPersonas` (its datamodule's artifacts included)."""
-    from mop.personas import read_personas
-
     art = trainer.datamodule.artifacts
     hp = module.hparams
     if out_dir is None:
         out_dir = hp.export_dir or Path(trainer.log_dir or trainer.default_root_dir) / "gate"
-    personas = read_personas(art.directory / "personas.jsonl")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-    config = {
-        "embedder": art.embedder, "embed_dim": art.embed_dim, "hidden_dim": hp.hidden_dim,
-        "num_candidates": hp.num_candidates, "prompt_template": hp.prompt_template,
-        "context_template": art.population.spec.context_template,
-        "context_columns": list(art.population.spec.context_columns),
-        "use_chat_template": hp.use_chat_template, "trained_with_lm": hp.lm, "metrics": metrics,
-    }
-    return save_pretrained(out_dir, module.gate, [p.id for p in personas], [p.text for p in personas],
-                           [p.cluster_size for p in personas], art.persona_emb, art.pool, art.index, config)
+    config = GateConfig.from_training(hp, art.population, art.embedder, art.embed_dim, metrics=metrics)
+    return save_pretrained(out_dir, gate=module.gate, personas=art.personas, persona_emb=art.persona_emb,
+                           pool=art.pool, index=art.index, config=config)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -283,14 +320,28 @@ class GateExport:
     """A loaded gate export: the gate, its personas and exemplar pool, ready to drive any causal LM."""
 
     directory: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # config.json as read (with format version, sizes and checksums)
     gate: Any  # mop.gating.Gate, eval mode, float32 on CPU
-    persona_ids: list[str]
-    persona_texts: list[str]
-    persona_sizes: list[int]
+    personas: list[Any]  # mop.personas.Persona, in the gate's order
     persona_emb: Any  # (K, D) float32 torch tensor h(g_k)
     exemplars: list[Any]  # mop.data.Record, the pool e_j
     index: Any  # mop.index.ExemplarIndex over h(e_j)
+
+    @property
+    def gate_config(self) -> GateConfig:
+        return GateConfig.from_dict(self.config)
+
+    @property
+    def persona_ids(self) -> list[str]:
+        return [p.id for p in self.personas]
+
+    @property
+    def persona_texts(self) -> list[str]:
+        return [p.text for p in self.personas]
+
+    @property
+    def persona_sizes(self) -> list[int]:
+        return [p.cluster_size for p in self.personas]
 
     @property
     def embedder(self) -> str:
@@ -324,10 +375,8 @@ class GateExport:
         check_embed_dim(self.config, dim, f"gate export '{self.directory}'")
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
-        config = {k: v for k, v in self.config.items()
-                  if k not in ("format_version", "num_personas", "num_exemplars", "checksums")}
-        return save_pretrained(out_dir, self.gate, self.persona_ids, self.persona_texts, self.persona_sizes,
-                               self.persona_emb, self.exemplars, self.index, config)
+        return save_pretrained(out_dir, gate=self.gate, personas=self.personas, persona_emb=self.persona_emb,
+                               pool=self.exemplars, index=self.index, config=self.gate_config)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, expected_embed_dim: int | None = None,
@@ -391,8 +440,7 @@ class GateExport:
         for key, value in (("num_personas", k), ("num_exemplars", len(records))):
             if key in config and int(config[key]) != value:
                 raise MopError(f"{where}: {CONFIG_FILE} says {key} {config[key]} but the files hold {value}")
-        return cls(directory=d, config=config, gate=gate, persona_ids=[p.id for p in personas],
-                   persona_texts=[p.text for p in personas], persona_sizes=[p.cluster_size for p in personas],
+        return cls(directory=d, config=config, gate=gate, personas=personas,
                    persona_emb=torch.as_tensor(persona_emb, dtype=torch.float32), exemplars=records, index=index)
 
 
@@ -450,14 +498,11 @@ def _checkpoint_dataset(ckpt: dict, config_path: str | None, path: Path):
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir: str | Path | None = None,
                       config_path: str | None = None, trust_checkpoint: bool = False) -> Path:
     """Export a Lightning checkpoint written by ``train.py`` (gate weights + the artifacts it was trained on)."""
-    import numpy as np
     import torch
 
+    from mop.artifacts import Artifacts
     from mop.data import load_population
     from mop.gating import Gate
-    from mop.index import ExemplarIndex
-    from mop.personas import read_personas
-    from mop.prompts import DEFAULT_TEMPLATE
 
     path = Path(ckpt_path).expanduser()
     check_replaceable(Path(out_dir))  # before any work: a foreign folder is never replaced
@@ -476,50 +521,27 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir:
         raise MopError(f"checkpoint '{path}': gate of {k} personas x dimension {dim} disagrees with its metadata "
                        f"({meta.get('num_personas')} personas, embed_dim {meta['embed_dim']})")
 
-    art = Path(artifacts_dir or meta.get("artifacts_dir") or "").expanduser()
-    if not art.is_dir():
-        raise MopError(f"artifacts directory '{art}' of checkpoint '{path}' does not exist; pass --artifacts DIR")
-    needed = ["personas.jsonl", "persona_emb.npy", "pool_ids.json", "meta.json", *INDEX_FILES]
-    absent = [n for n in needed if not (art / n).is_file()]
-    if absent:
-        raise MopError(f"artifacts directory '{art}' is missing {', '.join(absent)}")
-    art_meta = json.loads((art / "meta.json").read_text())
+    art_dir = Path(artifacts_dir or meta.get("artifacts_dir") or "").expanduser()
+    if not art_dir.is_dir():
+        raise MopError(f"artifacts directory '{art_dir}' of checkpoint '{path}' does not exist; pass --artifacts DIR")
+    art_meta = Artifacts.read_meta(art_dir)
     if int(art_meta.get("embed_dim", dim)) != dim or art_meta.get("embedder", meta.get("embedder")) != meta.get(
             "embedder"):
-        raise MopError(f"artifacts '{art}' were built with embedder '{art_meta.get('embedder')}' "
+        raise MopError(f"artifacts '{art_dir}' were built with embedder '{art_meta.get('embedder')}' "
                        f"(dimension {art_meta.get('embed_dim')}) but the checkpoint's gate uses "
                        f"'{meta.get('embedder')}' (dimension {dim})")
-    personas = read_personas(art / "personas.jsonl")
-    texts = [p.text for p in personas]
-    if len(personas) != k or ("persona_texts" in meta and list(meta["persona_texts"]) != texts):
-        raise MopError(f"artifacts '{art}' hold other personas than the checkpoint's gate ({len(personas)} vs {k}); "
-                       "pass the --artifacts directory it was trained with")
-    persona_emb = np.load(art / "persona_emb.npy", allow_pickle=False)
-
-    spec = _checkpoint_dataset(ckpt, config_path, path)
-    population = load_population(spec)
-    by_id = {r.id: r for r in population["train"]}
-    pool_ids = json.loads((art / "pool_ids.json").read_text())
-    lost = [i for i in pool_ids if i not in by_id]
-    if lost:
-        raise MopError(f"{len(lost)} exemplar id(s) of '{art}' (e.g. '{lost[0]}') are not in the training split of "
-                       "the dataset: the config differs from the one the gate was trained with")
-    pool = [by_id[i] for i in pool_ids]
-    index = ExemplarIndex.load(art, device="cpu")
-
+    art = Artifacts.load(art_dir, load_population(_checkpoint_dataset(ckpt, config_path, path)), splits=())
+    if len(art.personas) != k or ("persona_texts" in meta and list(meta["persona_texts"]) != art.persona_texts):
+        raise MopError(f"artifacts '{art_dir}' hold other personas than the checkpoint's gate ({len(art.personas)} "
+                       f"vs {k}); pass the --artifacts directory it was trained with")
     gate = Gate(dim, k, hidden)
     gate.load_state_dict({n: torch.as_tensor(v).float() for n, v in state.items()}, strict=True)
-    config = {
-        "embedder": meta.get("embedder"), "embed_dim": dim, "hidden_dim": hidden,
-        "num_candidates": hp.get("num_candidates", 4), "prompt_template": hp.get("prompt_template", DEFAULT_TEMPLATE),
-        "context_template": population.spec.context_template,
-        "context_columns": list(population.spec.context_columns),
-        "use_chat_template": bool(hp.get("use_chat_template", False)),
-        "trained_with_lm": hp.get("lm", meta.get("lm")), "metrics": {},
-        "checkpoint": {"file": path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
-    }
-    return save_pretrained(out_dir, gate, [p.id for p in personas], texts, [p.cluster_size for p in personas],
-                           persona_emb, pool, index, config)
+    hp.setdefault("lm", meta.get("lm"))
+    config = GateConfig.from_training(
+        hp, art.population, meta.get("embedder"), dim,
+        checkpoint={"file": path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")})
+    return save_pretrained(out_dir, gate=gate, personas=art.personas, persona_emb=art.persona_emb, pool=art.pool,
+                           index=art.index, config=config)
 
 
 # ---------------------------------------------------------------------------------------------- command

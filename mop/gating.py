@@ -64,17 +64,27 @@ class Gate(nn.Module):
         """(B, D), (K, D) -> (B, K) log persona weights."""
         return torch.log_softmax(self.W_x(hx) @ self.W_g(hg).T, dim=-1)
 
-    def queries(self, hx: torch.Tensor, hg: torch.Tensor) -> torch.Tensor:
-        """(B, D), (K, D) -> (B, K, D) retrieval queries q_k = W_e^T (x~ + g~_k) in the frozen space."""
-        return (self.W_x(hx)[:, None, :] + self.W_g(hg)[None, :, :]) @ self.W_e.weight
+    def queries(self, hx: torch.Tensor, hg: torch.Tensor, personas: torch.Tensor | None = None) -> torch.Tensor:
+        """Retrieval queries q_k = W_e^T (x~ + g~_k) in the frozen space: (B, D), (K, D) -> (B, K, D), or
+        (B, P, D) for the persona indices ``personas`` (B, P) of each row."""
+        g = self.W_g(hg)  # (K, d)
+        g = g[None] if personas is None else g[personas]  # (1, K, d) or (B, P, d)
+        return (self.W_x(hx)[:, None, :] + g) @ self.W_e.weight
 
-    def log_omega(self, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor,
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact exemplar weights over the whole pool: (B, K, N); masked exemplars get -inf."""
-        scores = self.queries(hx, hg) @ pool.T  # (B, K, N)
+    @staticmethod
+    def omega(queries: torch.Tensor, pool: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log Omega exactly over the pool from queries: (B, P, D), (N, D) -> (B, P, N); ``mask`` (B, N): True for
+        the exemplars a row may not use (-inf)."""
+        scores = queries @ pool.T
         if mask is not None:
             scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         return torch.log_softmax(scores, dim=-1)
+
+    def log_omega(self, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor, mask: torch.Tensor | None = None,
+                  personas: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact exemplar weights over the whole pool: (B, K, N) (or (B, P, N) for ``personas``); masked
+        exemplars get -inf."""
+        return self.omega(self.queries(hx, hg, personas), pool, mask)
 
     def entropy(self, log_pi: torch.Tensor) -> torch.Tensor:
         return -(log_pi.exp() * log_pi).sum(-1).mean()
@@ -123,9 +133,7 @@ def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torc
         for b, ex in enumerate(exclude):
             if ex:
                 mask[b, torch.as_tensor(ex, dtype=torch.long, device=hx.device)] = True
-        scores = q_sel @ pool.T  # (B, P, N)
-        scores = scores.masked_fill(mask[:, None, :], float("-inf"))
-        log_om = torch.log_softmax(scores, dim=-1).gather(2, safe)  # (B, P, per)
+        log_om = Gate.omega(q_sel, pool, mask).gather(2, safe)  # (B, P, per)
     else:  # Omega normalised over the retrieved exemplars only (approximation, logged by the caller)
         retrieved = pool[safe]  # (B, P, per, D)
         scores = (retrieved @ q_sel[..., None]).squeeze(-1).masked_fill(~valid, float("-inf"))
@@ -159,7 +167,7 @@ def _add_exploration_pair(log_pi, q, pool, index, exclude, mask, per_persona, pe
     k = torch.multinomial(prop_k, tries, replacement=True, generator=generator)  # (B, T)
     q_k = torch.gather(q, 1, k[..., None].expand(-1, -1, q.shape[-1]))  # (B, T, D)
     if mask is not None:
-        ex_scores = (q_k @ pool.T).masked_fill(mask[:, None, :], float("-inf"))  # (B, T, N)
+        log_om = Gate.omega(q_k, pool, mask)  # (B, T, N)
         ex_pos = torch.arange(N, device=q.device).expand(B, tries, -1)
     else:
         flat_ex = [exclude[b] for b in range(B) for _ in range(tries)]
@@ -168,8 +176,8 @@ def _add_exploration_pair(log_pi, q, pool, index, exclude, mask, per_persona, pe
         ex_pos = torch.as_tensor(np.asarray(got), dtype=torch.long, device=q.device).reshape(B, tries, -1)
         ex_scores = (pool[ex_pos.clamp(min=0)] @ q_k[..., None]).squeeze(-1).masked_fill(ex_pos < 0,
                                                                                           float("-inf"))
-    log_om = torch.log_softmax(ex_scores, dim=-1)  # (B, T, N or per)
-    ok = torch.isfinite(ex_scores).float()
+        log_om = torch.log_softmax(ex_scores, dim=-1)  # (B, T, per): over the retrieved exemplars
+    ok = torch.isfinite(log_om).float()
     prop_j = 0.5 * log_om.detach().exp() + 0.5 * ok / ok.sum(-1, keepdim=True)
     pick = torch.multinomial(prop_j.reshape(B * tries, -1), 1, generator=generator).reshape(B, tries, 1)
     j = ex_pos.gather(2, pick).squeeze(-1)  # (B, T)

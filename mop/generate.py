@@ -173,17 +173,12 @@ class ComponentSampler:
 
     def __init__(self, export, method: str = "mop", temperature: float | None = None,
                  attributes: dict[str, list[str]] | None = None):
-        import torch
-
         if method not in METHODS:
             raise MopError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
         if temperature is not None and not temperature > 0:
             raise MopError(f"temperature must be positive, got {temperature}")
         self.export, self.method, self.temperature = export, method, temperature
         self.attributes = (attributes or load_attributes(None)) if method == "attrprompt" else None
-        gate = export.gate
-        with torch.no_grad():
-            self._g = gate.W_g(export.persona_emb)  # (K, d) g~_k
         self._pool = export.pool_emb  # (N, D) h(e_j)
         self._pos_of: dict[str, list[int]] = {}
         for j, e in enumerate(export.exemplars):
@@ -203,25 +198,26 @@ class ComponentSampler:
             return self.export.gate.log_pi(hx, self.export.persona_emb)
 
     def log_omega(self, hx, persona, record_ids: Sequence[str | None]):
-        """(B, D), (B,) chosen k -> (B, N) log Omega_k(x) over the pool, the record's own id masked out."""
+        """(B, D), (B,) chosen k -> (B, N) log Omega_k(x) over the pool, the record's own id masked out
+        (uniform over the pool for the methods that do not use the gate's exemplar weights)."""
         import torch
 
-        N = self._pool.shape[0]
-        B = len(record_ids)
-        if self.method in ("mop", "mop-random-persona"):
-            hx = torch.as_tensor(hx, dtype=torch.float32)
-            gate = self.export.gate
-            with torch.no_grad():
-                q = (gate.W_x(hx) + self._g[persona]) @ gate.W_e.weight  # (B, D) q_k = W_e^T (x~ + g~_k)
-                scores = q @ self._pool.T  # (B, N)
-        else:
-            scores = torch.zeros(B, N)
+        from mop.gating import Gate
+
+        N, B = self._pool.shape[0], len(record_ids)
+        mask = torch.zeros(B, N, dtype=torch.bool)
         for b, rid in enumerate(record_ids):
             if rid is not None and rid in self._pos_of:
-                scores[b, self._pos_of[rid]] = float("-inf")
-        if not bool(torch.isfinite(scores).any(-1).all()):
+                mask[b, self._pos_of[rid]] = True
+        if bool(mask.all(-1).any()):
             raise MopError("a context has no usable exemplar (the pool holds only the context's own record)")
-        return torch.log_softmax(scores, dim=-1)
+        with torch.no_grad():
+            if self.method in ("mop", "mop-random-persona"):
+                q = self.export.gate.queries(torch.as_tensor(hx, dtype=torch.float32), self.export.persona_emb,
+                                             torch.as_tensor(persona)[:, None])  # (B, 1, D)
+            else:
+                q = torch.zeros(B, 1, self._pool.shape[1])
+            return Gate.omega(q, self._pool, mask)[:, 0]
 
     def sample(self, hx, record_ids: Sequence[str | None], keys: Sequence[int], seed: int) -> list[Component]:
         """One component per sample; ``keys[b]`` (see :func:`sample_key`) and ``seed`` fix its random choices."""
@@ -257,7 +253,7 @@ def build_prompt(export, record, component: Component) -> str:
 
     persona = export.persona_texts[component.persona] if component.persona is not None else None
     exemplar = export.exemplars[component.exemplar] if component.exemplar is not None else None
-    prompt = render_prompt(export.config["prompt_template"], export.config["context_template"], record, persona,
+    prompt = render_prompt(export.gate_config.prompt_template, export.gate_config.context_template, record, persona,
                            exemplar)
     if component.attributes:
         line = "Attributes: " + ", ".join(f"{k}={v}" for k, v in component.attributes.items())
@@ -560,7 +556,7 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
         raise MopError("context record ids must be unique")
     if method in GATED and context_emb is None:
         raise MopError(f"method '{method}' needs the contexts' embeddings")
-    chat = {"auto": bool(export.config.get("use_chat_template", False)), "on": True,
+    chat = {"auto": export.gate_config.use_chat_template, "on": True,
             "off": False}[sampling.chat_template]
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MopError("the export's prompts use a chat template but this tokenizer has none (a base model?); "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import faiss
 import numpy as np
 
 from mop.errors import MopError
+from mop.files import atomic_path
 
 INDEX_FILE = "exemplars.faiss"
 EMBEDDINGS_FILE = "exemplar_embeddings.npy"
@@ -335,9 +335,9 @@ class ExemplarIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._gpu_resources is not None else self._index
-        with _atomic_path(directory / EMBEDDINGS_FILE) as tmp, open(tmp, "wb") as f:
+        with atomic_path(directory / EMBEDDINGS_FILE) as tmp, open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(self.embeddings))
-        with _atomic_path(directory / INDEX_FILE) as tmp:
+        with atomic_path(directory / INDEX_FILE) as tmp:
             faiss.write_index(cpu_index, str(tmp))
 
     @classmethod
@@ -388,17 +388,3 @@ class ExemplarIndex:
             raise MopError(
                 f"{INDEX_FILE} does not contain the vectors in {EMBEDDINGS_FILE}; the two files come from different pools"
             )
-
-
-@contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path next to ``final`` that replaces it once the block finishes without error."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -12,12 +12,10 @@ Three sources of personas g_1..g_K:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import json
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from mop.errors import MopError
+from mop.files import write_text_atomic
 from mop.types import PositiveInt
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,30 @@ class Persona:
     member_ids: list[str] = field(default_factory=list)
     representative_ids: list[str] = field(default_factory=list)
     source: str = "user"
+
+
+@dataclass
+class PersonaSpec:
+    """How personas are made.
+
+    Args:
+        num_personas: K, the number of k-means clusters / personas.
+        synthesizer: ``llm`` (a causal LM describes each cluster), ``keywords`` (no LLM) or ``file``.
+        lm: the LLM writing personas (bundled name, path or hub id).
+        file: a JSONL of user-supplied personas (``{"text": ...}`` per line), used when synthesizer is ``file``.
+        text_kind: what the responses are, in words, for the persona prompts.
+        role: who writes them (e.g. ``critic``), for the persona prompts.
+        seed: seed of k-means and of the LLM's sampled retries.
+    """
+
+    num_personas: PositiveInt = 20
+    synthesizer: Literal["llm", "keywords", "file"] = "llm"
+    lm: str = "smollm2-135m"
+    file: str | None = None
+    text_kind: str = "texts"
+    role: str = "writer"
+    seed: int = 0
+
 
 
 # --- clustering ---------------------------------------------------------------------------------------------
@@ -552,17 +575,6 @@ def _dedupe_fallbacks(persona_texts, sources, texts, cluster_of, k, n_terms, tex
 
 
 # --- files --------------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def save_personas(personas: Sequence[Persona], path: str | Path) -> Path:
     """Write personas as JSONL (id, text, cluster_size, member_ids, representative_ids, source), atomically.
 
@@ -572,7 +584,7 @@ def save_personas(personas: Sequence[Persona], path: str | Path) -> Path:
     if path.is_dir():
         path = path / PERSONAS_FILE
     lines = [json.dumps(asdict(p), ensure_ascii=False) for p in personas]
-    _atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
     return path
 
 
@@ -649,7 +661,6 @@ def personas_command(
     import time
 
     from mop.data import config_data_section, load_dataset_config, load_population, read_config
-    from mop.datamodule import PersonaSpec
     from mop.embed import Embedder
 
     t0 = time.perf_counter()

@@ -11,8 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import lightning.pytorch as pl
 import torch
-from conftest import tiny_llama, tiny_tokenizer
-from gate_fixtures import synthetic_datamodule
+from helpers import byte_tokenizer, make_tiny_lm, synthetic_datamodule
 
 from mop.module import MixtureOfPersonas
 from mop.scoring import FrozenLMScorer
@@ -47,10 +46,10 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     dm = synthetic_datamodule(n_train=25, n_val=9, k=3, n_pool=25, batch_size=4)  # odd: ranks get 13 and 12
-    tok = tiny_tokenizer()
+    tok = byte_tokenizer()
     module = RecordingModule(num_candidates=2, prompt_template="P: {persona}\nE: {exemplar_response}\n",
                                lr=0.05)
-    module.attach_scorer(FrozenLMScorer(tiny_llama(len(tok), hidden=16, layers=1), tok, max_batch_tokens=2048))
+    module.attach_scorer(FrozenLMScorer(make_tiny_lm(hidden=16, layers=1)[0], tok, max_batch_tokens=2048))
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0)

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli
+from helpers import REPO, assert_one_line_error, make_export, run_cli
 
 MB = 1 << 20
 
@@ -107,8 +107,6 @@ trainer:
 # the generation / export cases: a small valid export (384-d, the bundled embedder's size), a contexts file, a
 # fake model folder, and a samples file from an earlier run of the same settings, which must survive
 def _export(d: Path, name: str = "gate", dim: int = 384) -> Path:
-    from test_export import make_export
-
     return make_export(d / name, dim=dim, k=3, n_pool=6).path
 
 
@@ -251,7 +249,7 @@ CASES = [
     Case("config/unknown-dataset-key-train", lambda d: _train(d, "--data.dataset.respons_column", "text"),
          ("config key data.dataset: Option 'respons_column' is not accepted",), runner="train"),
     Case("config/wrong-type", lambda d: _train(d, "--model.hidden_dim", "big"),
-         ("config key model.hidden_dim: Expected int. Got value: big",), runner="train"),
+         ("config key model.hidden_dim: expected a positive integer, got 'big'",), runner="train"),
     Case("config/missing-config-file", lambda d: (["fit", "-c", str(d / "nope.yaml")], []),
          ("-c/--config: File does not exist", "nope.yaml"), runner="train"),
     Case("config/K-above-training-records", lambda d: _train(d, "--data.personas.num_personas", "40"),
@@ -263,19 +261,19 @@ CASES = [
                                                                 "--model.num_candidates", "7"),
          ("exceeds the 6 (persona, exemplar) pairs there are (3 personas x 2 exemplars)",), runner="train"),
     Case("config/zero-batch-size", lambda d: _train(d, "--data.batch_size", "0"),
-         ("config key data.batch_size must be positive, got 0",), runner="train"),
+         ("config key data.batch_size: must be positive, got 0",), runner="train"),
     Case("config/zero-num-personas", lambda d: _train(d, "--data.personas.num_personas", "0"),
-         ("config key data.personas.num_personas must be positive, got 0",), runner="train"),
+         ("config key data.personas.num_personas: must be positive, got 0",), runner="train"),
     Case("config/negative-num-candidates", lambda d: _train(d, "--model.num_candidates", "-1"),
-         ("config key model.num_candidates must be positive, got -1",), runner="train"),
+         ("config key model.num_candidates: must be positive, got -1",), runner="train"),
     Case("config/zero-hidden-dim", lambda d: _train(d, "--model.hidden_dim", "0"),
-         ("config key model.hidden_dim must be positive, got 0",), runner="train"),
+         ("config key model.hidden_dim: must be positive, got 0",), runner="train"),
     Case("config/negative-num-exemplars", lambda d: _train(d, "--data.num_exemplars", "-5"),
-         ("config key data.num_exemplars must be positive, got -5",), runner="train"),
+         ("config key data.num_exemplars: must be positive, got -5",), runner="train"),
     Case("config/unknown-synthesizer", lambda d: _train(d, "--data.personas.synthesizer", "gpt"),
-         ("config key data.personas.synthesizer must be one of llm, keywords, file, got 'gpt'",), runner="train"),
+         ("config key data.personas.synthesizer: expected one of ['llm', 'keywords', 'file'], got gpt",), runner="train"),
     Case("config/unknown-lm-dtype", lambda d: _train(d, "--model.lm_dtype", "float8"),
-         ("config key model.lm_dtype must be one of None, float32, bfloat16, float16, got 'float8'",),
+         ("config key model.lm_dtype: expected one of ['float32', 'bfloat16', 'float16']; got 'float8'",),
          runner="train"),
     Case("config/personas-file-missing", lambda d: _train(d, "--data.personas.synthesizer", "file",
                                                           "--data.personas.file", str(d / "mine.jsonl")),
@@ -335,9 +333,9 @@ CASES = [
     Case("generate/output-from-other-settings", lambda d: _generate(d, None, None, "--seed", "7"),
          ("holds rows generated with other settings: seed 0 (now 7)",)),
     Case("generate/zero-samples", lambda d: _generate(d, None, None, "--num-samples", "0"),
-         ("--num-samples must be >= 1, got 0",)),
+         ("--num-samples: must be positive, got 0",)),
     Case("generate/not-an-integer", lambda d: _generate(d, None, None, "--batch-size", "many"),
-         ("generate.py: error: argument --batch-size: invalid int value: 'many'", "(see generate.py --help)"),
+         ("generate.py: error: --batch-size: expected a positive integer, got 'many'", "(see generate.py --help)"),
          runner="real"),
 ]
 
@@ -690,12 +688,12 @@ def test_sources_never_unpickle_user_files():
     import inspect
 
     from mop import export
-    from mop.cli import build_parser
+    from mop.cli import parse_command
 
     assert inspect.signature(export.export_checkpoint).parameters["trust_checkpoint"].default is False
     assert inspect.signature(export._load_checkpoint).parameters["trust"].default is inspect.Parameter.empty
-    args = build_parser().parse_args(["export", "a.ckpt", "out"])
-    assert args.trust_checkpoint is False
+    args = parse_command(export.export_command, ["a.ckpt", "out"], "mop export", positional=True)
+    assert args["trust_checkpoint"] is False and args["checkpoint"] == "a.ckpt"
 
 
 def test_scanner_catches_unsafe_loads(tmp_path, monkeypatch):
@@ -709,7 +707,7 @@ def test_scanner_catches_unsafe_loads(tmp_path, monkeypatch):
                               "d = pickle.load(open('f', 'rb'))\n"
                               "from joblib import load\n"
                               "e = M.from_pretrained('p', trust_remote_code=True)\n")
-    import test_bad_inputs as me
+    me = sys.modules[__name__]  # this module: its REPO and _sources are what the scan reads
 
     monkeypatch.setattr(me, "REPO", tmp_path)
     monkeypatch.setattr(me, "_sources", lambda: [bad / "x.py"])

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, tiny_llama, tiny_tokenizer
+from helpers import REPO, make_tiny_lm
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -29,9 +29,7 @@ def _one_thread():
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama and a byte-level tokenizer saved as a local model folder (what --model accepts)."""
     path = tmp_path_factory.mktemp("tiny-lm")
-    tok = tiny_tokenizer()
-    tiny_llama(len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
+    make_tiny_lm(save_to=path)
     return str(path)
 
 

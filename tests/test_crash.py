@@ -2,8 +2,9 @@
 an export is never left half-written.
 
 The tiny world (random 1-layer Llama, random BERT sentence embedder, 48 reviews in a CSV, keyword personas) and
-its train.py runs come from tests/crash_fixtures.py; the config is configs/quickstart.yaml with only models,
-data and sizes replaced, so checkpoints, logger and export go where a user's would.
+its train.py runs come from tests/helpers.py (World; the session fixture ``tiny_world`` in conftest.py); the
+config is configs/quickstart.yaml with only models, data and sizes replaced, so checkpoints, logger and export go
+where a user's would.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from crash_fixtures import gate_tensors, popen, wait_for, wait_ok, world
+from helpers import gate_tensors, popen, wait_for, wait_ok
 
 from mop.export import GateExport, _recover_interrupted, read_export_config, save_pretrained
 
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    return world(tmp_path_factory)
+# every test here waits for real train.py / generate.py processes (the tiny world's three runs, then killed and
+# resumed ones): about 2 minutes of CPU on 2 cores, so they run with the slow tier (CI runs every test)
+pytestmark = pytest.mark.slow
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -88,7 +88,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_generation_killed_then_rerun_gives_exactly_the_uninterrupted_rows(tiny_world, tmp_path, monkeypatch):
-    from mop.generate import main
+    from mop.cli import main
 
     w = tiny_world
     gate = w.finished("ref") / "runs/tiny/gate"
@@ -107,11 +107,11 @@ def test_generation_killed_then_rerun_gives_exactly_the_uninterrupted_rows(tiny_
     before = out.read_bytes().count(b"\n")
     assert 3 <= before < n
     monkeypatch.setenv("MOP_CACHE", str(w.cache))
-    assert main([*args, "--output", str(out)]) == 0  # the re-run (same command) resumes
+    assert main(["generate", *args, "--output", str(out)]) == 0  # the re-run (same command) resumes
     rows = _rows(out)
     ids = [r["id"] for r in rows]
     assert len(ids) == n and len(set(ids)) == n
-    assert main([*args, "--output", str(tmp_path / "ref.jsonl")]) == 0  # uninterrupted
+    assert main(["generate", *args, "--output", str(tmp_path / "ref.jsonl")]) == 0  # uninterrupted
     ref = {r["id"]: r for r in _rows(tmp_path / "ref.jsonl")}
     assert {r["id"]: r for r in rows} == ref
     assert len({r["text"] for r in ref.values()}) > n // 2  # real, varied samples
@@ -197,10 +197,8 @@ def test_save_pretrained_swaps_atomically_and_keeps_nothing_else(tiny_world, tmp
     export.save_pretrained(out)
     with torch.no_grad():
         export.gate.log_tau.fill_(0.25)
-    save_pretrained(out, export.gate, export.persona_ids, export.persona_texts, export.persona_sizes,
-                    export.persona_emb, export.exemplars, export.index,
-                    {k: v for k, v in export.config.items()
-                     if k not in ("format_version", "num_personas", "num_exemplars", "checksums")})
+    save_pretrained(out, gate=export.gate, personas=export.personas, persona_emb=export.persona_emb,
+                    pool=export.exemplars, index=export.index, config=export.gate_config)
     assert _log_tau(out) == 0.25
     assert [p.name for p in tmp_path.iterdir()] == ["gate"]
 

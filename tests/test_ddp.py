@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
+@pytest.mark.slow  # two fresh processes import Lightning and train with gloo (about 20 s on 2 cores)
 def test_two_process_cpu_ddp_identical_gates_lower_loss_each_record_once(tmp_path):
     script = Path(__file__).with_name("ddp_train.py")
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,

@@ -1,6 +1,6 @@
 """Same seed, same result: personas (k-means + keyword synthesis), the trained gate (two train.py processes in
 separate folders give byte-identical gate.safetensors) and generated samples -- and another seed changes each,
-so the comparisons are not vacuous. Uses the tiny world of tests/crash_fixtures.py."""
+so the comparisons are not vacuous. Uses the tiny world of tests/helpers.py (fixtures in conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import json
 
 import numpy as np
 import pytest
-from crash_fixtures import gate_tensors, world
+from helpers import gate_tensors
 
 from mop.embed import Embedder
 from mop.personas import cluster_responses, synthesize_personas
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    return world(tmp_path_factory)
-
-
-def test_same_seed_same_personas_and_clusters(tiny_world, tmp_path):
+def test_same_seed_same_personas_and_clusters(tiny_world_files, tmp_path):
     import pandas as pd
 
-    w = tiny_world
+    w = tiny_world_files
     df = pd.read_csv(w.data)
     texts, ids, labels = list(df["review"]), [f"r{i}" for i in range(len(df))], list(df["label"])
     emb = Embedder(str(w.embedder), cache_root=tmp_path / "emb").encode(texts, show_progress=False)
@@ -44,6 +39,7 @@ def test_same_seed_same_personas_and_clusters(tiny_world, tmp_path):
     assert not np.array_equal(cluster_responses(emb, 6, seed=5)[0], labels0)
 
 
+@pytest.mark.slow  # waits for three train.py processes (about a minute of CPU on 2 cores)
 def test_same_seed_same_gate_from_two_train_processes(tiny_world):
     w = tiny_world
     ref, again, seed1 = w.finished("ref"), w.finished("again"), w.finished("seed1")
@@ -63,8 +59,9 @@ def test_same_seed_same_gate_from_two_train_processes(tiny_world):
     assert (seed1 / gate / "personas.jsonl").read_bytes() == (ref / gate / "personas.jsonl").read_bytes()
 
 
+@pytest.mark.slow  # generates from the gate of a train.py process (the tiny world's run "ref")
 def test_same_seed_same_samples(tiny_world, tmp_path, monkeypatch):
-    from mop.generate import main
+    from mop.cli import main
 
     w = tiny_world
     monkeypatch.setenv("MOP_CACHE", str(w.cache))
@@ -73,7 +70,7 @@ def test_same_seed_same_samples(tiny_world, tmp_path, monkeypatch):
 
     def rows(name: str, *extra: str) -> list[dict]:
         out = tmp_path / f"{name}.jsonl"
-        assert main([*args, *extra, "--output", str(out)]) == 0
+        assert main(["generate", *args, *extra, "--output", str(out)]) == 0
         return [json.loads(line) for line in out.read_text().splitlines()]
 
     a, b = rows("a"), rows("b", "--batch-size", "3")  # the batch size does not change a sample

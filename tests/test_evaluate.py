@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli
+from helpers import REPO, assert_one_line_error, run_cli
 
 from mop.errors import MopError
 from mop.evaluate import (

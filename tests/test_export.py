@@ -5,51 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from helpers import CONTEXT, PROMPT, assert_one_line_error, make_export, run_cli, unit_rows
 
-from mop.data import Record
 from mop.errors import MopError
-from mop.export import FORMAT_VERSION, GateExport, load_export, save_pretrained
+from mop.export import FORMAT_VERSION, GateExport, load_export
 from mop.gating import Gate
 from mop.index import INDEX_FILE, ExemplarIndex
-
-PROMPT = ("You embody the persona in the description to complete the task.\n"
-          "Persona: {persona}\n"
-          "Example: you wrote this {exemplar[label]} review of the movie {exemplar[movie]}: {exemplar_response}\n"
-          "Now write a {label} review of the movie {movie}.\n"
-          "Review:")
-CONTEXT = "a {label} review of the movie {movie}"
-
-
-def _unit(rng, n: int, dim: int) -> np.ndarray:
-    x = rng.normal(size=(n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: int = 0, init_std: float | None = None,
-                embedder: str = "minilm-l6", hidden: int = 16) -> SimpleNamespace:
-    """A small export written by save_pretrained (random gate, personas and pool), plus what went into it."""
-    rng = np.random.default_rng(seed)
-    gate = Gate(dim, k, hidden, init_std=init_std, seed=seed)
-    with torch.no_grad():
-        gate.log_tau.copy_(torch.log(torch.linspace(0.4, 1.2, k)))
-    persona_emb = _unit(rng, k, dim)
-    pool = [Record(id=f"e{j}", response=f"exemplar review number {j}", context={"movie": f"Movie {j}"},
-                   label=["fresh", "rotten"][j % 2], group=f"g{j}") for j in range(n_pool)]
-    pool_emb = _unit(rng, n_pool, dim)
-    config = {"embedder": embedder, "embed_dim": dim, "hidden_dim": hidden, "num_candidates": 4,
-              "prompt_template": PROMPT, "context_template": CONTEXT, "context_columns": ["movie"],
-              "use_chat_template": False, "trained_with_lm": "tiny", "metrics": {"val/nll": 1.5}}
-    ids, texts = [f"p{i:03d}" for i in range(k)], [f"You are critic number {i}, fond of films." for i in range(k)]
-    path = save_pretrained(out, gate, ids, texts, list(range(1, k + 1)), persona_emb, pool,
-                           ExemplarIndex(pool_emb, kind="flat", device="cpu"), config)
-    return SimpleNamespace(path=path, gate=gate, persona_ids=ids, persona_texts=texts, persona_emb=persona_emb,
-                           pool=pool, pool_emb=pool_emb, config=config)
 
 
 def _edit_config(path: Path, **changes) -> None:
@@ -69,9 +34,10 @@ def test_round_trip_is_exact(tmp_path):
     assert got.persona_sizes == [1, 2, 3, 4, 5, 6]
     assert got.exemplars == ref.pool  # ids, context fields, labels, groups, responses
     assert torch.allclose(got.tau, torch.linspace(0.4, 1.2, 6))
-    assert {k: got.config[k] for k in ref.config} == ref.config
+    assert got.gate_config == ref.config
+    assert {k: got.config[k] for k in ref.config.to_dict()} == ref.config.to_dict()  # config.json is the GateConfig
     assert got.config["num_personas"] == 6 and got.config["num_exemplars"] == 9
-    q = _unit(np.random.default_rng(1), 3, 32)
+    q = unit_rows(np.random.default_rng(1), 3, 32)
     assert np.array_equal(got.index.search(q, 4)[1], ExemplarIndex(ref.pool_emb, kind="flat").search(q, 4)[1])
     # an export re-saved from a loaded one is the same export
     again = load_export(got.save_pretrained(tmp_path / "again"))
@@ -161,9 +127,9 @@ def _training_run(tmp_path, write_csv):
     art.mkdir(parents=True)
     (art / "personas.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "text": f"You are reviewer {i}.",
                                                             "cluster_size": 3 + i}) + "\n" for i in range(k)))
-    np.save(art / "persona_emb.npy", _unit(rng, k, dim))
+    np.save(art / "persona_emb.npy", unit_rows(rng, k, dim))
     (art / "pool_ids.json").write_text(json.dumps([r.id for r in pool]))
-    ExemplarIndex(_unit(rng, len(pool), dim), kind="flat").save(art)
+    ExemplarIndex(unit_rows(rng, len(pool), dim), kind="flat").save(art)
     (art / "meta.json").write_text(json.dumps({"embedder": "minilm-l6", "embed_dim": dim, "num_personas": k}))
     gate = Gate(dim, k, 8, seed=5)
     ckpt = {"epoch": 1, "global_step": 30, "state_dict": {f"gate.{n}": t for n, t in gate.state_dict().items()},

@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama, tiny_tokenizer
-from gate_fixtures import synthetic_datamodule
+from helpers import make_tiny_lm, synthetic_datamodule
 
 from mop.gating import Gate, mixture_nll, select_candidates
 from mop.module import MixtureOfPersonas
 from mop.prompts import render_prompt
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: 2 torch threads contend (30x slower, busy box)
 
 TEMPLATE = "Persona: {persona}\nExample: {exemplar_response}\nWrite about {topic}.\n"
 
@@ -30,8 +31,7 @@ def test_loss_equals_brute_force_mixture_when_m_covers_every_pair():
     torch.manual_seed(0)
     K, N = 3, 5
     dm = synthetic_datamodule(n_train=N, n_val=2, k=K, n_pool=N)
-    tok = tiny_tokenizer()
-    lm = tiny_llama(len(tok))
+    lm, tok = make_tiny_lm()
     module = _module(dm, K * N, FrozenLMScorer(lm, tok, max_batch_tokens=512), init_tau=0.8)
     with torch.no_grad():  # distinct temperatures per persona, so tau_k must follow persona k
         module.gate.log_tau.copy_(torch.log(torch.tensor([0.5, 0.9, 1.4])))

@@ -13,18 +13,18 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, run_cli, tiny_llama, tiny_tokenizer
+from helpers import REPO, assert_one_line_error, byte_tokenizer, make_export, make_tiny_lm, run_cli
 from scipy.stats import chisquare
-from test_export import make_export
 
+from mop.cli import main
 from mop.data import Record
 from mop.errors import MopError
 from mop.export import load_export
 from mop.generate import (
     ComponentSampler,
+    Sampling,
     build_prompt,
     generate_population,
-    main,
     sample_continuations,
 )
 
@@ -69,17 +69,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    tok = tiny_tokenizer()
-    return tiny_llama(len(tok), seed=1), tok
+    return make_tiny_lm(seed=1)
 
 
 @pytest.fixture(scope="module")
 def tiny_lm_dir(tmp_path_factory):
     """A tiny random Llama and its tokenizer saved as a model folder (what --model accepts)."""
     path = tmp_path_factory.mktemp("tiny-lm")
-    tok = tiny_tokenizer()
-    tiny_llama(len(tok), seed=2).save_pretrained(path)
-    tok.save_pretrained(path)
+    make_tiny_lm(seed=2, save_to=path)
     return path
 
 
@@ -155,7 +152,7 @@ def test_baselines_share_the_template(tmp_path):
 # ------------------------------------------------------------------------------------------------ LM sampling
 def _fixed_logit_lm(tok):
     """A tiny Llama whose next-token logits are the same at every position, whatever the input."""
-    model = tiny_llama(len(tok), seed=0, hidden=32, layers=1)
+    model, _ = make_tiny_lm(tokenizer=None, vocab_size=len(tok), seed=0, hidden=32, layers=1)
     with torch.no_grad():
         for layer in model.model.layers:  # residual stream = the token embedding, which is the same for all
             layer.self_attn.o_proj.weight.zero_()
@@ -172,7 +169,7 @@ def _fixed_logit_lm(tok):
 
 
 def test_per_row_temperature_is_honoured_within_one_batch():
-    tok = tiny_tokenizer()
+    tok = byte_tokenizer()
     model, letters, z = _fixed_logit_lm(tok)
     taus = [0.3] * 4 + [3.0] * 4
     out = sample_continuations(model, tok, ["any prompt"] * 8, taus, list(range(8)), max_new_tokens=100,
@@ -211,7 +208,7 @@ def test_lora_adapter_changes_the_output(tiny_lm_dir, tmp_path):
     from mop.assets import load_lm
 
     base, tok = load_lm(str(tiny_lm_dir))
-    lora = get_peft_model(tiny_llama(len(tok), seed=2), LoraConfig(r=4, lora_alpha=16, target_modules=[
+    lora = get_peft_model(make_tiny_lm(seed=2)[0], LoraConfig(r=4, lora_alpha=16, target_modules=[
         "q_proj", "v_proj", "down_proj"], init_lora_weights=False))  # lora_B random, not zero
     lora.save_pretrained(tmp_path / "adapter")
     adapted, _ = load_lm(str(tiny_lm_dir), adapter=str(tmp_path / "adapter"))
@@ -228,11 +225,16 @@ def test_same_seed_same_rows(tmp_path, tiny_lm):
     export = load_export(make_export(tmp_path / "gate", dim=16, k=4, init_std=0.6).path)
     records = _contexts(3)
     emb = HashEmbedder(16).encode([f"a {r.label} review of the movie {r.context['movie']}" for r in records])
-    kw = {"context_emb": emb, "model_name": "tiny", "max_new_tokens": 10, "progress": False}
-    s1 = generate_population(export, model, tok, records, 7, tmp_path / "a.jsonl", batch_size=4, **kw)
-    generate_population(export, model, tok, records, 7, tmp_path / "b.jsonl", batch_size=4, **kw)
-    generate_population(export, model, tok, records, 7, tmp_path / "c.jsonl", batch_size=3, **kw)
-    generate_population(export, model, tok, records, 7, tmp_path / "d.jsonl", batch_size=4, seed=1, **kw)
+    kw = {"context_emb": emb, "model_name": "tiny", "progress": False}
+
+    def run(name, n=7, **settings):
+        sampling = Sampling(num_samples=n, **{"batch_size": 4, "max_new_tokens": 10, **settings})
+        return generate_population(export, model, tok, records, tmp_path / name, sampling, **kw)
+
+    s1 = run("a.jsonl")
+    run("b.jsonl")
+    run("c.jsonl", batch_size=3)
+    run("d.jsonl", seed=1)
     a = _rows(tmp_path / "a.jsonl")
     assert s1 == {"output": str(tmp_path / "a.jsonl"), "written": 7, "skipped": 0, "empty": s1["empty"]}
     assert a == _rows(tmp_path / "b.jsonl") == _rows(tmp_path / "c.jsonl")  # batch size does not matter
@@ -246,19 +248,20 @@ def test_same_seed_same_rows(tmp_path, tiny_lm):
     k = export.persona_ids.index(row["persona_id"])
     assert row["temperature"] == pytest.approx(float(export.tau[k]), abs=1e-6)
     # shuffled contexts: another order, but a sample's content depends on (seed, its id) only
-    generate_population(export, model, tok, records, 3, tmp_path / "e.jsonl", batch_size=4, shuffle=True, **kw)
+    run("e.jsonl", 3, shuffle=True)
     shuffled = _rows(tmp_path / "e.jsonl")
     assert [r["id"] for r in shuffled] == [f"c{i}-0" for i in np.random.default_rng(0).permutation(3)]
     assert {r["id"]: r for r in shuffled} == {r["id"]: r for r in a[:3]}
     # a finished output is a no-op to re-run; one from another method is refused
-    again = generate_population(export, model, tok, records, 7, tmp_path / "a.jsonl", batch_size=4, **kw)
+    again = run("a.jsonl")
     assert again["written"] == 0 and again["skipped"] == 7
     with pytest.raises(MopError, match="other settings: method 'mop' \\(now 'zerogen'\\)"):
-        generate_population(export, model, tok, records, 7, tmp_path / "a.jsonl", method="zerogen", **kw)
+        run("a.jsonl", method="zerogen")
     with pytest.raises(MopError, match="tokenizer has none"):
-        generate_population(export, model, tok, records, 2, tmp_path / "f.jsonl", use_chat_template=True, **kw)
+        run("f.jsonl", 2, chat_template="on")
 
 
+@pytest.mark.slow  # generate.py subprocesses, killed and rerun (about 11 s on 2 cores)
 def test_killed_generation_resumes_to_exactly_n_rows(tmp_path, tiny_lm_dir, monkeypatch):
     """A real process killed with SIGKILL mid-run, plus a torn last line: the re-run completes the set."""
     gate = make_export(tmp_path / "gate", dim=384, k=4, init_std=0.2).path  # the real bundled embedder's size
@@ -287,14 +290,14 @@ def test_killed_generation_resumes_to_exactly_n_rows(tmp_path, tiny_lm_dir, monk
     if len(complete) % 2 == 0:  # end inside a batch (of 2), which the re-run must complete identically
         complete = complete[:-1]
     out.write_bytes(b"".join(line + b"\n" for line in complete) + b'{"id": "m1-9", "text": "a torn wri')
-    assert main([*args, "--output", str(out)]) == 0
+    assert main(["generate", *args, "--output", str(out)]) == 0
     rows = _rows(out)
     assert out.read_bytes().endswith(b"\n")
     ids = [r["id"] for r in rows]
     assert len(ids) == n and len(set(ids)) == n
     assert set(ids) == {f"m{i % 5}-{i // 5}" for i in range(n)}
     # ... and they are the rows an uninterrupted run writes
-    assert main([*args, "--output", str(tmp_path / "ref.jsonl")]) == 0
+    assert main(["generate", *args, "--output", str(tmp_path / "ref.jsonl")]) == 0
     ref = {r["id"]: r for r in _rows(tmp_path / "ref.jsonl")}
     assert {r["id"]: r for r in rows} == ref
     assert len({r["persona_id"] for r in ref.values()}) > 1
@@ -326,9 +329,9 @@ def test_real_assets_end_to_end(tmp_path):
     out = tmp_path / "out.jsonl"
     args = ["--gating", str(gate), "--model", "smollm2-135m", "--data", str(REPO / "configs" / "quickstart.yaml"),
             "--split", "test", "--num-samples", "4", "--shuffle", "--max-new-tokens", "40", "--no-progress"]
-    assert main([*args, "--output", str(out)]) == 0
+    assert main(["generate", *args, "--output", str(out)]) == 0
     rows = _rows(out)
     assert len(rows) == 4 and len({r["record_id"] for r in rows}) == 4
     assert all(r["text"] and "\n" not in r["text"] for r in rows)
     assert all(r["context"]["movie"] and r["label"] in ("fresh", "rotten") and r["persona_id"] for r in rows)
-    assert main([*args, "--output", str(out)]) == 0 and _rows(out) == rows  # resumed: nothing to add
+    assert main(["generate", *args, "--output", str(out)]) == 0 and _rows(out) == rows  # resumed: nothing to add

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_tiny_lm
 
 from mop.errors import MopError
 from mop.personas import (
@@ -226,34 +226,17 @@ def test_writer_retries_only_failing_clusters_then_falls_back():
     assert [len(a) for a in writer.asked] == [3, 2, 1, 1]  # only unresolved clusters are asked again
 
 
-def tiny_lm(chat: bool):
+def gibberish_lm(chat: bool):
     """A random 1-layer Llama over a junk word-level vocabulary: whatever it writes is gibberish."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    rng = np.random.default_rng(0)
-    junk = {"".join(rng.choice(list(string.ascii_lowercase), size=5)) for _ in range(200)}
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]", *sorted(junk)])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
-                                  eos_token="[EOS]")
-    if chat:
-        tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
-                            "{% if add_generation_prompt %}assistant: {% endif %}"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                      pad_token_id=1, eos_token_id=2, bos_token_id=2)
-    model = LlamaForCausalLM(cfg).eval()
-    return model, tok
+    return make_tiny_lm(tokenizer="words", chat=chat, hidden=16, layers=1, heads=2, kv_heads=1, max_positions=1024,
+                        pad_token_id=1, eos_token_id=2, bos_token_id=2)
 
 
+@pytest.mark.usefixtures("one_thread")  # a tiny model generates fastest on one torch thread
 @pytest.mark.parametrize("chat", [True, False])
 def test_llm_synthesizer_with_tiny_random_model_falls_back(chat):
     texts, ids, emb, labels = topic_data()
-    lm = tiny_lm(chat)
+    lm = gibberish_lm(chat)
     ps = synthesize_personas(texts, ids, emb, 3, synthesizer="llm", lm=lm, seed=1, labels=labels,
                              max_retries=1, show_progress=False)
     kw = synthesize_personas(texts, ids, emb, 3, synthesizer="keywords", seed=1, labels=labels)
@@ -267,7 +250,7 @@ def test_llm_synthesizer_with_tiny_random_model_falls_back(chat):
 
 
 def test_writer_prompt_shows_records_and_ends_in_you_are():
-    model, tok = tiny_lm(chat=True)
+    model, tok = gibberish_lm(chat=True)
     w = LLMPersonaWriter(model, tok, text_kind="movie reviews", role="critic", max_record_words=4)
     p = w.prompt(["one two three four five six", "short one"])
     assert p.endswith("assistant: You are")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama, tiny_tokenizer
-from gate_fixtures import synthetic_datamodule
+from helpers import byte_tokenizer, make_tiny_lm, synthetic_datamodule
 
 from mop.module import MixtureOfPersonas
 from mop.scoring import FrozenLMScorer
@@ -27,10 +26,10 @@ class CountingScorer(FrozenLMScorer):
 
 
 def _module(dm, learn_tau: bool, score_cache: bool = True, **kw):
-    tok = tiny_tokenizer()
+    tok = byte_tokenizer()
     module = MixtureOfPersonas(num_candidates=3, prompt_template=TEMPLATE, learn_tau=learn_tau,
                                score_cache=score_cache, **kw)
-    module.attach_scorer(CountingScorer(tiny_llama(len(tok)), tok, max_batch_tokens=2048))
+    module.attach_scorer(CountingScorer(make_tiny_lm()[0], tok, max_batch_tokens=2048))
     module.bind(dm)
     return module
 

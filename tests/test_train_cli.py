@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli
+from helpers import REPO, assert_one_line_error, run_cli
 
 
 def _overrides(tmp_path, *extra):
@@ -35,6 +35,8 @@ def test_quickstart_slice_trains_and_exports(tmp_path):
     assert len(list((tmp_path / "artifacts").iterdir())) == 2  # one artifacts folder + its lock
 
 
+@pytest.mark.slow  # a fresh train.py process imports Lightning (about 12 s on 2 cores); the bad-input matrix
+# (tests/test_bad_inputs.py) checks train.py's config errors in the default tier
 def test_bad_config_value_is_one_line(tmp_path):
     proc = run_cli("train.py", "fit", "-c", str(REPO / "configs/quickstart.yaml"), "--model.num_candidates", "0",
                    "--data.artifacts_dir", str(tmp_path / "a"), cwd=tmp_path, timeout=300)

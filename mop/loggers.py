@@ -9,6 +9,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from mop.files import atomic_path
+
 
 class WandbCSVLogger(WandbLogger):
     """A WandbLogger that is offline unless asked (``offline: false`` or ``MOP_WANDB_ONLINE=1``) and that also
@@ -34,9 +36,7 @@ class WandbCSVLogger(WandbLogger):
 
     def _write_csv(self) -> None:
         keys = sorted({k for row in self._csv_rows for k in row} - {"step"})
-        tmp = self.csv_path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["step", *keys])
             writer.writeheader()
             writer.writerows(self._csv_rows)
-        os.replace(tmp, self.csv_path)
