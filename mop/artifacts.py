@@ -18,13 +18,13 @@ import numpy as np
 
 from mop.data import Population, Record
 from mop.errors import MopError
-from mop.personas import Persona
+from mop.personas import Persona, PersonaList
 
 ARTIFACT_FORMAT = 1
 
 
 @dataclass
-class Artifacts:
+class Artifacts(PersonaList):
     """Everything the gate reads: frozen embeddings, personas, the exemplar pool and its index.
 
     Owns the artifacts directory's format: :meth:`save` writes it, :meth:`load` reads it (the DataModule and
@@ -51,14 +51,6 @@ class Artifacts:
     @property
     def embed_dim(self) -> int:
         return int(self.pool_emb.shape[1])
-
-    @property
-    def persona_texts(self) -> list[str]:
-        return [p.text for p in self.personas]
-
-    @property
-    def persona_ids(self) -> list[str]:
-        return [p.id for p in self.personas]
 
     @classmethod
     def files(cls) -> list[str]:

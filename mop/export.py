@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mop.errors import MopError
+from mop.personas import PersonaList
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -316,7 +317,7 @@ def check_embed_dim(config: dict[str, Any], dim: int, where: str = "gate export"
 
 
 @dataclass
-class GateExport:
+class GateExport(PersonaList):
     """A loaded gate export: the gate, its personas and exemplar pool, ready to drive any causal LM."""
 
     directory: Path
@@ -330,18 +331,6 @@ class GateExport:
     @property
     def gate_config(self) -> GateConfig:
         return GateConfig.from_dict(self.config)
-
-    @property
-    def persona_ids(self) -> list[str]:
-        return [p.id for p in self.personas]
-
-    @property
-    def persona_texts(self) -> list[str]:
-        return [p.text for p in self.personas]
-
-    @property
-    def persona_sizes(self) -> list[int]:
-        return [p.cluster_size for p in self.personas]
 
     @property
     def embedder(self) -> str:

@@ -51,6 +51,24 @@ class Persona:
     source: str = "user"
 
 
+class PersonaList:
+    """For a class holding ``personas`` (a list of :class:`Persona`): their ids, texts and sizes as lists."""
+
+    personas: list[Persona]
+
+    @property
+    def persona_ids(self) -> list[str]:
+        return [p.id for p in self.personas]
+
+    @property
+    def persona_texts(self) -> list[str]:
+        return [p.text for p in self.personas]
+
+    @property
+    def persona_sizes(self) -> list[int]:
+        return [p.cluster_size for p in self.personas]
+
+
 @dataclass
 class PersonaSpec:
     """How personas are made.

@@ -10,75 +10,57 @@ with ``weights_only=True``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
-def _number(value, kind: type, what: str):
-    if isinstance(value, bool):
-        raise ValueError(f"expected {what}, got {value!r}")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected {what}, got {value!r}") from None
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"expected {what}, got {value!r}")
-    if kind is float and not math.isfinite(number):
-        raise ValueError(f"expected {what}, got {value!r}")
-    return number
+def _checker(kind: type, what: str, ok: Callable[[float], bool], rule: str) -> Callable[[object], float]:
+    """A parser for one type: ``kind(value)`` if it is a finite number (a whole one for int) for which ``ok``
+    holds; otherwise ValueError("expected WHAT, got ...") or ValueError("RULE, got ...")."""
+
+    def check(value):
+        try:
+            if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            number = kind(value)
+            if not math.isfinite(number):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {what}, got {value!r}") from None
+        if not ok(number):
+            raise ValueError(f"{rule}, got {number:g}")
+        return number
+
+    return check
 
 
 class PositiveInt(int):
     """An integer > 0."""
 
-    @staticmethod
-    def check(value) -> int:
-        n = _number(value, int, "a positive integer")
-        if n <= 0:
-            raise ValueError(f"must be positive, got {n}")
-        return n
+    check = staticmethod(_checker(int, "a positive integer", lambda n: n > 0, "must be positive"))
 
 
 class NonNegativeInt(int):
     """An integer >= 0."""
 
-    @staticmethod
-    def check(value) -> int:
-        n = _number(value, int, "an integer >= 0")
-        if n < 0:
-            raise ValueError(f"must be >= 0, got {n}")
-        return n
+    check = staticmethod(_checker(int, "an integer >= 0", lambda n: n >= 0, "must be >= 0"))
 
 
 class PositiveFloat(float):
     """A finite number > 0."""
 
-    @staticmethod
-    def check(value) -> float:
-        x = _number(value, float, "a positive number")
-        if x <= 0:
-            raise ValueError(f"must be positive, got {x:g}")
-        return x
+    check = staticmethod(_checker(float, "a positive number", lambda x: x > 0, "must be positive"))
 
 
 class NonNegativeFloat(float):
     """A finite number >= 0."""
 
-    @staticmethod
-    def check(value) -> float:
-        x = _number(value, float, "a number >= 0")
-        if x < 0:
-            raise ValueError(f"must be >= 0, got {x:g}")
-        return x
+    check = staticmethod(_checker(float, "a number >= 0", lambda x: x >= 0, "must be >= 0"))
 
 
 class Probability(float):
     """A number in (0, 1]."""
 
-    @staticmethod
-    def check(value) -> float:
-        x = _number(value, float, "a number in (0, 1]")
-        if not 0 < x <= 1:
-            raise ValueError(f"must be in (0, 1], got {x:g}")
-        return x
+    check = staticmethod(_checker(float, "a number in (0, 1]", lambda x: 0 < x <= 1, "must be in (0, 1]"))
 
 
 TYPES = (PositiveInt, NonNegativeInt, PositiveFloat, NonNegativeFloat, Probability)
