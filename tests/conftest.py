@@ -17,12 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models run fastest on one torch thread (OpenMP threads contend badly on a shared, busy CPU)."""
+    """Tiny models and small arrays run fastest on one thread: torch's, and the BLAS / OpenMP pools of numpy,
+    scipy and faiss (their threads contend badly on a shared, busy CPU: 10-30x slower measured on 2 cores)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(1):
+        yield
     torch.set_num_threads(before)
 
 

@@ -23,6 +23,8 @@ from mop.evaluate import (
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small arrays: BLAS / faiss threads only contend
+
 
 class HashEmbedder:
     """A tiny deterministic embedder: the normalised sum of a fixed random vector per word (no model)."""
