@@ -189,3 +189,42 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def hf_generate_reference(model, tok, prompts, temperatures, seeds, *, max_new_tokens: int = 96,
+                          stop_at_newline: bool = True, min_new_tokens: int = 0) -> list[list[int]]:
+    """Sampling as it was before mop's own decode loop (the "before" of the generation benchmark and the
+    reference of its tests): Hugging Face ``generate`` with a per-row temperature, a per-row seeded Gumbel-max
+    logits processor and a newline stopping criterion. Finished rows stay in the batch (padded) until the last
+    row stops. Returns each row's new ids up to (excluding) its first end token."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    class RowSampler:
+        def __init__(self):
+            self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+        def __call__(self, input_ids, scores):
+            scores = scores / torch.tensor(temperatures, dtype=torch.float32)[:, None]
+            u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.gens])
+            pick = (torch.log_softmax(scores.float(), -1) - torch.log(-torch.log(u))).argmax(-1, keepdim=True)
+            return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
+
+    side, tok.padding_side = tok.padding_side, "left"
+    enc = tok(list(prompts), padding=True, return_tensors="pt")
+    tok.padding_side = side
+    width = enc["input_ids"].shape[1]
+
+    def newline(input_ids, scores, **kwargs):
+        return torch.tensor(["\n" in tok.decode(row[width:], skip_special_tokens=True).lstrip()
+                             for row in input_ids.tolist()])
+
+    ends = [i for i in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)) if i is not None]
+    ends = sorted({int(e) for i in ends for e in (i if isinstance(i, (list, tuple)) else [i])})
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                              min_new_tokens=min_new_tokens, eos_token_id=ends,
+                              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else ends[0])
+    with torch.inference_mode():
+        out = model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([RowSampler()]),
+                             stopping_criteria=StoppingCriteriaList([newline] if stop_at_newline else []))
+    return [next((row[:i] for i, t in enumerate(row) if t in ends), row) for row in out[:, width:].tolist()]

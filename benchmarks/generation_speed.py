@@ -42,7 +42,7 @@ def generate_all(model, tok, prompts, seeds, batch_size: int, new_tokens: int, d
             chunk = prompts[start:start + batch_size]
             rows += sample_continuations(model, tok, chunk, [TAU] * len(chunk), seeds[start:start + batch_size],
                                          max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                         stop_at_newline=False)
+                                         stop=())
     return t.seconds, rows
 
 

@@ -263,76 +263,34 @@ def build_prompt(export, record, component: Component) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ LM sampling
-class RowTemperature:
-    """Logits processor: divides each row's scores by its own temperature, (B, V) / (B, 1)."""
-
-    def __init__(self, temperatures):
-        import torch
-
-        self.tau = torch.as_tensor(temperatures, dtype=torch.float32)
-
-    def __call__(self, input_ids, scores):
-        return scores / self.tau.to(scores.device)[:, None]
+def top_p_filter(scores, top_p: float):
+    """Nucleus filtering of (B, V) scores: keep each row's smallest set of tokens with mass >= top_p."""
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    probs = sorted_scores.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= top_p  # the mass of the better tokens; the first token always stays
+    return scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
 
 
-class RowTopP:
-    """Logits processor: nucleus filtering, keeping each row's smallest set of tokens with mass >= top_p."""
+def gumbel_pick(scores, generators):
+    """One draw per row from softmax(scores) (B, V), row b with its own ``generators[b]``: Gumbel-max,
+    argmax(log softmax(scores) + Gumbel noise). A row's draws depend only on its generator, not on its batch.
 
-    def __init__(self, top_p: float):
-        self.top_p = top_p
-
-    def __call__(self, input_ids, scores):
-
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        mass_before = sorted_scores.softmax(-1).cumsum(-1) - sorted_scores.softmax(-1)  # mass of better tokens
-        drop = mass_before >= self.top_p  # the first token always stays
-        return scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-
-
-class SeededRowSampler:
-    """Logits processor that samples each row's next token from softmax(scores) with the row's own generator.
-
-    Gumbel-max: argmax(log softmax(scores) + Gumbel noise) is a draw from softmax(scores). Every other token is
-    set to -inf, so the generate loop's own sampling returns this token with probability 1. A row's draws depend
-    only on its seed, not on the batch it is in.
+    NB: torch's CPU generator (mt19937) keeps 32 bits of a seed, CUDA's (Philox) 64: on CPU two samples of a run
+    share a noise stream with probability ~n^2 / 2^33 (and it matters only for the same prompt).
     """
+    import torch
 
-    def __init__(self, seeds: Sequence[int]):
-        # NB: torch's CPU generator (mt19937) keeps 32 bits of a seed, CUDA's (Philox) 64: on CPU two samples of
-        # a run share a noise stream with probability ~n^2 / 2^33 (and it matters only for the same prompt).
-        self.seeds = [int(s) for s in seeds]
-        self._gens = None
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if self._gens is None:
-            self._gens = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        V = scores.shape[-1]
-        u = torch.stack([torch.rand(V, generator=g, device=scores.device) for g in self._gens])  # (B, V)
-        noisy = torch.log_softmax(scores.float(), dim=-1) - torch.log(-torch.log(u))
-        pick = noisy.argmax(dim=-1, keepdim=True)  # (B, 1)
-        return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
+    V = scores.shape[-1]
+    u = torch.stack([torch.rand(V, generator=g, device=scores.device) for g in generators])  # (B, V)
+    return (torch.log_softmax(scores.float(), dim=-1) - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
-class NewlineStop:
-    """Stopping criterion: a row is done once its text (leading whitespace aside) contains a newline."""
-
-    def __init__(self, tokenizer, prompt_len: int):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
-        self._piece: dict[int, bool] = {}
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        new = input_ids[:, self.prompt_len:]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for b, tok in enumerate(new[:, -1].tolist()):
-            if tok not in self._piece:
-                self._piece[tok] = "\n" in self.tokenizer.decode([tok], skip_special_tokens=True)
-            if self._piece[tok] and "\n" in self.tokenizer.decode(new[b], skip_special_tokens=True).lstrip():
-                done[b] = True
-        return done
+def find_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where the first stop string starts in ``text``, leading whitespace aside (a response may begin with a
+    newline), or None."""
+    body = len(text) - len(text.lstrip())
+    hits = [i for i in (text.find(s, body) for s in stop if s) if i >= 0]
+    return min(hits) if hits else None
 
 
 def end_of_turn_id(tokenizer) -> int | None:
@@ -358,24 +316,27 @@ def stop_token_ids(model, tokenizer, use_chat_template: bool) -> list[int]:
 
 def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures: Sequence[float],
                          seeds: Sequence[int], *, max_new_tokens: int = 96, top_p: float = 1.0,
-                         use_chat_template: bool = False, stop_at_newline: bool = True,
+                         use_chat_template: bool = False, stop: Sequence[str] = ("\n",),
                          min_new_tokens: int = 0) -> list[list[int]]:
-    """Sample one continuation per prompt (left-padded batch, row b at temperature ``temperatures[b]``).
+    """Sample one continuation per prompt (a left-padded batch, row b at temperature ``temperatures[b]``).
 
-    Returns the new token ids of each row, up to (excluding) its first stop token. ``min_new_tokens`` masks the
-    stop tokens until that many were generated (with ``stop_at_newline=False``: equal lengths, for benchmarks).
+    Returns the new token ids of each row, up to (excluding) its first end token; a row that produced a stop
+    string (leading whitespace aside) ends there and keeps the token that completed it (:func:`clean_text` cuts
+    the text). A row that has ended leaves the batch: its keys and values are dropped from the cache, so the
+    decode steps that follow cost only the rows still running. ``min_new_tokens`` masks the end tokens until
+    that many were generated (with ``stop=()``: equal lengths, for benchmarks). Row b's tokens depend only on
+    its prompt, temperature and seed (``seeds[b]`` seeds its own generator), never on the rest of the batch.
     """
     import torch
-    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+    from transformers import DynamicCache
 
     if not 0 < top_p <= 1:
         raise MopError(f"top_p must be in (0, 1], got {top_p}")
     if any(not t > 0 for t in temperatures):
         raise MopError(f"temperatures must be positive, got {min(temperatures)}")
-    stops = stop_token_ids(model, tokenizer, use_chat_template)
-    if not stops:
+    ends = stop_token_ids(model, tokenizer, use_chat_template)
+    if not ends:
         raise MopError("the tokenizer has no end-of-sequence token")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -388,29 +349,68 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures:
     finally:
         tokenizer.padding_side = old_side
     device = model.get_input_embeddings().weight.device
-    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-    width = enc["input_ids"].shape[1]
-    processors = [RowTemperature(temperatures)] + ([RowTopP(top_p)] if top_p < 1 else [])
-    processors.append(SeededRowSampler(seeds))
-    criteria = [NewlineStop(tokenizer, width)] if stop_at_newline else []
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0,
-                              repetition_penalty=1.0, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                              pad_token_id=pad, min_new_tokens=min_new_tokens)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    rows = list(range(len(prompts)))  # the batch position -> the prompt it is
+    tau = torch.as_tensor(temperatures, dtype=torch.float32, device=device)
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    new: list[list[int]] = [[] for _ in prompts]
+    end_ids = torch.tensor(ends, device=device)
+    cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        out = model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList(processors),
-                             stopping_criteria=StoppingCriteriaList(criteria))
-    result = []
-    stop_set = set(stops)
-    for row in out[:, width:].tolist():
-        end = next((i for i, t in enumerate(row) if t in stop_set), len(row))
-        result.append(row[:end])
-    return result
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        for step in range(max_new_tokens):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                           use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # (b, V)
+            if step < min_new_tokens:
+                logits[:, end_ids] = float("-inf")
+            scores = logits / tau[rows][:, None]
+            if top_p < 1:
+                scores = top_p_filter(scores, top_p)
+            picks = gumbel_pick(scores, [gens[r] for r in rows]).tolist()
+            keep = []
+            for b, (r, tok) in enumerate(zip(rows, picks)):
+                if tok in ends:
+                    continue
+                new[r].append(tok)
+                if stop and find_stop(tokenizer.decode(new[r], skip_special_tokens=True), stop) is not None:
+                    continue
+                keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(rows):  # finished rows leave the batch (and the cache)
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask = mask[index]
+                rows = [rows[b] for b in keep]
+            ids = torch.tensor([[new[r][-1]] for r in rows], device=device)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            positions = mask.sum(-1, keepdim=True) - 1
+    return new
 
 
-def clean_text(text: str, stop_at_newline: bool = True) -> str:
-    """Strip the response; with ``stop_at_newline`` keep only its first line (responses are one paragraph)."""
-    text = text.strip()
-    return text.split("\n", 1)[0].strip() if stop_at_newline else text
+def default_batch_size(model) -> int:
+    """Rows per LM batch when none is given: 32 on a CPU, 128 on a GPU (rows that end leave the batch, so a
+    large batch costs no more decode steps than its longest row; see benchmarks/generation_speed.py)."""
+    return 32 if model.get_input_embeddings().weight.device.type == "cpu" else 128
+
+
+def default_max_new_tokens(export, tokenizer) -> int:
+    """1.25 x the longest training response (an exemplar of the export) in this tokenizer's tokens, >= 16."""
+    lengths = [len(ids) for ids in tokenizer([" " + e.response for e in export.exemplars],
+                                             add_special_tokens=False)["input_ids"]]
+    return max(16, int(1.25 * max(lengths, default=64)) + 1)
+
+
+def default_stop(export) -> list[str]:
+    """The stop strings when none are given: a newline, unless a training response (an exemplar of the export)
+    holds one, i.e. unless the population's texts run over several lines."""
+    return [] if any("\n" in e.response.strip() for e in export.exemplars) else ["\n"]
+
+
+def clean_text(text: str, stop: Sequence[str] = ("\n",)) -> str:
+    """Strip the response and cut it at its first stop string (leading whitespace aside)."""
+    cut = find_stop(text, stop)
+    return (text[:cut] if cut is not None else text).strip()
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -501,12 +501,15 @@ class Sampling:
         seed: seed of every random choice; same seed, same rows.
         shuffle: visit the contexts in a seeded random order (when num_samples is below their number, a sample of
             all of them rather than the first ones).
-        batch_size: prompts per LM generate call (left-padded).
-        max_new_tokens: tokens generated at most per sample.
+        batch_size: prompts per LM batch (left-padded; rows that end leave the batch); default: 32 on a CPU,
+            128 on a GPU.
+        max_new_tokens: tokens generated at most per sample; default: 1.25 x the longest training response
+            (an exemplar of the export) in the LM's tokens, at least 16.
         top_p: nucleus sampling mass (1.0: off).
         temperature: one sampling temperature for every row (default: tau_k of the sampled persona for the gated
             methods, the mean tau of the export for the baselines).
-        stop_at_newline: stop a sample at its first newline and keep that one paragraph.
+        stop: stop strings: a sample ends where it first writes one, and the text is cut there (default: a
+            newline, unless a training response holds one; ``--stop`` with no value: none).
         chat_template: wrap prompts in the tokenizer's chat template (auto: as the export was trained).
     """
 
@@ -514,16 +517,16 @@ class Sampling:
     method: Literal[METHODS] = "mop"
     seed: int = 0
     shuffle: bool = False
-    batch_size: PositiveInt = 8
-    max_new_tokens: PositiveInt = 96
+    batch_size: PositiveInt | None = None
+    max_new_tokens: PositiveInt | None = None
     top_p: Probability = 1.0
     temperature: PositiveFloat | None = None
-    stop_at_newline: bool = True
+    stop: list[str] | None = None
     chat_template: Literal["auto", "on", "off"] = "auto"
 
     def check(self) -> None:
         """The checks the command line does while parsing, for settings built in Python."""
-        if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+        if self.num_samples < 1 or (self.batch_size or 1) < 1 or (self.max_new_tokens or 1) < 1:
             raise MopError(f"num_samples, batch_size and max_new_tokens must be >= 1, got {self.num_samples}, "
                            f"{self.batch_size}, {self.max_new_tokens}")
         if not 0 < self.top_p <= 1:
@@ -562,6 +565,7 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
         raise MopError("the export's prompts use a chat template but this tokenizer has none (a base model?); "
                        "pass --chat-template off")
     sampler = ComponentSampler(export, method, sampling.temperature, attributes)
+    stop = default_stop(export) if sampling.stop is None else list(sampling.stop)
     identity = {"model": model_name, "adapter": adapter, "method": method, "seed": seed}
     out = OutputFile(output, identity)
     if out.dropped_partial:
@@ -571,8 +575,10 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     todo = [n for n in range(num_samples) if sids[n] not in out.done]
     written = empty = 0
     bar = tqdm(total=len(todo), unit="sample", desc=f"generating ({method})", disable=not progress)
-    for start in range(0, num_samples, sampling.batch_size):
-        batch = list(range(start, min(num_samples, start + sampling.batch_size)))
+    batch_size = sampling.batch_size or default_batch_size(model)
+    max_new_tokens = sampling.max_new_tokens or default_max_new_tokens(export, tokenizer)
+    for start in range(0, num_samples, batch_size):
+        batch = list(range(start, min(num_samples, start + batch_size)))
         missing = [n for n in batch if sids[n] not in out.done]
         if not missing:
             continue
@@ -584,13 +590,13 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
         prompts = [build_prompt(export, r, c) for r, c in zip(recs, comps)]
         new_ids = sample_continuations(
             model, tokenizer, prompts, [c.temperature for c in comps],
-            [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=sampling.max_new_tokens,
-            top_p=sampling.top_p, use_chat_template=chat, stop_at_newline=sampling.stop_at_newline)
+            [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=max_new_tokens,
+            top_p=sampling.top_p, use_chat_template=chat, stop=stop)
         rows = []
         for n, rec, comp, tok_ids in zip(batch, recs, comps, new_ids):
             if n not in missing:
                 continue
-            text = clean_text(tokenizer.decode(tok_ids, skip_special_tokens=True), sampling.stop_at_newline)
+            text = clean_text(tokenizer.decode(tok_ids, skip_special_tokens=True), stop)
             empty += not text
             rows.append({
                 "id": sids[n], "record_id": rec.id, "context": rec.context, "label": rec.label,

@@ -26,12 +26,12 @@ class RecordingModule(MixtureOfPersonas):
     raw_train: list[int] = []
     val_passes: int = 0
 
-    def mixture_loss(self, split, idx):
+    def mixture_loss(self, split, idx, batch_idx=0):
         if split == "train" and self.training:
             self.scored.extend(idx.tolist())
         elif split == "val":
             self.scored_val.extend(idx.tolist())
-        return super().mixture_loss(split, idx)
+        return super().mixture_loss(split, idx, batch_idx)
 
     def training_step(self, idx, batch_idx):
         self.raw_train.extend(idx.tolist())

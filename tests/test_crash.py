@@ -94,7 +94,7 @@ def test_generation_killed_then_rerun_gives_exactly_the_uninterrupted_rows(tiny_
     gate = w.finished("ref") / "runs/tiny/gate"
     n = 16
     args = ["--gating", str(gate), "--model", str(w.lm), "--data", str(w.config), "--split", "test",
-            "--num-samples", str(n), "--batch-size", "2", "--max-new-tokens", "16", "--no-stop-at-newline",
+            "--num-samples", str(n), "--batch-size", "2", "--max-new-tokens", "16", "--stop",
             "--no-progress", "--seed", "3"]
     out = tmp_path / "out.jsonl"
     proc = popen(["generate.py", *args, "--output", str(out)], tmp_path, w.cache, tmp_path / "gen.log")

@@ -24,6 +24,9 @@ from mop.generate import (
     ComponentSampler,
     Sampling,
     build_prompt,
+    clean_text,
+    default_stop,
+    find_stop,
     generate_population,
     sample_continuations,
 )
@@ -173,7 +176,7 @@ def test_per_row_temperature_is_honoured_within_one_batch():
     model, letters, z = _fixed_logit_lm(tok)
     taus = [0.3] * 4 + [3.0] * 4
     out = sample_continuations(model, tok, ["any prompt"] * 8, taus, list(range(8)), max_new_tokens=100,
-                               stop_at_newline=False)
+                               stop=())
     assert all(len(row) == 100 for row in out)
     low = np.bincount(np.searchsorted(letters, np.concatenate(out[:4])), minlength=4)
     high = np.bincount(np.searchsorted(letters, np.concatenate(out[4:])), minlength=4)
@@ -183,7 +186,7 @@ def test_per_row_temperature_is_honoured_within_one_batch():
     assert _chisquare(low, p_high) < 1e-6 and _chisquare(high, p_low) < 1e-6
     # top-p keeps the nucleus of the tempered distribution only (at tau=1: tokens a, b hold 0.73 > 0.6)
     nucleus = sample_continuations(model, tok, ["p"] * 2, [1.0, 1.0], [10, 11], max_new_tokens=100, top_p=0.6,
-                                   stop_at_newline=False)
+                                   stop=())
     counts = np.bincount(np.searchsorted(letters, np.concatenate(nucleus)), minlength=4)
     assert counts[2:].sum() == 0
     assert _chisquare(counts[:2], torch.softmax(z[letters[:2]], -1).numpy()) > 1e-3
@@ -193,13 +196,64 @@ def test_a_row_does_not_depend_on_its_batch(tiny_lm):
     model, tok = tiny_lm
     prompts = ["Review of Film 1:", "A much longer prompt about Film 2, which pads the first one:", "x"]
     together = sample_continuations(model, tok, prompts, [0.7, 1.0, 1.3], [7, 8, 9], max_new_tokens=12,
-                                    stop_at_newline=False)
-    alone = [sample_continuations(model, tok, [p], [t], [s], max_new_tokens=12, stop_at_newline=False)[0]
+                                    stop=())
+    alone = [sample_continuations(model, tok, [p], [t], [s], max_new_tokens=12, stop=())[0]
              for p, t, s in zip(prompts, [0.7, 1.0, 1.3], [7, 8, 9])]
     assert together == alone
     other_seed = sample_continuations(model, tok, prompts, [0.7, 1.0, 1.3], [17, 18, 19], max_new_tokens=12,
-                                      stop_at_newline=False)
+                                      stop=())
     assert other_seed != together
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_decode_loop_equals_hf_generate_where_no_stop_applies(arch):
+    """Same seed, same samples as the Hugging Face generate loop it replaced (no stop string, no end token)."""
+    model, tok = make_tiny_lm(arch, seed=3)
+    prompts = ["Review of Film 1:", "A much longer prompt about Film 2, which pads the first one:", "x", "Film 4"]
+    taus, seeds = [0.7, 1.0, 1.3, 0.5], [7, 8, 9, 10]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from common import hf_generate_reference
+
+    ours = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=14, min_new_tokens=14, stop=())
+    assert ours == hf_generate_reference(model, tok, prompts, taus, seeds, max_new_tokens=14, min_new_tokens=14,
+                                         stop_at_newline=False)
+    assert all(len(row) == 14 for row in ours)
+    # with the newline stop: the same texts (the old loop kept decoding finished rows; their tails are cut)
+    ours = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=30, stop=("\n",))
+    old = hf_generate_reference(model, tok, prompts, taus, seeds, max_new_tokens=30)
+    assert [clean_text(tok.decode(a, skip_special_tokens=True)) for a in ours] == \
+        [clean_text(tok.decode(b, skip_special_tokens=True)) for b in old]
+
+
+def test_a_stop_string_ends_its_row_and_the_rest_of_the_batch_continues_unchanged():
+    model, tok = make_tiny_lm(seed=4)
+    prompts = [f"Review number {i}:" for i in range(6)]
+    taus, seeds = [1.0] * 6, list(range(6))
+    free = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=30, stop=())
+    texts = [tok.decode(row, skip_special_tokens=True) for row in free]
+    # a stop string that row 0 writes (the text of its tokens 5 to 8) and others do not
+    stop = texts[0][len(tok.decode(free[0][:5])):len(tok.decode(free[0][:9]))]
+    assert stop.strip(), texts[0]
+    stopped = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=30, stop=(stop,))
+    hit = [find_stop(t, [stop]) is not None for t in texts]
+    assert hit[0] and not all(hit)
+    for row, full, text, h in zip(stopped, free, texts, hit):
+        assert full[:len(row)] == row  # a stopped row is a prefix of the free one...
+        if h:  # ... ending with the token that completed the stop string
+            assert len(row) < len(full) and find_stop(tok.decode(row, skip_special_tokens=True), [stop]) is not None
+            assert find_stop(tok.decode(row[:-1], skip_special_tokens=True), [stop]) is None
+            assert clean_text(tok.decode(row, skip_special_tokens=True), [stop]) == clean_text(text, [stop])
+        else:  # rows that never write it are exactly as without the stop string
+            assert row == full
+
+
+def test_default_stop_is_a_newline_unless_the_population_writes_several_lines(tmp_path):
+    from types import SimpleNamespace
+
+    one_line = SimpleNamespace(exemplars=[Record(id="a", response="one line", context={}, label=None)])
+    two_lines = SimpleNamespace(exemplars=[Record(id="a", response="line one\nline two", context={}, label=None)])
+    assert default_stop(one_line) == ["\n"] and default_stop(two_lines) == []
+    assert clean_text("  \n first\nsecond", ["\n"]) == "first" and clean_text(" a END b", ["END"]) == "a"
 
 
 def test_lora_adapter_changes_the_output(tiny_lm_dir, tmp_path):
@@ -213,7 +267,7 @@ def test_lora_adapter_changes_the_output(tiny_lm_dir, tmp_path):
     lora.save_pretrained(tmp_path / "adapter")
     adapted, _ = load_lm(str(tiny_lm_dir), adapter=str(tmp_path / "adapter"))
     prompts = ["Review of Film 1:", "Review of Film 2:", "Review of Film 3:"]
-    args = {"max_new_tokens": 16, "stop_at_newline": False}
+    args = {"max_new_tokens": 16, "stop": ()}
     plain = sample_continuations(base, tok, prompts, [1.0] * 3, [1, 2, 3], **args)
     assert sample_continuations(base, tok, prompts, [1.0] * 3, [1, 2, 3], **args) == plain
     assert sample_continuations(adapted, tok, prompts, [1.0] * 3, [1, 2, 3], **args) != plain
@@ -270,7 +324,7 @@ def test_killed_generation_resumes_to_exactly_n_rows(tmp_path, tiny_lm_dir, monk
                            for i in range(5)))
     n = 30
     args = ["--gating", str(gate), "--model", str(tiny_lm_dir), "--contexts", str(ctx), "--num-samples", str(n),
-            "--batch-size", "2", "--max-new-tokens", "12", "--no-stop-at-newline", "--no-progress"]
+            "--batch-size", "2", "--max-new-tokens", "12", "--stop", "--no-progress"]
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "MOP_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     monkeypatch.setenv("MOP_CACHE", str(tmp_path / "cache"))
