@@ -1,7 +1,8 @@
 """Shared fixtures: offline hub, one torch thread, CSV writing and the tiny train.py world.
 
-The builders behind them (tiny random LMs, exports, synthetic data modules, running the CLI) are plain functions
-in tests/helpers.py, so that tests and the scripts they run as subprocesses import them from one place.
+The builders behind them (tiny random LMs, exports, synthetic data modules, running the CLI) are plain
+functions in tests/helpers.py, so that tests and the scripts they run as subprocesses import them from one
+place.
 """
 
 from __future__ import annotations

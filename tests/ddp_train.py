@@ -60,7 +60,8 @@ def main(out: Path) -> None:
     rank = trainer.global_rank
     torch.save({k: v.detach().clone() for k, v in module.gate.state_dict().items()}, out / f"gate{rank}.pt")
     (out / f"loss{rank}.json").write_text(json.dumps({"before": before, "after": after, "scored": per_epoch,
-                                                      "world_size": trainer.world_size, "raw": module.raw_train,
+                                                      "world_size": trainer.world_size,
+                                                      "raw": module.raw_train,
                                                       "scored_val": module.scored_val,
                                                       "val_passes": RecordingModule.val_passes}))
 

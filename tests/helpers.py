@@ -1,6 +1,6 @@
 """Builders shared by the tests (and by the scripts they run as subprocesses, tests/ddp_train.py and
-tests/export_writer.py): running the CLI, tiny random models, gate exports, synthetic data modules and the tiny
-train.py world of the crash / determinism tests.
+tests/export_writer.py): running the CLI, tiny random models, gate exports, synthetic data modules and the
+tiny train.py world of the crash / determinism tests.
 
 Plain functions, importable from a test module, a fixture in conftest.py or a subprocess script alike; the
 fixtures built on them live in conftest.py. No test module imports another test module.
@@ -23,7 +23,8 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """Run ``python -m mop ARGS`` (or a script path given as first arg ending in .py) in a subprocess."""
     if args and args[0].endswith(".py") and not Path(args[0]).is_absolute():
         args = (str(REPO / args[0]), *args[1:])
-    cmd = [sys.executable, *args] if args and args[0].endswith(".py") else [sys.executable, "-m", "mop", *args]
+    cmd = ([sys.executable, *args] if args and args[0].endswith(".py")
+           else [sys.executable, "-m", "mop", *args])
     full_env = {**os.environ, **(env or {})}
     full_env.pop("MOP_DEBUG", None)
     return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
@@ -57,7 +58,8 @@ def byte_tokenizer():
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>")
 
 
 def junk_word_tokenizer():
@@ -74,7 +76,8 @@ def junk_word_tokenizer():
     vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]", *sorted(junk)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
+                                   eos_token="[EOS]")
 
 
 TOKENIZERS = {"bytes": byte_tokenizer, "words": junk_word_tokenizer}
@@ -85,7 +88,8 @@ def make_tiny_lm(arch: str = "llama", *, tokenizer: str | None = "bytes", chat: 
             kv_heads: int = 2, max_positions: int | None = 2048, save_to: str | Path | None = None, **config):
     """The one tiny random causal LM builder: ``(model, tokenizer)``, the model frozen and in eval mode.
 
-    ``arch``: ``"llama"`` or ``"gemma3"`` (text-only Gemma 3; head_dim = query_pre_attn_scalar = hidden / heads).
+    ``arch``: ``"llama"`` or ``"gemma3"`` (text-only Gemma 3; head_dim = query_pre_attn_scalar =
+    hidden / heads).
     ``tokenizer``: ``"bytes"`` (:func:`byte_tokenizer`), ``"words"`` (:func:`junk_word_tokenizer`) or None (no
     tokenizer: then ``vocab_size`` is required and None is returned in its place); ``chat`` gives it a simple
     chat template. ``vocab_size`` defaults to the tokenizer's size. The weights depend only on the seed, the
@@ -100,8 +104,9 @@ def make_tiny_lm(arch: str = "llama", *, tokenizer: str | None = "bytes", chat: 
         tok.chat_template = CHAT_TEMPLATE
     if vocab_size is None:
         vocab_size = len(tok)
-    sizes = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                 num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=False)
+    sizes = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                 tie_word_embeddings=False)
     if max_positions is not None:
         sizes["max_position_embeddings"] = max_positions
     torch.manual_seed(seed)
@@ -149,7 +154,8 @@ def make_tiny_embedder(path: Path, seed: int = 0) -> Path:
 # ------------------------------------------------------------------------------------------- gate exports
 PROMPT = ("You embody the persona in the description to complete the task.\n"
           "Persona: {persona}\n"
-          "Example: you wrote this {exemplar[label]} review of the movie {exemplar[movie]}: {exemplar_response}\n"
+          "Example: you wrote this {exemplar[label]} review of the movie {exemplar[movie]}: "
+          "{exemplar_response}\n"
           "Now write a {label} review of the movie {movie}.\n"
           "Review:")
 CONTEXT = "a {label} review of the movie {movie}"
@@ -163,8 +169,9 @@ def unit_rows(rng, n: int, dim: int):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: int = 0, init_std: float | None = None,
-                embedder: str = "minilm-l6", hidden: int = 16) -> SimpleNamespace:
+def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: int = 0,
+                init_std: float | None = None, embedder: str = "minilm-l6",
+                hidden: int = 16) -> SimpleNamespace:
     """A small export written by save_pretrained (random gate, personas and pool), plus what went into it."""
     import numpy as np
     import torch
@@ -186,12 +193,13 @@ def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: i
     config = GateConfig(embedder=embedder, embed_dim=dim, hidden_dim=hidden, num_candidates=4,
                         prompt_template=PROMPT, context_template=CONTEXT, context_columns=["movie"],
                         use_chat_template=False, trained_with_lm="tiny", metrics={"val/nll": 1.5})
-    ids, texts = [f"p{i:03d}" for i in range(k)], [f"You are critic number {i}, fond of films." for i in range(k)]
+    ids, texts = ([f"p{i:03d}" for i in range(k)],
+                  [f"You are critic number {i}, fond of films." for i in range(k)])
     personas = [Persona(id=i, text=t, cluster_size=n) for n, (i, t) in enumerate(zip(ids, texts), 1)]
     path = save_pretrained(out, gate=gate, personas=personas, persona_emb=persona_emb, pool=pool,
                            index=ExemplarIndex(pool_emb, kind="flat", device="cpu"), config=config)
-    return SimpleNamespace(path=path, gate=gate, persona_ids=ids, persona_texts=texts, persona_emb=persona_emb,
-                           pool=pool, pool_emb=pool_emb, config=config)
+    return SimpleNamespace(path=path, gate=gate, persona_ids=ids, persona_texts=texts,
+                           persona_emb=persona_emb, pool=pool, pool_emb=pool_emb, config=config)
 
 
 def gate_tensors(export_dir: Path) -> dict:
@@ -203,8 +211,8 @@ def gate_tensors(export_dir: Path) -> dict:
 # ------------------------------------------------------------------------------ synthetic data modules
 def synthetic_datamodule(n_train: int, n_val: int, k: int, dim: int = 16, n_pool: int | None = None,
                          noise: float = 0.3, seed: int = 0, batch_size: int = 8):
-    """Records whose context embedding points along their hidden group's direction (group = persona), wired into
-    the real PopulationDataModule (artifacts in memory)."""
+    """Records whose context embedding points along their hidden group's direction (group = persona), wired
+    into the real PopulationDataModule (artifacts in memory)."""
     import numpy as np
 
     from mop.data import DatasetSpec, Population, Record
@@ -246,9 +254,10 @@ def synthetic_datamodule(n_train: int, n_val: int, k: int, dim: int = 16, n_pool
 
 
 # -------------------------------------------------------------- the tiny train.py world (crash, determinism)
-# Everything is random and small (a 1-layer Llama, a 1-layer BERT sentence embedder, a few dozen reviews in a CSV),
-# so a real ``python train.py fit`` subprocess runs in seconds on a CPU; the config is ``configs/quickstart.yaml``
-# with only the models, data and sizes replaced, so its logger, callbacks and checkpoint locations are the real ones.
+# Everything is random and small (a 1-layer Llama, a 1-layer BERT sentence embedder, a few dozen reviews in a
+# CSV), so a real ``python train.py fit`` subprocess runs in seconds on a CPU; the config is
+# ``configs/quickstart.yaml`` with only the models, data and sizes replaced, so its logger, callbacks and
+# checkpoint locations are the real ones.
 WORDS = {"fresh": ["brilliant", "moving", "witty", "superb", "charming", "gripping", "tender", "bold"],
          "rotten": ["tedious", "clumsy", "bland", "muddled", "shrill", "limp", "hollow", "dreary"]}
 
@@ -269,7 +278,8 @@ def write_population(path: Path, n_movies: int = 12, per_movie: int = 4) -> Path
 
 
 def write_config(tmp: Path, lm: Path, embedder: Path, data: Path, epochs: int = 2, name: str = "run") -> Path:
-    """configs/quickstart.yaml with tiny models, the CSV population, K=4 keyword personas and ``epochs`` epochs.
+    """configs/quickstart.yaml with tiny models, the CSV population, K=4 keyword personas and ``epochs``
+    epochs.
 
     Relative paths in the config (logger save dir, checkpoints, export, artifacts) resolve against the cwd of
     the run, so each run gets its own folder by running in its own cwd.
@@ -284,7 +294,8 @@ def write_config(tmp: Path, lm: Path, embedder: Path, data: Path, epochs: int = 
                  "label_column": "label", "group_column": "movie",
                  "context_template": "a {label} review of the movie {movie}", "split": [0.6, 0.2, 0.2],
                  "seed": 0},
-        personas={"num_personas": 4, "synthesizer": "keywords", "text_kind": "movie reviews", "role": "critic"},
+        personas={"num_personas": 4, "synthesizer": "keywords", "text_kind": "movie reviews",
+                  "role": "critic"},
         embedder=str(embedder), batch_size=4, artifacts_dir="artifacts")
     cfg["trainer"].update(max_epochs=epochs, log_every_n_steps=1, default_root_dir=f"runs/{name}")
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = f"runs/{name}"
@@ -335,8 +346,8 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, poll: floa
 
 class World:
     """Tiny models, a population and three train.py runs of the same config, for test_crash.py and
-    test_determinism.py (the session fixtures ``tiny_world_files``: the files only, and ``tiny_world``: the runs
-    started too, in conftest.py).
+    test_determinism.py (the session fixtures ``tiny_world_files``: the files only, and ``tiny_world``: the
+    runs started too, in conftest.py).
 
     ``ref`` (seed 0) and ``again`` (seed 0, another folder) must give the same gate; ``seed1`` another one.
     They start together (they are independent) so that the session waits for them once.
@@ -367,8 +378,8 @@ class World:
         cwd = self.run_dir(name)
         cwd.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
-        proc = popen(["train.py", "fit", "-c", str(self.config), "--validate_before_fit", "false", *extra], cwd,
-                     self.cache, log)
+        proc = popen(["train.py", "fit", "-c", str(self.config), "--validate_before_fit", "false", *extra],
+                     cwd, self.cache, log)
         self.procs[name] = (proc, log)
         return proc
 

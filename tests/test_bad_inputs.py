@@ -1,18 +1,19 @@
-"""The bad-input matrix (issue 8): every way a user can hand MoP a wrong file, config, export, model or context.
+"""The bad-input matrix (issue 8): every way a user can hand MoP a wrong file, config, export, model or
+context.
 
-Each case runs the real command (``mop ...``, ``python generate.py ...``, ``python train.py ...``) and asserts what
-a user is promised: exit status 2, no traceback, one line on stderr naming what was wrong and where, and every
-existing output (a personas file, an export, a samples file) left byte for byte as it was.
+Each case runs the real command (``mop ...``, ``python generate.py ...``, ``python train.py ...``) and asserts
+what a user is promised: exit status 2, no traceback, one line on stderr naming what was wrong and where, and
+every existing output (a personas file, an export, a samples file) left byte for byte as it was.
 
-Start-up dominates (Lightning's import alone takes ~15 s here), so the commands run in two interpreters, one for
-the ``train.py`` cases and one for the others, each executing the entry point as ``__main__`` with the case's argv,
-in the case's folder, with file descriptor 2 redirected (every byte written to stderr is captured). A few cases
-(one per entry point, and the memory-measured 100 MB line) run as plain subprocesses through ``run_cli``;
-``MOP_BAD_INPUTS_SUBPROCESS=1`` runs every case that way. ``MOP_BAD_INPUTS_TABLE=FILE`` writes the table of cases
-and the messages they printed as markdown.
+Start-up dominates (Lightning's import alone takes ~15 s here), so the commands run in two interpreters, one
+for the ``train.py`` cases and one for the others, each executing the entry point as ``__main__`` with the
+case's argv, in the case's folder, with file descriptor 2 redirected (every byte written to stderr is
+captured). A few cases (one per entry point, and the memory-measured 100 MB line) run as plain subprocesses
+through ``run_cli``; ``MOP_BAD_INPUTS_SUBPROCESS=1`` runs every case that way. ``MOP_BAD_INPUTS_TABLE=FILE``
+writes the table of cases and the messages they printed as markdown.
 
-The security half checks that exports hold no pickle, that nothing in ``mop/`` unpickles, and that remote code is
-never trusted by default.
+The security half checks that exports hold no pickle, that nothing in ``mop/`` unpickles, and that remote code
+is never trusted by default.
 """
 
 from __future__ import annotations
@@ -119,10 +120,11 @@ def _generate(d: Path, gating: Path | None = None, contexts: str | bytes | None 
     protect = []
     if output is None:
         output = _write(d / "samples.jsonl", json.dumps({"id": "c000000-0", "model": model, "adapter": None,
-                                                         "method": "mop", "seed": 0, "text": "an old row"}) + "\n")
+                                                         "method": "mop", "seed": 0,
+                                                         "text": "an old row"}) + "\n")
         protect = [output]
-    return ["generate.py", "--gating", str(gating), "--model", model, "--contexts", str(ctx), "--num-samples", "2",
-            "--output", str(output), "--no-progress", *more], protect
+    return ["generate.py", "--gating", str(gating), "--model", model, "--contexts", str(ctx),
+            "--num-samples", "2", "--output", str(output), "--no-progress", *more], protect
 
 
 def _edit_config(gate: Path, **changes) -> Path:
@@ -161,17 +163,18 @@ def _xlsx_bytes() -> bytes:
     return buf.getvalue()
 
 
-PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01"
+       b"\x08\x06\x00\x00\x00\x1f\x15\xc4\x89")
 
 
-# ---------------------------------------------------------------------------------------------------- the cases
+# -------------------------------------------------------------------------------------------------- the cases
 @dataclass
 class Case:
     id: str
     build: Callable[[Path], tuple[list[str], list[Path]]]  # tmp dir -> (argv, outputs that must not change)
     expect: tuple[str, ...]  # fragments of the one error line
-    # cli / train: in a shared interpreter (mop and generate.py / train.py); real: its own subprocess (run_cli);
-    # train.py: train.py in its own subprocess; rusage: its own subprocess, peak memory measured
+    # cli / train: in a shared interpreter (mop and generate.py / train.py); real: its own subprocess
+    # (run_cli); train.py: train.py in its own subprocess; rusage: its own subprocess, peak memory measured
     runner: str = "cli"
     check: Callable[[SimpleNamespace, Path], None] | None = None  # further assertions
     slow: bool = False  # marked slow: a second Lightning import, in its own process (~15 s of CPU)
@@ -203,13 +206,15 @@ CASES = [
          ("column(s) 'text' not found", "available: review, movie, label")),
     Case("data/misspelt-column", lambda d: _data_show(d, "pop.csv", "text,moive,label\nok,A,fresh\n"),
          ("'movie' not found", "did you mean 'moive'")),
-    Case("data/all-responses-empty", lambda d: _personas(d, "pop.csv", "text,movie,label\n,A,fresh\n  ,B,x\n"),
+    Case("data/all-responses-empty",
+         lambda d: _personas(d, "pop.csv", "text,movie,label\n,A,fresh\n  ,B,x\n"),
          ("no records left of 2 row(s)", "2 empty response(s) (column 'text')")),
     Case("data/nan-responses-in-jsonl",
          lambda d: _data_show(d, "pop.jsonl", '{"text": null, "movie": "A", "label": "x"}\n'
                                               '{"text": NaN, "movie": "B", "label": "y"}\n'),
          ("no records left", "2 empty response(s)")),
-    Case("data/non-utf8-csv", lambda d: _data_show(d, "pop.csv", b"text,movie,label\nok,A,x\n\xc3\x28 no,B,y\n"),
+    Case("data/non-utf8-csv",
+         lambda d: _data_show(d, "pop.csv", b"text,movie,label\nok,A,x\n\xc3\x28 no,B,y\n"),
          ("pop.csv' is not valid UTF-8", "at byte 24")),
     Case("data/non-utf8-jsonl", lambda d: _data_show(d, "pop.jsonl", b'{"text": "caf\xe9", "movie": "A"}\n'),
          ("pop.jsonl' is not valid UTF-8", "at byte 13")),
@@ -223,16 +228,19 @@ CASES = [
     Case("data/png-file", lambda d: _data_show(d, "pop.png", PNG), ("pop.png': unsupported type '.png'",)),
     Case("data/xlsx-renamed-csv", lambda d: _data_show(d, "pop.csv", _xlsx_bytes()),
          ("pop.csv' looks like a ZIP archive (an Excel .xlsx",)),
-    Case("data/png-renamed-csv", lambda d: _data_show(d, "pop.csv", PNG), ("pop.csv' looks like a PNG image",)),
+    Case("data/png-renamed-csv", lambda d: _data_show(d, "pop.csv", PNG),
+         ("pop.csv' looks like a PNG image",)),
     Case("data/csv-renamed-parquet", lambda d: _data_show(d, "pop.parquet", _csv()),
          ("pop.parquet' is not a Parquet file (it looks like text)",)),
     Case("data/unknown-extension", lambda d: _data_show(d, "pop.txt", _csv()), ("unsupported type '.txt'",)),
     Case("data/missing-file",
          lambda d: (["data", "show", "-c", str(_dataset_yaml(d, d / "nowhere.csv"))], []),
          ("data file", "nowhere.csv' does not exist")),
-    Case("data/invalid-jsonl-line", lambda d: _data_show(d, "pop.jsonl", '{"text": "a", "movie": "A"}\n{oops\n'),
+    Case("data/invalid-jsonl-line",
+         lambda d: _data_show(d, "pop.jsonl", '{"text": "a", "movie": "A"}\n{oops\n'),
          ("pop.jsonl' line 2 is not valid JSON",)),
-    Case("data/fewer-records-than-personas", lambda d: _personas(d, "pop.csv", _csv(6), "--num-personas", "10"),
+    Case("data/fewer-records-than-personas",
+         lambda d: _personas(d, "pop.csv", _csv(6), "--num-personas", "10"),
          ("--num-personas must be between 1 and the",)),
     # -- configs
     Case("config/unknown-dataset-key", lambda d: _data_show(d, "pop.csv", _csv(), reponse_column="text"),
@@ -255,7 +263,8 @@ CASES = [
     Case("config/K-above-training-records", lambda d: _train(d, "--data.personas.num_personas", "40"),
          ("data.personas.num_personas (40) exceeds the 24 training records",), runner="train"),
     Case("config/M-above-K-x-pool", lambda d: _train(d, "--model.num_candidates", "80"),
-         ("model.num_candidates (M = 80) exceeds the 72 (persona, exemplar) pairs", "3 personas x 24 exemplars"),
+         ("model.num_candidates (M = 80) exceeds the 72 (persona, exemplar) pairs",
+          "3 personas x 24 exemplars"),
          runner="train"),
     Case("config/M-above-K-x-pool-small-pool", lambda d: _train(d, "--data.num_exemplars", "2",
                                                                 "--model.num_candidates", "7"),
@@ -271,7 +280,8 @@ CASES = [
     Case("config/negative-num-exemplars", lambda d: _train(d, "--data.num_exemplars", "-5"),
          ("config key data.num_exemplars: must be positive, got -5",), runner="train"),
     Case("config/unknown-synthesizer", lambda d: _train(d, "--data.personas.synthesizer", "gpt"),
-         ("config key data.personas.synthesizer: expected one of ['llm', 'keywords', 'file'], got gpt",), runner="train"),
+         ("config key data.personas.synthesizer: expected one of ['llm', 'keywords', 'file'], got gpt",),
+         runner="train"),
     Case("config/unknown-lm-dtype", lambda d: _train(d, "--model.lm_dtype", "float8"),
          ("config key model.lm_dtype: expected one of ['float32', 'bfloat16', 'float16']; got 'float8'",),
          runner="train"),
@@ -284,19 +294,22 @@ CASES = [
          ("unrecognized arguments: --trainer.max_epoch 2", "did you mean 'trainer.max_epochs'"),
          runner="train.py", slow=True),
     # -- exports (read by generate.py --gating; written by mop export)
-    Case("export/missing-directory", lambda d: _generate(d, gating=d / "no-gate"), ("no-gate' does not exist",)),
+    Case("export/missing-directory", lambda d: _generate(d, gating=d / "no-gate"),
+         ("no-gate' does not exist",)),
     Case("export/missing-file", lambda d: _generate(d, gating=_rm(_export(d), "gate.safetensors")),
          ("is missing gate.safetensors",)),
     Case("export/checksum-mismatch", lambda d: _generate(d, gating=_flip(_export(d), "exemplars.jsonl")),
          ("exemplars.jsonl does not match its sha256 in config.json", "re-export the gate")),
     Case("export/other-embedder-dimension", lambda d: _generate(d, gating=_export(d, dim=16)),
          ("of dimension 16, but the embedder in use has dimension 384",)),
-    Case("export/newer-format-version", lambda d: _generate(d, gating=_edit_config(_export(d), format_version=99)),
+    Case("export/newer-format-version",
+         lambda d: _generate(d, gating=_edit_config(_export(d), format_version=99)),
          ("has format_version 99, newer than this MoP reads (1): upgrade mop",)),
     Case("export/path-escapes-directory",
          lambda d: _generate(d, gating=_add_checksum(_export(d), "../../etc/passwd")),
          ("config.json lists '../../etc/passwd', which is not a file inside the export directory",)),
-    Case("export/pickle-listed-in-manifest", lambda d: _generate(d, gating=_add_checksum(_export(d), "evil.pkl")),
+    Case("export/pickle-listed-in-manifest",
+         lambda d: _generate(d, gating=_add_checksum(_export(d), "evil.pkl")),
          ("lists 'evil.pkl', not a kind of file an export holds",)),
     Case("export/not-an-export", lambda d: _generate(d, gating=_write(d / "dir" / "x.txt", "x").parent),
          ("is missing config.json: not a MoP gate export",)),
@@ -310,14 +323,16 @@ CASES = [
          lambda d: (["export", str(_write(d / "last.ckpt", b"not a checkpoint at all")), str(d / "out")], []),
          ("cannot read checkpoint", "last.ckpt': not a PyTorch checkpoint")),
     Case("export/output-is-a-foreign-directory",
-         lambda d: (["export", str(_evil_checkpoint(d)), str(_write(d / "mine" / "notes.txt", "keep me").parent)],
+         lambda d: (["export", str(_evil_checkpoint(d)),
+                     str(_write(d / "mine" / "notes.txt", "keep me").parent)],
                     [d / "mine" / "notes.txt"]),
          ("refusing to replace", "mine': it exists and is not a MoP gate export"),
          check=lambda res, d: (_no_marker(res, d), _unchanged_foreign_dir(res, d))),
     # -- models
     Case("model/nonexistent-path", lambda d: _generate(d, model=str(d / "no-model")),
          ("model path", "no-model' does not exist")),
-    Case("model/directory-not-a-model", lambda d: _generate(d, model=str(_write(d / "notes" / "a.txt", "").parent)),
+    Case("model/directory-not-a-model",
+         lambda d: _generate(d, model=str(_write(d / "notes" / "a.txt", "").parent)),
          ("notes' is a directory without config.json: not a model folder",)),
     Case("model/train-lm-nonexistent", lambda d: _train(d, "--model.lm", str(d / "no-model")),
          ("model.lm path", "no-model' does not exist"), runner="train"),
@@ -326,7 +341,8 @@ CASES = [
     # -- generation
     Case("generate/empty-contexts-file", lambda d: _generate(d, contexts=""), ("contexts.csv' is empty",)),
     Case("generate/contexts-missing-fields", lambda d: _generate(d, contexts="title,label\nA,fresh\n"),
-         ("contexts file", "lacks field(s) 'movie' used by the export's templates", "found columns: title, label")),
+         ("contexts file", "lacks field(s) 'movie' used by the export's templates",
+          "found columns: title, label")),
     Case("generate/output-in-missing-directory",
          lambda d: _generate(d, output=d / "missing" / "samples.jsonl"),
          ("output directory", "missing' does not exist (create it first)"), check=_no_dir),
@@ -335,7 +351,8 @@ CASES = [
     Case("generate/zero-samples", lambda d: _generate(d, None, None, "--num-samples", "0"),
          ("--num-samples: must be positive, got 0",)),
     Case("generate/not-an-integer", lambda d: _generate(d, None, None, "--batch-size", "many"),
-         ("generate.py: error: --batch-size: expected a positive integer, got 'many'", "(see generate.py --help)"),
+         ("generate.py: error: --batch-size: expected a positive integer, got 'many'",
+          "(see generate.py --help)"),
          runner="real"),
 ]
 
@@ -358,10 +375,10 @@ def _add_checksum(gate: Path, name: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- running
-# Runs commands one after the other in one interpreter, each exactly as its entry point runs it (`python -m mop`,
-# `python generate.py`, `python train.py`: the module or script executed as __main__ with the case's argv, in the
-# case's folder), with file descriptor 2 redirected so every byte written to stderr is captured. Warning filters
-# are reset before each command so that warnings show as in a fresh process.
+# Runs commands one after the other in one interpreter, each exactly as its entry point runs it
+# (`python -m mop`, `python generate.py`, `python train.py`: the module or script executed as __main__ with
+# the case's argv, in the case's folder), with file descriptor 2 redirected so every byte written to stderr is
+# captured. Warning filters are reset before each command so that warnings show as in a fresh process.
 HARNESS = r"""
 import json, os, runpy, sys, tempfile, time, warnings
 jobs, out = json.loads(sys.argv[1]), sys.argv[2]
@@ -405,7 +422,8 @@ def _script(argv: list[str]) -> list[str]:
     return [str(REPO / argv[0]), *argv[1:]] if argv and argv[0].endswith(".py") else argv
 
 
-def _run_in_one_interpreter(group: str, jobs: list[tuple[str, Path, list[str]]], work: Path, env: dict) -> dict:
+def _run_in_one_interpreter(group: str, jobs: list[tuple[str, Path, list[str]]], work: Path,
+                            env: dict) -> dict:
     out = work / f"results-{group}.json"
     full_env = {**os.environ, **env}
     full_env.pop("MOP_DEBUG", None)
@@ -416,9 +434,9 @@ def _run_in_one_interpreter(group: str, jobs: list[tuple[str, Path, list[str]]],
     return {cid: SimpleNamespace(stdout="", **r) for cid, r in json.loads(out.read_text()).items()}
 
 
-# Runs ``python -m mop ARGS`` and writes the process's own peak RSS (VmHWM, which starts afresh at exec) on exit.
-# os.wait4's ru_maxrss is no good here: Linux keeps it across fork + exec, so it reports the parent's RSS (the
-# pytest process, 2 GB after the model tests) instead of the child's.
+# Runs ``python -m mop ARGS`` and writes the process's own peak RSS (VmHWM, which starts afresh at exec) on
+# exit. os.wait4's ru_maxrss is no good here: Linux keeps it across fork + exec, so it reports the parent's
+# RSS (the pytest process, 2 GB after the model tests) instead of the child's.
 _HWM_WRAPPER = """import atexit, os, runpy, sys
 def _hwm():
     with open('/proc/self/status') as f:
@@ -441,8 +459,8 @@ def _run_with_rusage(argv: list[str], work: Path, env: dict) -> SimpleNamespace:
                           capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - t0
     maxrss_mb = int(hwm.read_text()) / 1024 if hwm.exists() else 0.0
-    return SimpleNamespace(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr, seconds=seconds,
-                           maxrss_mb=maxrss_mb)
+    return SimpleNamespace(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr,
+                           seconds=seconds, maxrss_mb=maxrss_mb)
 
 
 def _run_real(argv: list[str], work: Path, env: dict) -> SimpleNamespace:
@@ -471,8 +489,10 @@ def _table(prepared: dict[str, Prepared], out: dict[str, SimpleNamespace]) -> st
         else:
             cmd = "mop"
         words = " ".join(Path(a).name if "/" in a else a for a in argv[:4])
-        msg = out[cid].stderr.strip().replace(str(p.dir) + "/", "").replace(str(p.dir), ".").replace("|", "\\|")
-        rows.append(f"| {cid} | `{cmd} {words} ...` | `{msg}` | {out[cid].returncode} |" + (f" {out[cid].seconds:.1f} s" if os.environ.get("MOP_BAD_INPUTS_SECONDS") else ""))
+        msg = (out[cid].stderr.strip().replace(str(p.dir) + "/", "").replace(str(p.dir), ".")
+               .replace("|", "\\|"))
+        rows.append(f"| {cid} | `{cmd} {words} ...` | `{msg}` | {out[cid].returncode} |"
+                    + (f" {out[cid].seconds:.1f} s" if os.environ.get("MOP_BAD_INPUTS_SECONDS") else ""))
     return "\n".join(rows) + "\n"
 
 
@@ -498,12 +518,14 @@ def results(request, tmp_path_factory):
         argv, protect = case.build(d)
         if case.runner in ("train", "train.py"):
             argv = ["train.py", *argv]
-        prepared[case.id] = Prepared(case, d, argv, {p: p.read_bytes() if p.exists() else None for p in protect})
+        prepared[case.id] = Prepared(case, d, argv,
+                                     {p: p.read_bytes() if p.exists() else None for p in protect})
     out: dict[str, SimpleNamespace] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = []
         for group in ("train", "cli"):
-            jobs = [(cid, p.dir, p.argv) for cid, p in prepared.items() if p.case.runner == group and not all_real]
+            jobs = [(cid, p.dir, p.argv) for cid, p in prepared.items()
+                    if p.case.runner == group and not all_real]
             if jobs:
                 futures.append(pool.submit(_run_in_one_interpreter, group, jobs, root, env))
         for cid, p in prepared.items():
@@ -536,8 +558,9 @@ def test_matrix_covers_the_issue():
     """The issue's list, as case-id prefixes: a case removed from the matrix fails here."""
     ids = {c.id for c in CASES}
     required = ["data/empty-file", "data/header-only", "data/missing-column", "data/misspelt-column",
-                "data/all-responses-empty", "data/non-utf8-csv", "data/100MB-single-line", "data/duplicate-ids",
-                "data/png-file", "data/xlsx-renamed-csv", "data/unknown-extension", "data/fewer-records-than-personas",
+                "data/all-responses-empty", "data/non-utf8-csv", "data/100MB-single-line",
+                "data/duplicate-ids", "data/png-file", "data/xlsx-renamed-csv", "data/unknown-extension",
+                "data/fewer-records-than-personas",
                 "config/unknown-key-cli", "config/K-above-training-records", "config/M-above-K-x-pool",
                 "config/zero-batch-size", "config/zero-num-personas", "config/negative-num-candidates",
                 "config/zero-hidden-dim", "config/split-not-summing-to-1", "export/missing-file",
@@ -551,7 +574,8 @@ def test_matrix_covers_the_issue():
 
 # ------------------------------------------------------------------------------------------ dropped responses
 def test_empty_responses_are_dropped_and_counted(tmp_path):
-    """Rows with an empty or NaN response are dropped (not an error while some remain), and the count is shown."""
+    """Rows with an empty or NaN response are dropped (not an error while some remain), and the count is
+    shown."""
     from mop.data import DatasetSpec, load_population
 
     csv = _write(tmp_path / "pop.csv", _csv(20, extra=",Film X,fresh\n   ,Film Y,rotten\n"))
@@ -570,8 +594,8 @@ def test_empty_responses_are_dropped_and_counted(tmp_path):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_line_limit_names_the_first_long_line(tmp_path, monkeypatch, seed):
-    """The streaming line-length check, with a small limit and blocks: lines straddling blocks are measured whole,
-    the first line over the limit is named, and a file whose lines all fit passes."""
+    """The streaming line-length check, with a small limit and blocks: lines straddling blocks are measured
+    whole, the first line over the limit is named, and a file whose lines all fit passes."""
     import random
 
     from mop import data
@@ -598,8 +622,8 @@ EXPORT_SUFFIXES = {".json", ".jsonl", ".safetensors", ".faiss", ".npy"}
 
 
 def test_exports_hold_no_pickle_and_loading_ignores_other_files(tmp_path):
-    """An export is JSON, JSONL, safetensors, a FAISS index and a plain .npy; anything else in the folder is never
-    read, and a manifest that lists another kind of file is refused."""
+    """An export is JSON, JSONL, safetensors, a FAISS index and a plain .npy; anything else in the folder is
+    never read, and a manifest that lists another kind of file is refused."""
     import numpy as np
 
     from mop.errors import MopError
@@ -641,13 +665,14 @@ def _call_name(node: ast.Call) -> str:
     return ".".join(reversed(parts))
 
 
-UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "jsonpickle"}
+UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal",
+              "jsonpickle"}
 
 
 def test_sources_never_unpickle_user_files():
     """No module of mop/ (nor the entry points) imports an unpickler for use, calls torch.load without
-    weights_only, or np.load with allow_pickle=True. The single exception is ``mop export --trust-checkpoint``,
-    an explicit opt-in whose default is safe loading."""
+    weights_only, or np.load with allow_pickle=True. The single exception is
+    ``mop export --trust-checkpoint``, an explicit opt-in whose default is safe loading."""
     problems = []
     for path in _sources():
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -659,7 +684,8 @@ def test_sources_never_unpickle_user_files():
                         problems.append(f"{rel}:{node.lineno} imports {alias.name}")
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNPICKLERS:
                 problems.append(f"{rel}:{node.lineno} imports from {node.module}")
-            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "pickle":
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id == "pickle"):
                 if node.attr != "UnpicklingError":  # catching torch's refusal is the only use allowed
                     problems.append(f"{rel}:{node.lineno} uses pickle.{node.attr}")
             elif isinstance(node, ast.Call):
@@ -727,8 +753,8 @@ class _Recorder:
 
     def __call__(self, *args, **kwargs):
         self.calls.append(kwargs)
-        return SimpleNamespace(pad_token=None, eos_token="</s>", eval=lambda: None, requires_grad_=lambda _: None,
-                               to=lambda _: None)
+        return SimpleNamespace(pad_token=None, eos_token="</s>", eval=lambda: None,
+                               requires_grad_=lambda _: None, to=lambda _: None)
 
 
 def test_remote_code_is_never_trusted_unless_asked(tmp_path, monkeypatch):
@@ -739,7 +765,8 @@ def test_remote_code_is_never_trusted_unless_asked(tmp_path, monkeypatch):
     folder = _write(tmp_path / "lm" / "config.json", "{}").parent
     tok, lm, st = _Recorder(), _Recorder(), _Recorder()
     monkeypatch.setitem(sys.modules, "transformers", SimpleNamespace(
-        AutoTokenizer=SimpleNamespace(from_pretrained=tok), AutoModelForCausalLM=SimpleNamespace(from_pretrained=lm)))
+        AutoTokenizer=SimpleNamespace(from_pretrained=tok),
+        AutoModelForCausalLM=SimpleNamespace(from_pretrained=lm)))
     monkeypatch.setitem(sys.modules, "sentence_transformers", SimpleNamespace(SentenceTransformer=st))
     assets.load_lm(str(folder))
     assets.load_embedder(str(folder))

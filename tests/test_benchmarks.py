@@ -1,4 +1,5 @@
-"""The speed benchmarks' CPU paths on a tiny random model and tiny sizes: they run and their numbers make sense.
+"""The speed benchmarks' CPU paths on a tiny random model and tiny sizes: they run and their numbers make
+sense.
 
 (The real numbers come from running the scripts; see benchmarks/results/.) The scripts import ``common`` from
 their own folder, so that folder goes first on sys.path here, as when they run as ``python benchmarks/x.py``.
@@ -58,7 +59,8 @@ def test_generation_speed_forces_equal_lengths_and_keeps_samples(tiny_model_dir,
     import generation_speed
 
     rows = generation_speed.main(["--model", tiny_model_dir, "--samples", "4", "--new-tokens", "3",
-                                  "--batch-sizes", "1", "4", "--peak-size", "128", "--out", str(tmp_path / "gen.json")])
+                                  "--batch-sizes", "1", "4", "--peak-size", "128",
+                                  "--out", str(tmp_path / "gen.json")])
     assert [r["batch_size"] for r in rows] == [1, 4]
     assert all(r["samples"] == 4 and r["new_tokens"] == 3 for r in rows)  # the script asserts equal lengths
     assert rows[0]["speedup"] == 1.0
@@ -69,8 +71,8 @@ def test_scale_uses_top_k_beyond_the_dense_limit(tmp_path):
     import scale
 
     rows = scale.main(["--pool", "3000", "--dim", "32", "--nlist", "16", "--nprobe", "4", "--personas", "6",
-                       "--batch-sizes", "2", "4", "--exact-batch", "2", "--omega-topk", "32", "--repeats", "1",
-                       "--out", str(tmp_path / "scale.json")])
+                       "--batch-sizes", "2", "4", "--exact-batch", "2", "--omega-topk", "32",
+                       "--repeats", "1", "--out", str(tmp_path / "scale.json")])
     assert [r["omega"] for r in rows] == ["top-32 (IVF)", "top-32 (IVF)", "exact (dense)"]
     assert all(r["ms_per_batch"] > 0 and 0 <= r["index_search_share"] <= 1 for r in rows)
 
@@ -93,8 +95,9 @@ def test_train_profile_accounts_for_the_whole_step(tiny_model_dir, artifacts_dir
 def test_score_cache_benchmark_hits_in_epoch_two(tiny_model_dir, artifacts_dir, tmp_path):
     import score_cache
 
-    rows = score_cache.main(["--lm", tiny_model_dir, "--records", "12", "--num-personas", "3", "--epochs", "2",
-                             "--artifacts-dir", artifacts_dir, "--out", str(tmp_path / "cache.json")])
+    rows = score_cache.main(["--lm", tiny_model_dir, "--records", "12", "--num-personas", "3",
+                             "--epochs", "2", "--artifacts-dir", artifacts_dir,
+                             "--out", str(tmp_path / "cache.json")])
     assert rows[0]["hit_rate"] == 0 and rows[0]["pairs_scored"] == rows[0]["lookups"]
     assert rows[1]["hit_rate"] > 0 and rows[1]["pairs_scored"] == rows[1]["lookups"] - rows[1]["hits"]
 

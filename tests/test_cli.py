@@ -49,7 +49,8 @@ def test_bad_split_fraction_is_one_line(tmp_path, write_csv):
 def test_undecodable_bytes_is_one_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"text,label\nok text,x\n\xc3\x28 broken,y\n")
-    assert_one_line_error(run_cli("data", "show", "-c", str(_config(tmp_path, bad))), "not valid UTF-8", "byte 21")
+    assert_one_line_error(run_cli("data", "show", "-c", str(_config(tmp_path, bad))), "not valid UTF-8",
+                          "byte 21")
 
 
 # ------------------------------------------------------------------------------- one declaration per command
@@ -97,16 +98,18 @@ def test_dashes_underscores_booleans_lists_and_aliases():
     from mop.generate import generate_command
 
     base = ["--gating", "g", "--model", "m", "--output", "o.jsonl"]
-    a = parse_command(generate_command, [*base, "--num-samples", "3", "--no-progress", "--shuffle", "-c", "x"],
+    a = parse_command(generate_command,
+                      [*base, "--num-samples", "3", "--no-progress", "--shuffle", "-c", "x"],
                       "mop generate")
     b = parse_command(generate_command, [*base, "--num_samples=3", "--progress", "false", "--shuffle=true",
                                          "--data", "x"], "mop generate")
     assert a == b
     assert (a["num_samples"], a["progress"], a["shuffle"], a["config"]) == (3, False, True, "x")
     assert parse_command(generate_command, [*base, "--num-samples", "3"], "g")["shuffle"] is False
-    ev = parse_command(evaluate_command, ["--synthetic", "a.jsonl", "b.jsonl", "--output", "r.json", "--names",
-                                          "A", "B", "-c", "x.yaml"], "mop evaluate")
-    assert ev["synthetic"] == ["a.jsonl", "b.jsonl"] and ev["names"] == ["A", "B"] and ev["config"] == "x.yaml"
+    ev = parse_command(evaluate_command, ["--synthetic", "a.jsonl", "b.jsonl", "--output", "r.json",
+                                          "--names", "A", "B", "-c", "x.yaml"], "mop evaluate")
+    assert (ev["synthetic"] == ["a.jsonl", "b.jsonl"] and ev["names"] == ["A", "B"]
+            and ev["config"] == "x.yaml")
 
 
 def test_usage_errors_are_one_line_with_hints(capsys):
@@ -133,7 +136,8 @@ def test_personas_settings_default_to_the_config(tmp_path, write_csv, monkeypatc
     rows = [{"text": f"review {i} of a film", "label": "x"} for i in range(20)]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  dataset:\n    source: {write_csv(rows)}\n    response_column: text\n"
-                   "  personas:\n    num_personas: 3\n    synthesizer: keywords\n    text_kind: movie reviews\n"
+                   "  personas:\n    num_personas: 3\n    synthesizer: keywords\n"
+                   "    text_kind: movie reviews\n"
                    "    role: critic\n  embedder: my-embedder\n")
     seen = {}
 

@@ -1,10 +1,10 @@
-"""Crash safety with real processes killed by SIGKILL: training resumes exactly, generation completes its file,
-an export is never left half-written.
+"""Crash safety with real processes killed by SIGKILL: training resumes exactly, generation completes its
+file, an export is never left half-written.
 
-The tiny world (random 1-layer Llama, random BERT sentence embedder, 48 reviews in a CSV, keyword personas) and
-its train.py runs come from tests/helpers.py (World; the session fixture ``tiny_world`` in conftest.py); the
-config is configs/quickstart.yaml with only models, data and sizes replaced, so checkpoints, logger and export go
-where a user's would.
+The tiny world (random 1-layer Llama, random BERT sentence embedder, 48 reviews in a CSV, keyword personas)
+and its train.py runs come from tests/helpers.py (World; the session fixture ``tiny_world`` in conftest.py);
+the config is configs/quickstart.yaml with only models, data and sizes replaced, so checkpoints, logger and
+export go where a user's would.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from helpers import gate_tensors, popen, wait_for, wait_ok
 
 from mop.export import GateExport, _recover_interrupted, read_export_config, save_pretrained
 
-# every test here waits for real train.py / generate.py processes (the tiny world's three runs, then killed and
-# resumed ones): about 2 minutes of CPU on 2 cores, so they run with the slow tier (CI runs every test)
+# every test here waits for real train.py / generate.py processes (the tiny world's three runs, then killed
+# and resumed ones): about 2 minutes of CPU on 2 cores, so they run with the slow tier (CI runs every test)
 pytestmark = pytest.mark.slow
 
 
@@ -39,13 +39,15 @@ def _ckpt(path: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------ training
 def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_world):
-    """kill -9 during epoch 2 (the last), then `train.py fit --ckpt_path last`: same gate, checkpoint and metrics."""
+    """kill -9 during epoch 2 (the last), then `train.py fit --ckpt_path last`: same gate, checkpoint and
+    metrics."""
     w = tiny_world
     name = "killed"
     ckpt = w.run_dir(name) / "runs/tiny/checkpoints/last.ckpt"
     proc = w.start_train(name)
     try:
-        assert wait_for(ckpt.exists, proc), "no checkpoint was written:\n" + (w.root / f"{name}.log").read_text()[-3000:]
+        assert wait_for(ckpt.exists, proc), ("no checkpoint was written:\n"
+                                             + (w.root / f"{name}.log").read_text()[-3000:])
     finally:
         _kill(proc)  # the first last.ckpt is written at the end of epoch 1: the kill lands in epoch 2
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
@@ -53,8 +55,10 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_worl
     assert killed_at["epoch"] == 0 and killed_at["global_step"] > 0  # the end of epoch 1 of 2
     gate_dir = w.run_dir(name) / "runs/tiny/gate"
     assert not gate_dir.exists()  # nothing exported by a run that did not finish
-    # --ckpt_path last finds <default_root_dir>/checkpoints/last.ckpt (not a folder named by a new logger run id)
-    resume = popen(["train.py", "fit", "-c", str(w.config), "--validate_before_fit", "false", "--ckpt_path", "last"],
+    # --ckpt_path last finds <default_root_dir>/checkpoints/last.ckpt (not a folder named by a new logger
+    # run id)
+    resume = popen(["train.py", "fit", "-c", str(w.config), "--validate_before_fit", "false",
+                    "--ckpt_path", "last"],
                    w.run_dir(name), w.cache, w.root / "resume.log")
     out = wait_ok(resume, w.root / "resume.log")
     assert "last checkpoint: runs/tiny/checkpoints/last.ckpt" in out
@@ -68,7 +72,8 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_worl
     assert got_ckpt["epoch"] == ref_ckpt["epoch"] == 1 and got_ckpt["global_step"] == ref_ckpt["global_step"]
     for key, value in ref_ckpt["state_dict"].items():
         assert torch.equal(got_ckpt["state_dict"][key], value), key
-    # the optimiser state resumed too (Adam moments), and the validation / training metrics are the same numbers
+    # the optimiser state resumed too (Adam moments), and the validation / training metrics are the same
+    # numbers
     ref_opt, got_opt = ref_ckpt["optimizer_states"][0]["state"], got_ckpt["optimizer_states"][0]["state"]
     assert all(torch.equal(ref_opt[p]["exp_avg_sq"], got_opt[p]["exp_avg_sq"]) for p in ref_opt)
     ref_metrics = read_export_config(ref / "runs/tiny/gate")["metrics"]
@@ -169,7 +174,8 @@ def test_export_killed_at_random_times_leaves_a_complete_export(tiny_world, tmp_
 
 def test_export_killed_between_the_two_renames_of_the_fallback_is_recovered(tiny_world, tmp_path):
     """Where the file system cannot exchange two folders atomically, the old export is moved aside for an
-    instant; a writer killed right then leaves it complete under a hidden name, and the next save restores it."""
+    instant; a writer killed right then leaves it complete under a hidden name, and the next save restores
+    it."""
     w = tiny_world
     source = w.finished("ref") / "runs/tiny/gate"
     out = tmp_path / "gate"
@@ -190,7 +196,8 @@ def test_export_killed_between_the_two_renames_of_the_fallback_is_recovered(tiny
 
 
 def test_save_pretrained_swaps_atomically_and_keeps_nothing_else(tiny_world, tmp_path):
-    """In-process: a save over an existing export replaces it completely, and the loaded result is the new one."""
+    """In-process: a save over an existing export replaces it completely, and the loaded result is the new
+    one."""
     w = tiny_world
     export = GateExport.from_pretrained(w.finished("ref") / "runs/tiny/gate")
     out = tmp_path / "gate"

@@ -17,8 +17,8 @@ from mop.errors import MopError
 
 
 def _rows(n=60, groups=6):
-    return [{"text": f"review number {i} is here", "item": f"movie {i % groups}", "label": ["pos", "neg"][i % 2],
-             "grp": f"g{i % groups}", "uid": f"u{i}"} for i in range(n)]
+    return [{"text": f"review number {i} is here", "item": f"movie {i % groups}",
+             "label": ["pos", "neg"][i % 2], "grp": f"g{i % groups}", "uid": f"u{i}"} for i in range(n)]
 
 
 def _spec(path, **kw):

@@ -65,8 +65,9 @@ def test_same_seed_same_samples(tiny_world, tmp_path, monkeypatch):
 
     w = tiny_world
     monkeypatch.setenv("MOP_CACHE", str(w.cache))
-    args = ["--gating", str(w.finished("ref") / "runs/tiny/gate"), "--model", str(w.lm), "--data", str(w.config),
-            "--split", "test", "--num-samples", "10", "--max-new-tokens", "12", "--no-progress", "--shuffle"]
+    args = ["--gating", str(w.finished("ref") / "runs/tiny/gate"), "--model", str(w.lm),
+            "--data", str(w.config), "--split", "test", "--num-samples", "10", "--max-new-tokens", "12",
+            "--no-progress", "--shuffle"]
 
     def rows(name: str, *extra: str) -> list[dict]:
         out = tmp_path / f"{name}.jsonl"
@@ -79,5 +80,5 @@ def test_same_seed_same_samples(tiny_world, tmp_path, monkeypatch):
     assert [r["id"] for r in c] != [r["id"] for r in a]  # --shuffle: another seed, another order of contexts
     same_ids = {r["id"]: r for r in c}
     pairs = [(r, same_ids[r["id"]]) for r in a if r["id"] in same_ids]
-    assert pairs and any((x["text"], x["persona_id"], x["exemplar_id"]) != (y["text"], y["persona_id"],
-                                                                           y["exemplar_id"]) for x, y in pairs)
+    assert pairs and any((x["text"], x["persona_id"], x["exemplar_id"])
+                         != (y["text"], y["persona_id"], y["exemplar_id"]) for x, y in pairs)

@@ -65,10 +65,10 @@ def write_generated(path, texts, labels, method="mop", model="smollm2-135m"):
     """Rows in generate.py's format."""
     with open(path, "w", encoding="utf-8") as fh:
         for i, (t, lab) in enumerate(zip(texts, labels)):
-            fh.write(json.dumps({"id": f"r{i}-0", "record_id": f"r{i}", "context": {"movie": "x"}, "label": lab,
-                                 "persona_id": None, "persona": None, "exemplar_id": None, "attributes": None,
-                                 "temperature": 0.7, "model": model, "adapter": None, "method": method, "seed": 0,
-                                 "text": t}) + "\n")
+            fh.write(json.dumps({"id": f"r{i}-0", "record_id": f"r{i}", "context": {"movie": "x"},
+                                 "label": lab, "persona_id": None, "persona": None, "exemplar_id": None,
+                                 "attributes": None, "temperature": 0.7, "model": model, "adapter": None,
+                                 "method": method, "seed": 0, "text": t}) + "\n")
     return path
 
 
@@ -81,8 +81,8 @@ def test_fid_of_a_set_with_itself_is_zero(n, d):
 
 
 def test_fid_matches_the_closed_form_of_two_gaussians():
-    # normalize=False: the raw Frechet distance of the samples, which for large n approaches the one of the true
-    # Gaussians: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+    # normalize=False: the raw Frechet distance of the samples, which for large n approaches the one of the
+    # true Gaussians: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
     from scipy.linalg import sqrtm
 
     rng = np.random.default_rng(1)
@@ -180,7 +180,8 @@ def test_evaluate_sets_compares_every_set_at_one_sample_size():
     sets = {"copy": (same_t, same_l), "other": (other_t, other_l), "flat": (flat, ["fresh"] * 100)}
     ref = reviews(200, seed=2)
     emb = HashEmbedder()
-    out = evaluate_sets(real_t, real_l, sets, emb, reference_train=ref, seed=0, mauve_seeds=(0, 1), progress=False)
+    out = evaluate_sets(real_t, real_l, sets, emb, reference_train=ref, seed=0, mauve_seeds=(0, 1),
+                        progress=False)
     rows = {r["name"]: r for r in out["rows"]}
     assert out["n"] == 60 and all(r["n"] == 60 for r in rows.values())
     assert [rows[k]["n_total"] for k in ("copy", "other", "flat")] == [60, 120, 100]
@@ -233,8 +234,9 @@ def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, f
     other_t, other_l = reviews(70, seed=9)
     other = write_generated(tmp_path / "other.jsonl", other_t, other_l, method="zerogen")
     out, png = tmp_path / "report.json", tmp_path / "report.png"
-    code = main(["evaluate", "--real", str(real), "--synthetic", str(same), str(other), "--reference", str(ref),
-                 "--output", str(out), "--plot", str(png), "--mauve-seeds", "2", "--no-progress"])
+    code = main(["evaluate", "--real", str(real), "--synthetic", str(same), str(other),
+                 "--reference", str(ref), "--output", str(out), "--plot", str(png), "--mauve-seeds", "2",
+                 "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
     report = json.loads(out.read_text())
@@ -256,8 +258,8 @@ def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, f
     assert code == 2 and "exists; pass --overwrite" in capsys.readouterr().err
     # a generated file without labels: F1 left out with a note, the rest computed
     nolab = write_generated(tmp_path / "nolab.jsonl", texts, [None] * len(texts))
-    code = main(["evaluate", "--real", str(real), "--synthetic", str(nolab), "--output", str(out), "--overwrite",
-                 "--mauve-seeds", "1", "--names", "unlabelled", "--no-progress"])
+    code = main(["evaluate", "--real", str(real), "--synthetic", str(nolab), "--output", str(out),
+                 "--overwrite", "--mauve-seeds", "1", "--names", "unlabelled", "--no-progress"])
     printed = capsys.readouterr().out
     row = json.loads(out.read_text())["rows"][0]
     assert code == 0 and row["name"] == "unlabelled" and row["f1"] is None and abs(row["fid"]) < 1e-6
@@ -292,7 +294,8 @@ def test_cli_bad_input_is_one_line(tmp_path, write_csv, fake_embedder, capsys):
                  str(tmp_path / "no" / "r.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     # and as a user sees it: a subprocess, one line, no traceback
-    assert_one_line_error(run_cli("evaluate", "--real", str(real), "--synthetic", str(nofield), "--output", out),
+    assert_one_line_error(run_cli("evaluate", "--real", str(real), "--synthetic", str(nofield),
+                                  "--output", out),
                           "no text field")
 
 

@@ -35,14 +35,16 @@ def test_round_trip_is_exact(tmp_path):
     assert got.exemplars == ref.pool  # ids, context fields, labels, groups, responses
     assert torch.allclose(got.tau, torch.linspace(0.4, 1.2, 6))
     assert got.gate_config == ref.config
-    assert {k: got.config[k] for k in ref.config.to_dict()} == ref.config.to_dict()  # config.json is the GateConfig
+    assert ({k: got.config[k] for k in ref.config.to_dict()}
+            == ref.config.to_dict())  # config.json is the GateConfig
     assert got.config["num_personas"] == 6 and got.config["num_exemplars"] == 9
     q = unit_rows(np.random.default_rng(1), 3, 32)
     assert np.array_equal(got.index.search(q, 4)[1], ExemplarIndex(ref.pool_emb, kind="flat").search(q, 4)[1])
     # an export re-saved from a loaded one is the same export
     again = load_export(got.save_pretrained(tmp_path / "again"))
     assert again.exemplars == got.exemplars and torch.equal(again.gate.W_e.weight, got.gate.W_e.weight)
-    assert json.loads((tmp_path / "again" / "config.json").read_text())["checksums"] == got.config["checksums"]
+    assert (json.loads((tmp_path / "again" / "config.json").read_text())["checksums"]
+            == got.config["checksums"])
 
 
 def test_flipped_byte_is_refused(tmp_path):
@@ -56,7 +58,8 @@ def test_flipped_byte_is_refused(tmp_path):
 
 def test_other_embedder_dimension_is_refused(tmp_path):
     path = make_export(tmp_path / "gate", dim=16).path
-    with pytest.raises(MopError, match="'minilm-l6' of dimension 16, but the embedder in use has dimension 384"):
+    with pytest.raises(MopError,
+                       match="'minilm-l6' of dimension 16, but the embedder in use has dimension 384"):
         load_export(path, expected_embed_dim=384)
     export = load_export(path, expected_embed_dim=16)
     with pytest.raises(MopError, match="dimension 16.*dimension 768"):
@@ -111,11 +114,13 @@ def test_save_never_replaces_a_foreign_directory(tmp_path):
 
 def _training_run(tmp_path, write_csv):
     """A checkpoint as train.py writes it (weights_only-loadable), its artifacts folder and its config."""
-    rows = [{"text": f"review {i} about film {i % 7}", "movie": f"Film {i % 7}", "label": ["fresh", "rotten"][i % 2]}
+    rows = [{"text": f"review {i} about film {i % 7}", "movie": f"Film {i % 7}",
+             "label": ["fresh", "rotten"][i % 2]}
             for i in range(60)]
     csv = write_csv(rows)
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(f"data:\n  dataset:\n    source: {csv}\n    response_column: text\n    context_columns: [movie]\n"
+    cfg.write_text(f"data:\n  dataset:\n    source: {csv}\n    response_column: text\n"
+                   "    context_columns: [movie]\n"
                    f"    label_column: label\n    context_template: '{CONTEXT}'\n")
     from mop.data import load_dataset_config, load_population
 
@@ -132,7 +137,8 @@ def _training_run(tmp_path, write_csv):
     ExemplarIndex(unit_rows(rng, len(pool), dim), kind="flat").save(art)
     (art / "meta.json").write_text(json.dumps({"embedder": "minilm-l6", "embed_dim": dim, "num_personas": k}))
     gate = Gate(dim, k, 8, seed=5)
-    ckpt = {"epoch": 1, "global_step": 30, "state_dict": {f"gate.{n}": t for n, t in gate.state_dict().items()},
+    ckpt = {"epoch": 1, "global_step": 30,
+            "state_dict": {f"gate.{n}": t for n, t in gate.state_dict().items()},
             "hyper_parameters": {"lm": "smollm2-135m", "prompt_template": PROMPT, "use_chat_template": False,
                                  "hidden_dim": 8, "num_candidates": 4},
             "mop": {"artifacts_dir": str(art), "embedder": "minilm-l6", "embed_dim": dim, "num_personas": k,
@@ -158,7 +164,8 @@ def test_export_cli_errors_are_one_line(tmp_path, write_csv):
     ckpt, cfg, _, _ = _training_run(tmp_path, write_csv)
     assert_one_line_error(run_cli("export", str(ckpt), str(tmp_path / "g")), "does not record its dataset",
                           "--config")
-    assert_one_line_error(run_cli("export", str(tmp_path / "none.ckpt"), str(tmp_path / "g")), "does not exist")
+    assert_one_line_error(run_cli("export", str(tmp_path / "none.ckpt"), str(tmp_path / "g")),
+                          "does not exist")
     proc = run_cli("export", str(ckpt), str(tmp_path / "g"), "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
     assert "4 personas, 10 exemplars" in proc.stdout

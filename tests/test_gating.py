@@ -14,7 +14,8 @@ from mop.module import MixtureOfPersonas
 from mop.prompts import render_prompt
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: 2 torch threads contend (30x slower, busy box)
+# tiny tensors: 2 torch threads contend (30x slower, busy box)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEMPLATE = "Persona: {persona}\nExample: {exemplar_response}\nWrite about {topic}.\n"
 

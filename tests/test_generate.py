@@ -104,7 +104,8 @@ def test_persona_and_exemplar_frequencies_follow_the_gate(tmp_path):
 
 
 def test_ablations_keep_one_half_of_the_gate(tmp_path):
-    """mop-no-exemplar: k ~ pi(x), no exemplar; mop-random-persona: uniform k, j ~ Omega_k(x); both at tau_k."""
+    """mop-no-exemplar: k ~ pi(x), no exemplar; mop-random-persona: uniform k, j ~ Omega_k(x); both at
+    tau_k."""
     export = load_export(make_export(tmp_path / "gate", dim=16, k=6, n_pool=10, init_std=0.6).path)
     hx = torch.as_tensor(HashEmbedder(16).encode(["a fresh review of the movie Film 0"]))
     n = 2000
@@ -113,7 +114,8 @@ def test_ablations_keep_one_half_of_the_gate(tmp_path):
     assert all(c.exemplar is None for c in no_ex)
     counts = np.bincount([c.persona for c in no_ex], minlength=6)
     assert _chisquare(counts, pi) > 1e-3 and _chisquare(counts, np.full(6, 1 / 6)) < 1e-6
-    rnd = ComponentSampler(export, "mop-random-persona").sample(hx.expand(n, -1), [None] * n, range(n), seed=0)
+    rnd = ComponentSampler(export, "mop-random-persona").sample(hx.expand(n, -1), [None] * n, range(n),
+                                                                seed=0)
     counts = np.bincount([c.persona for c in rnd], minlength=6)
     assert _chisquare(counts, np.full(6, 1 / 6)) > 1e-3 and _chisquare(counts, pi) < 1e-6
     k = int(counts.argmax())
@@ -141,7 +143,8 @@ def test_baselines_share_the_template(tmp_path):
         comp = ComponentSampler(export, method).sample(hx, [record.id], [0], seed=0)[0]
         prompt = build_prompt(export, record, comp)
         seen[method] = prompt
-        assert prompt.endswith("Now write a fresh review of the movie Film 0.\nReview:") or method == "attrprompt"
+        assert (prompt.endswith("Now write a fresh review of the movie Film 0.\nReview:")
+                or method == "attrprompt")
         assert ("Persona: You are critic" in prompt) == (method in ("mop", "uniform", "persona")), method
         assert ("Example: you wrote this" in prompt) == (method in ("mop", "uniform", "fewshot")), method
         if method != "mop":
@@ -207,16 +210,19 @@ def test_a_row_does_not_depend_on_its_batch(tiny_lm):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_decode_loop_equals_hf_generate_where_no_stop_applies(arch):
-    """Same seed, same samples as the Hugging Face generate loop it replaced (no stop string, no end token)."""
+    """Same seed, same samples as the Hugging Face generate loop it replaced (no stop string, no end
+    token)."""
     model, tok = make_tiny_lm(arch, seed=3)
-    prompts = ["Review of Film 1:", "A much longer prompt about Film 2, which pads the first one:", "x", "Film 4"]
+    prompts = ["Review of Film 1:", "A much longer prompt about Film 2, which pads the first one:", "x",
+               "Film 4"]
     taus, seeds = [0.7, 1.0, 1.3, 0.5], [7, 8, 9, 10]
     sys.path.insert(0, str(REPO / "benchmarks"))
     from common import hf_generate_reference
 
-    ours = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=14, min_new_tokens=14, stop=())
-    assert ours == hf_generate_reference(model, tok, prompts, taus, seeds, max_new_tokens=14, min_new_tokens=14,
-                                         stop_at_newline=False)
+    ours = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=14, min_new_tokens=14,
+                                stop=())
+    assert ours == hf_generate_reference(model, tok, prompts, taus, seeds, max_new_tokens=14,
+                                         min_new_tokens=14, stop_at_newline=False)
     assert all(len(row) == 14 for row in ours)
     # with the newline stop: the same texts (the old loop kept decoding finished rows; their tails are cut)
     ours = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=30, stop=("\n",))
@@ -240,7 +246,8 @@ def test_a_stop_string_ends_its_row_and_the_rest_of_the_batch_continues_unchange
     for row, full, text, h in zip(stopped, free, texts, hit):
         assert full[:len(row)] == row  # a stopped row is a prefix of the free one...
         if h:  # ... ending with the token that completed the stop string
-            assert len(row) < len(full) and find_stop(tok.decode(row, skip_special_tokens=True), [stop]) is not None
+            assert (len(row) < len(full)
+                    and find_stop(tok.decode(row, skip_special_tokens=True), [stop]) is not None)
             assert find_stop(tok.decode(row[:-1], skip_special_tokens=True), [stop]) is None
             assert clean_text(tok.decode(row, skip_special_tokens=True), [stop]) == clean_text(text, [stop])
         else:  # rows that never write it are exactly as without the stop string
@@ -251,7 +258,8 @@ def test_default_stop_is_a_newline_unless_the_population_writes_several_lines(tm
     from types import SimpleNamespace
 
     one_line = SimpleNamespace(exemplars=[Record(id="a", response="one line", context={}, label=None)])
-    two_lines = SimpleNamespace(exemplars=[Record(id="a", response="line one\nline two", context={}, label=None)])
+    two_lines = SimpleNamespace(exemplars=[Record(id="a", response="line one\nline two", context={},
+                                                  label=None)])
     assert default_stop(one_line) == ["\n"] and default_stop(two_lines) == []
     assert clean_text("  \n first\nsecond", ["\n"]) == "first" and clean_text(" a END b", ["END"]) == "a"
 
@@ -323,8 +331,8 @@ def test_killed_generation_resumes_to_exactly_n_rows(tmp_path, tiny_lm_dir, monk
     ctx.write_text("".join(json.dumps({"id": f"m{i}", "movie": f"Film {i}", "label": "fresh"}) + "\n"
                            for i in range(5)))
     n = 30
-    args = ["--gating", str(gate), "--model", str(tiny_lm_dir), "--contexts", str(ctx), "--num-samples", str(n),
-            "--batch-size", "2", "--max-new-tokens", "12", "--stop", "--no-progress"]
+    args = ["--gating", str(gate), "--model", str(tiny_lm_dir), "--contexts", str(ctx),
+            "--num-samples", str(n), "--batch-size", "2", "--max-new-tokens", "12", "--stop", "--no-progress"]
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "MOP_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     monkeypatch.setenv("MOP_CACHE", str(tmp_path / "cache"))
@@ -357,13 +365,14 @@ def test_killed_generation_resumes_to_exactly_n_rows(tmp_path, tiny_lm_dir, monk
     assert len({r["persona_id"] for r in ref.values()}) > 1
 
 
-# --------------------------------------------------------------------------------------------------- CLI errors
+# ------------------------------------------------------------------------------------------------- CLI errors
 def test_cli_errors_are_one_line(tmp_path):
     gate = make_export(tmp_path / "gate", dim=16).path
     base = ["--gating", str(gate), "--model", "nowhere", "--num-samples", "3"]
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert_one_line_error(run_cli("generate", *base, "--contexts", str(empty), "--output", str(tmp_path / "o.jsonl")),
+    assert_one_line_error(run_cli("generate", *base, "--contexts", str(empty),
+                                  "--output", str(tmp_path / "o.jsonl")),
                           "empty.jsonl", "is empty")
     partial = tmp_path / "ctx.csv"
     partial.write_text("label,title\nfresh,Film 1\n")
@@ -372,7 +381,8 @@ def test_cli_errors_are_one_line(tmp_path):
     ok = tmp_path / "ok.csv"
     ok.write_text("label,movie\nfresh,Film 1\n")
     assert_one_line_error(run_cli("generate.py", *base, "--contexts", str(ok), "--output",
-                                  str(tmp_path / "missing" / "o.jsonl")), "output directory", "does not exist")
+                                  str(tmp_path / "missing" / "o.jsonl")),
+                          "output directory", "does not exist")
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -381,11 +391,13 @@ def test_real_assets_end_to_end(tmp_path):
     """SmolLM2 + MiniLM on Rotten Tomatoes test contexts (--data): full rows of one-paragraph reviews."""
     gate = make_export(tmp_path / "gate", dim=384, k=4, init_std=0.2).path
     out = tmp_path / "out.jsonl"
-    args = ["--gating", str(gate), "--model", "smollm2-135m", "--data", str(REPO / "configs" / "quickstart.yaml"),
+    args = ["--gating", str(gate), "--model", "smollm2-135m",
+            "--data", str(REPO / "configs" / "quickstart.yaml"),
             "--split", "test", "--num-samples", "4", "--shuffle", "--max-new-tokens", "40", "--no-progress"]
     assert main(["generate", *args, "--output", str(out)]) == 0
     rows = _rows(out)
     assert len(rows) == 4 and len({r["record_id"] for r in rows}) == 4
     assert all(r["text"] and "\n" not in r["text"] for r in rows)
     assert all(r["context"]["movie"] and r["label"] in ("fresh", "rotten") and r["persona_id"] for r in rows)
-    assert main(["generate", *args, "--output", str(out)]) == 0 and _rows(out) == rows  # resumed: nothing to add
+    # resumed: nothing to add
+    assert main(["generate", *args, "--output", str(out)]) == 0 and _rows(out) == rows

@@ -20,7 +20,8 @@ def random_pool(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def low_rank_vectors(n: int, dim: int, rank: int, noise: float, rng: np.random.Generator, basis: np.ndarray):
-    """Normalised random vectors near a random rank-``rank`` subspace: neighbourhoods like sentence embeddings."""
+    """Normalised random vectors near a random rank-``rank`` subspace: neighbourhoods like sentence
+    embeddings."""
     z = rng.standard_normal((n, rank), dtype=np.float32)
     return unit_rows(z @ basis + noise * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim))
 
@@ -110,7 +111,8 @@ def test_fewer_valid_rows_than_k_are_padded():
     ref = brute_force(pool, pool[:1], 4, [[0, 1]])[1][0, :2]
     np.testing.assert_array_equal(positions[0], [*ref, -1, -1, -1, -1])
     assert np.isneginf(scores[0, 2:]).all() and np.isfinite(scores[0, :2]).all()
-    assert sorted(positions[1, :4]) == [0, 1, 2, 3] and positions[1, 0] == 1 and (positions[1, 4:] == -1).all()
+    assert (sorted(positions[1, :4]) == [0, 1, 2, 3] and positions[1, 0] == 1
+            and (positions[1, 4:] == -1).all())
 
 
 def test_ivf_excludes_and_is_deterministic():
@@ -147,7 +149,8 @@ def test_ivf_default_nprobe_recall_at_10():
 def test_save_load_round_trip(tmp_path, kind):
     pool = random_pool(3000, 24, seed=6)
     queries = np.random.default_rng(7).standard_normal((30, 24)).astype(np.float32)
-    index = ExemplarIndex(pool, kind=kind, device="cpu", **({"nlist": 30, "nprobe": 5} if kind == "ivf" else {}))
+    index = ExemplarIndex(pool, kind=kind, device="cpu",
+                          **({"nlist": 30, "nprobe": 5} if kind == "ivf" else {}))
     index.save(tmp_path / "pool")
     assert sorted(p.name for p in (tmp_path / "pool").iterdir()) == sorted([EMBEDDINGS_FILE, INDEX_FILE])
     loaded = ExemplarIndex.load(tmp_path / "pool", device="cpu")
@@ -211,4 +214,5 @@ def test_gpu_search_matches_cpu(tmp_path):
     np.testing.assert_array_equal(ivf.search(queries, 10, exclude)[1], cpu.search(queries, 10, exclude)[1])
     ivf.save(tmp_path)
     reloaded = ExemplarIndex.load(tmp_path, device="cpu")
-    np.testing.assert_array_equal(reloaded.search(queries, 10, exclude)[1], cpu.search(queries, 10, exclude)[1])
+    np.testing.assert_array_equal(reloaded.search(queries, 10, exclude)[1],
+                                  cpu.search(queries, 10, exclude)[1])

@@ -228,8 +228,8 @@ def test_writer_retries_only_failing_clusters_then_falls_back():
 
 def gibberish_lm(chat: bool):
     """A random 1-layer Llama over a junk word-level vocabulary: whatever it writes is gibberish."""
-    return make_tiny_lm(tokenizer="words", chat=chat, hidden=16, layers=1, heads=2, kv_heads=1, max_positions=1024,
-                        pad_token_id=1, eos_token_id=2, bos_token_id=2)
+    return make_tiny_lm(tokenizer="words", chat=chat, hidden=16, layers=1, heads=2, kv_heads=1,
+                        max_positions=1024, pad_token_id=1, eos_token_id=2, bos_token_id=2)
 
 
 @pytest.mark.usefixtures("one_thread")  # a tiny model generates fastest on one torch thread

@@ -1,4 +1,5 @@
-"""The LM score cache of MixtureOfPersonas (frozen temperatures): exact reuse, hits in later epochs, off when tau learns."""
+"""The LM score cache of MixtureOfPersonas (frozen temperatures): exact reuse, hits in later epochs, off when
+tau learns."""
 
 from __future__ import annotations
 
@@ -57,9 +58,9 @@ def test_training_epochs_hit_the_cache_and_log_the_rate(tmp_path):
 
     dm = synthetic_datamodule(n_train=16, n_val=4, k=3, n_pool=16, batch_size=8)
     module = _module(dm, learn_tau=False, lr=1e-4, explore=False)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     import csv
 

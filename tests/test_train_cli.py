@@ -12,7 +12,8 @@ from helpers import REPO, assert_one_line_error, run_cli
 def _overrides(tmp_path, *extra):
     return ["train.py", "fit", "-c", str(REPO / "configs/quickstart.yaml"),
             "--data.personas.synthesizer", "keywords", "--data.dataset.max_records", "{train: 24, val: 8}",
-            "--data.artifacts_dir", str(tmp_path / "artifacts"), "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--data.artifacts_dir", str(tmp_path / "artifacts"),
+            "--trainer.default_root_dir", str(tmp_path / "runs"),
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--model.export_dir",
             str(tmp_path / "gate"), "--data.personas.num_personas", "4", "--trainer.max_epochs", "1", *extra]
 
@@ -38,6 +39,7 @@ def test_quickstart_slice_trains_and_exports(tmp_path):
 @pytest.mark.slow  # a fresh train.py process imports Lightning (about 12 s on 2 cores); the bad-input matrix
 # (tests/test_bad_inputs.py) checks train.py's config errors in the default tier
 def test_bad_config_value_is_one_line(tmp_path):
-    proc = run_cli("train.py", "fit", "-c", str(REPO / "configs/quickstart.yaml"), "--model.num_candidates", "0",
-                   "--data.artifacts_dir", str(tmp_path / "a"), cwd=tmp_path, timeout=300)
+    proc = run_cli("train.py", "fit", "-c", str(REPO / "configs/quickstart.yaml"),
+                   "--model.num_candidates", "0", "--data.artifacts_dir", str(tmp_path / "a"), cwd=tmp_path,
+                   timeout=300)
     assert_one_line_error(proc, "num_candidates")
