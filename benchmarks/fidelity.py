@@ -35,7 +35,8 @@ DEFAULT_RUNS = ([f"smollm2-135m:{m}" for m in ("mop", *BASELINES)]
                 + [f"smollm2-135m:{m}" for m in ("mop-no-exemplar", "mop-random-persona")])
 LABELS = {"mop": "MoP", "uniform": "MoP, untrained (uniform gate)", "persona": "persona only",
           "fewshot": "few-shot (random exemplar)", "zerogen": "ZeroGen", "attrprompt": "AttrPrompt",
-          "mop-no-exemplar": "ablation: MoP without exemplars", "mop-random-persona": "ablation: MoP, random persona"}
+          "mop-no-exemplar": "ablation: MoP without exemplars",
+          "mop-random-persona": "ablation: MoP, random persona"}
 
 
 def parse_args(argv=None):
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--config", default="configs/quickstart.yaml", help="training config (data, personas, LM)")
     p.add_argument("--workdir", default="runs/fidelity", help="gate, samples, logs (resumable)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the gate")
-    p.add_argument("--num-samples", type=int, default=500, help="texts per method (the same contexts for all)")
+    p.add_argument("--num-samples", type=int, default=500,
+                   help="texts per method (the same contexts for all)")
     p.add_argument("--model-samples", nargs="*", default=["gemma3-270m=200"], metavar="MODEL=N",
                    help="a smaller number of texts for a slow LM (its sets are evaluated as their own group, "
                         "on the first N of the same shuffled contexts)")
@@ -58,8 +60,8 @@ def parse_args(argv=None):
                    help="sampling temperature of the baselines (the gate's initial tau); the gated methods "
                         "sample at their persona's learned tau_k")
     p.add_argument("--gate", default=None,
-                   help="an existing export to use instead of training one (baselines only read its personas, "
-                        "exemplars and templates)")
+                   help="an existing export to use instead of training one (baselines only read its "
+                        "personas, exemplars and templates)")
     p.add_argument("--steps", default="train,generate,evaluate", help="comma-separated subset of the steps")
     p.add_argument("--output", default="benchmarks/results/fidelity", help="writes OUTPUT.json and OUTPUT.md")
     p.add_argument("--plot", default="benchmarks/results/fidelity.png",
@@ -114,7 +116,8 @@ def count_rows(path: Path) -> int:
 def samples_for(args, model: str, method: str = "") -> int:
     if method.startswith("mop-"):
         return args.ablation_samples
-    return dict((m, int(n)) for m, n in (x.split("=") for x in args.model_samples)).get(model, args.num_samples)
+    return (dict((m, int(n)) for m, n in (x.split("=") for x in args.model_samples))
+            .get(model, args.num_samples))
 
 
 def generate(args, workdir: Path, gate: Path, run: str) -> None:
@@ -127,8 +130,8 @@ def generate(args, workdir: Path, gate: Path, run: str) -> None:
         return
     cmd = [sys.executable, "generate.py", "--gating", str(gate), "--model", model, "--data", args.config,
            "--split", "test", "--shuffle", "--num-samples", str(n), "--seed", str(args.seed),
-           "--method", method, "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
-           "--output", str(out)]
+           "--method", method, "--batch-size", str(args.batch_size),
+           "--max-new-tokens", str(args.max_new_tokens), "--output", str(out)]
     if method not in GATED:
         cmd += ["--temperature", str(args.baseline_temperature)]
     print("[fidelity]", " ".join(cmd), flush=True)
@@ -139,7 +142,8 @@ def generate(args, workdir: Path, gate: Path, run: str) -> None:
 
 
 def real_sets(args, gate: Path, n: int):
-    """The real test reviews of the sampled contexts (the plan generate.py follows) and real training reviews."""
+    """The real test reviews of the sampled contexts (the plan generate.py follows) and real training
+    reviews."""
     import numpy as np
 
     from mop.data import load_dataset_config, load_population
@@ -147,7 +151,8 @@ def real_sets(args, gate: Path, n: int):
     from mop.generate import dataset_contexts, sample_plan
 
     records = dataset_contexts(args.config, "test", read_export_config(gate))
-    plan = sample_plan(records, n, args.seed)  # the contexts generate.py --shuffle visits (a prefix for any n)
+    # the contexts generate.py --shuffle visits (a prefix for any n)
+    plan = sample_plan(records, n, args.seed)
     real = [records[i] for i, _ in plan]
     spec = dataclasses.replace(load_dataset_config(args.config), max_records=None)
     train_recs = load_population(spec)["train"]
@@ -182,8 +187,10 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
                 result["missing"].append(f"{run} ({len(rows)}/{n} rows)")
                 continue
             synthetic[run] = ([r["text"] for r in rows], [r["label"] for r in rows])
-            usage[run] = {"personas_used": len({r["persona_id"] for r in rows if r["persona_id"] is not None}),
-                          "exemplars_used": len({r["exemplar_id"] for r in rows if r["exemplar_id"] is not None}),
+            usage[run] = {"personas_used": len({r["persona_id"] for r in rows
+                                                if r["persona_id"] is not None}),
+                          "exemplars_used": len({r["exemplar_id"] for r in rows
+                                                 if r["exemplar_id"] is not None}),
                           "empty": sum(not r["text"] for r in rows),
                           "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1)}
         if not synthetic:
@@ -196,7 +203,8 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
         t0 = time.perf_counter()
         group = evaluate_sets(real_texts, real_labels, synthetic, "minilm-l6", reference_train=reference,
                               seed=args.seed, plot=plot)
-        group.update({"model": model, "n_requested": n, "eval_seconds": round(time.perf_counter() - t0, 1), "plot": str(plot),
+        group.update({"model": model, "n_requested": n, "eval_seconds": round(time.perf_counter() - t0, 1),
+                      "plot": str(plot),
                       "real_words": round(sum(len(t.split()) for t in real_texts) / len(real_texts), 1)})
         for row in group["rows"]:
             row.update(usage[row["name"]])
@@ -207,7 +215,8 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
 
 
 def table(result: dict, timings: dict) -> str:
-    lines = ["| LM | method | n | FID ↓ | MAUVE ↑ | KL-cos ↓ | F1 ↑ | personas / exemplars used | words | gen s |",
+    lines = ["| LM | method | n | FID ↓ | MAUVE ↑ | KL-cos ↓ | F1 ↑ | personas / exemplars used | words "
+             "| gen s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for group in result["groups"]:
         for row in group["rows"]:
@@ -219,8 +228,8 @@ def table(result: dict, timings: dict) -> str:
                          f"{timings.get('generate ' + row['name'], float('nan')):.0f} |")
         ref = group.get("reference")
         if ref:
-            lines.append(f"| – | real training reviews (reference) | {ref['n']} | – | – | – | {ref['f1']:.3f} | "
-                         f"– | – | – |")
+            lines.append(f"| – | real training reviews (reference) | {ref['n']} | – | – | – | "
+                         f"{ref['f1']:.3f} | – | – | – |")
         lines.append(f"| – | real test reviews (the target) | {group['n']} | 0 | 1 | 0 | – | – | "
                      f"{group['real_words']} | – |")
     if result.get("missing"):
@@ -249,7 +258,8 @@ def main(argv=None) -> int:
     result.update({
         "config": args.config, "epochs": args.epochs, "num_samples": args.num_samples,
         "model_samples": args.model_samples, "seed": args.seed,
-        "max_new_tokens": args.max_new_tokens, "timings_s": timings, "gate_metrics": gate_cfg.get("metrics", {}),
+        "max_new_tokens": args.max_new_tokens, "timings_s": timings,
+        "gate_metrics": gate_cfg.get("metrics", {}),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     })

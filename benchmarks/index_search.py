@@ -2,11 +2,12 @@
 
     python benchmarks/index_search.py --sizes 100000 1000000 --queries 256 --k 10
 
-Pools are random normalised float32 vectors of two kinds: "lowrank" (intrinsic dimension 16 plus noise, so that
-neighbourhoods exist as in sentence embeddings) and "isotropic" (no structure: the worst case for any IVF index).
-Queries come from the same distribution. Flat and IVF are timed alternately in one run on the same machine
-(these machines are shared and noisy): read the speed-up column, not absolute times. "flat, faiss default" is the
-same flat index searched without ExemplarIndex's BLAS switch (mop/index.py: _blas_for_batches).
+Pools are random normalised float32 vectors of two kinds: "lowrank" (intrinsic dimension 16 plus noise, so
+that neighbourhoods exist as in sentence embeddings) and "isotropic" (no structure: the worst case for any IVF
+index). Queries come from the same distribution. Flat and IVF are timed alternately in one run on the same
+machine (these machines are shared and noisy): read the speed-up column, not absolute times. "flat, faiss
+default" is the same flat index searched without ExemplarIndex's BLAS switch
+(mop/index.py: _blas_for_batches).
 Writes benchmarks/results/index_search.json.
 """
 
@@ -138,8 +139,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['data']} | {r['pool']:,} | {r['nlist']} | {r['nprobe']} | {r['flat_build_s']:.2f} / "
-            f"{r['ivf_build_s']:.1f} | {r['flat_ms']:.0f} | {r['flat_faiss_default_ms']:.0f} | {r['ivf_ms']:.0f} "
-            f"| {r['ivf_speedup']:.1f}x | {r['ivf_recall']:.3f} |"
+            f"{r['ivf_build_s']:.1f} | {r['flat_ms']:.0f} | {r['flat_faiss_default_ms']:.0f} | "
+            f"{r['ivf_ms']:.0f} | {r['ivf_speedup']:.1f}x | {r['ivf_recall']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -152,7 +153,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: default_nprobe)")
     parser.add_argument("--dim", type=int, default=384, help="embedding dimension")
     parser.add_argument(
-        "--data", nargs="+", default=["lowrank", "isotropic"], choices=["lowrank", "isotropic"], help="pool kinds"
+        "--data", nargs="+", default=["lowrank", "isotropic"], choices=["lowrank", "isotropic"],
+        help="pool kinds"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed searches per setting (median)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
@@ -173,7 +175,8 @@ def main() -> None:
     print(table(rows))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"hardware": hw, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    payload = {"hardware": hw,
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "results": rows}
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")

@@ -1,17 +1,17 @@
 """Gate + retrieval cost per training batch with a large exemplar pool (IVF index, top-k normalised Omega).
 
     python benchmarks/scale.py                                 # 1M x 384-d pool, K = 100, batch 8 and 64
-    python benchmarks/scale.py --pool 100000 --batch-sizes 8 --nlist 0   # nlist 0: the project's default nlist
+    python benchmarks/scale.py --pool 100000 --batch-sizes 8 --nlist 0  # nlist 0: the project's default nlist
 
 Times mop.gating.select_candidates as training calls it (M = 4 pairs from the top-4 personas, one exploration
-pair, each record masked out of its own pool) with the pool above exact_omega_max_pool (20,000, or the pool size
-minus one for a smaller pool), so Omega is
-normalised over the omega_topk = 256 exemplars the IVF index retrieves per persona. The pool is random
-"lowrank" unit vectors as in benchmarks/index_search.py. The IVF index uses nlist 1024 / nprobe 128 by default (the
-same 12.5% of the pool scanned per query as the project's default nlist 4000 / nprobe 500, ~10x faster to build on
-a CPU). An optional row (``--exact-batch``) shows the exact dense normalisation over the whole pool for contrast.
-Memory: the process's peak RSS, and the pool / index / per-batch temporary sizes. The LM, for comparison, reads
-B x (M + 1) prompts per step. Writes benchmarks/results/scale.json.
+pair, each record masked out of its own pool) with the pool above exact_omega_max_pool (20,000, or the pool
+size minus one for a smaller pool), so Omega is normalised over the omega_topk = 256 exemplars the IVF index
+retrieves per persona. The pool is random "lowrank" unit vectors as in benchmarks/index_search.py. The IVF
+index uses nlist 1024 / nprobe 128 by default (the same 12.5% of the pool scanned per query as the project's
+default nlist 4000 / nprobe 500, ~10x faster to build on a CPU). An optional row (``--exact-batch``) shows the
+exact dense normalisation over the whole pool for contrast. Memory: the process's peak RSS, and the pool /
+index / per-batch temporary sizes. The LM, for comparison, reads B x (M + 1) prompts per step. Writes
+benchmarks/results/scale.json.
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--omega-topk", type=int, default=256)
     parser.add_argument("--nlist", type=int, default=1024, help="IVF lists (0: mop.index.default_nlist)")
     parser.add_argument("--nprobe", type=int, default=128, help="IVF lists probed (0: mop.index default)")
-    parser.add_argument("--exact-batch", type=int, default=8, help="batch size of the exact dense row (0: none)")
+    parser.add_argument("--exact-batch", type=int, default=8,
+                        help="batch size of the exact dense row (0: none)")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per setting (median)")
-    parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads (the machine is shared)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / faiss threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args(argv)
@@ -69,13 +71,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pool = make_vectors("lowrank", args.pool, args.dim, rng, basis)
     gen_s = time.perf_counter() - start
     start = time.perf_counter()
-    index = ExemplarIndex(pool, kind="ivf", nlist=args.nlist or None, nprobe=args.nprobe or None, seed=args.seed)
+    index = ExemplarIndex(pool, kind="ivf", nlist=args.nlist or None, nprobe=args.nprobe or None,
+                          seed=args.seed)
     build_s = time.perf_counter() - start
     pool_t = torch.as_tensor(index.embeddings)  # (N, D), shares the index's frozen matrix
     gate = Gate(args.dim, args.personas, args.hidden_dim, seed=args.seed)
     personas = torch.as_tensor(make_vectors("lowrank", args.personas, args.dim, rng, basis))
-    contexts = torch.as_tensor(make_vectors("lowrank", max(args.batch_sizes + [args.exact_batch]), args.dim, rng,
-                                            basis))
+    contexts = torch.as_tensor(make_vectors("lowrank", max(args.batch_sizes + [args.exact_batch]), args.dim,
+                                            rng, basis))
     rss_after_build = peak_rss_mb()
 
     searches = {"s": 0.0}
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     index.search = counted
     rows = []
-    settings = [(b, False) for b in args.batch_sizes] + ([(args.exact_batch, True)] if args.exact_batch else [])
+    settings = ([(b, False) for b in args.batch_sizes]
+                + ([(args.exact_batch, True)] if args.exact_batch else []))
     for batch, exact in settings:
         hx = contexts[:batch]
         exclude = [[int(j)] for j in rng.integers(0, args.pool, size=batch)]  # the record itself, in the pool
@@ -120,15 +124,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     pool_mb = pool.nbytes / 2**20
     print(f"\nGate + retrieval per training batch: pool {args.pool:,} x {args.dim}-d, K = {args.personas}, "
-          f"d = {args.hidden_dim}, M = {args.num_candidates} + 1 exploration pair, IVF nlist {index.nlist} / nprobe "
-          f"{index.nprobe} (built in {build_s:.0f} s), median of {args.repeats} batches incl. the gate's backward")
+          f"d = {args.hidden_dim}, M = {args.num_candidates} + 1 exploration pair, IVF nlist {index.nlist} "
+          f"/ nprobe {index.nprobe} (built in {build_s:.0f} s), median of {args.repeats} batches incl. the "
+          f"gate's backward")
     print(hardware_line(hw) + f"; {SHARED_NOTE}")
-    print(f"Memory: pool embeddings {pool_mb:.0f} MB + IVF index (its own copy) ~{pool_mb:.0f} MB; peak RSS after "
-          f"the build {rss_after_build:.0f} MB\n")
+    print(f"Memory: pool embeddings {pool_mb:.0f} MB + IVF index (its own copy) ~{pool_mb:.0f} MB; peak RSS "
+          f"after the build {rss_after_build:.0f} MB\n")
     print(markdown_table(["batch", "Omega normalised over", "ms / batch", "ms / record", "index search share",
                           "per-batch temporaries MB", "peak RSS MB"],
-                         [[r["batch"], r["omega"], f"{r['ms_per_batch']:.0f}", f"{r['ms_per_batch'] / r['batch']:.1f}",
-                           f"{100 * r['index_search_share']:.0f}%", f"{r['per_batch_temporary_mb']:.0f}",
+                         [[r["batch"], r["omega"], f"{r['ms_per_batch']:.0f}",
+                           f"{r['ms_per_batch'] / r['batch']:.1f}", f"{100 * r['index_search_share']:.0f}%",
+                           f"{r['per_batch_temporary_mb']:.0f}",
                            f"{r['peak_rss_mb']:.0f}"] for r in rows]))
     write_json(args.out, {"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()},
                           "pool_generation_s": gen_s, "ivf_build_s": build_s, "nlist": index.nlist,

@@ -1,13 +1,14 @@
 """Score cache: hit rate and epoch time over 3 epochs of a small real run with frozen temperatures.
 
-    python benchmarks/score_cache.py                   # quickstart, 24 training records, K = 8 keyword personas
+    python benchmarks/score_cache.py                 # quickstart, 24 training records, K = 8 keyword personas
     python benchmarks/score_cache.py --records 160 --epochs 5
 
 configs/quickstart.yaml (SmolLM2, batch 8, M = 4 + one exploration pair) with ``--model.learn_tau false`` (so
-``score_cache`` takes effect), ``--records`` training records per split and keyword personas (no persona LLM, so
-the artifacts build in seconds). Epoch 1 scores every pair; later epochs score only the pairs not seen before (a
-new exploration pair, or a top-M pair the updated gate now prefers). Validation is off (it would be cached too).
-The uncached cost of an epoch is the epoch-1 time (every lookup a miss). Writes benchmarks/results/score_cache.json.
+``score_cache`` takes effect), ``--records`` training records per split and keyword personas (no persona LLM,
+so the artifacts build in seconds). Epoch 1 scores every pair; later epochs score only the pairs not seen
+before (a new exploration pair, or a top-M pair the updated gate now prefers). Validation is off (it would be
+cached too). The uncached cost of an epoch is the epoch-1 time (every lookup a miss). Writes
+benchmarks/results/score_cache.json.
 """
 
 from __future__ import annotations
@@ -89,24 +90,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"done: epoch {rows[-1]['epoch']}: {rows[-1]['seconds']:.0f} s, hit rate "
                   f"{rows[-1]['hit_rate']:.2f}", flush=True)
 
-    trainer = pl.Trainer(max_epochs=args.epochs, limit_val_batches=0, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, callbacks=[EpochLog()])
+    trainer = pl.Trainer(max_epochs=args.epochs, limit_val_batches=0, accelerator="cpu", devices=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[EpochLog()])
     trainer.fit(module, datamodule=dm)
     first = rows[0]["seconds"]
     for r in rows:
         r["speedup_vs_uncached"] = first / r["seconds"]
     n = len(dm.artifacts.population["train"])
     print(f"\nScore cache, {args.config} with learn_tau false: {n} training records, K = {args.num_personas} "
-          f"keyword personas, batch {dm.batch_size}, M = {module.hparams.num_candidates} + 1 exploration pair, "
-          f"lm {model_args['lm']}")
+          f"keyword personas, batch {dm.batch_size}, M = {module.hparams.num_candidates} + 1 exploration "
+          f"pair, lm {model_args['lm']}")
     print(hardware_line(hw) + f"; {SHARED_NOTE}\n")
     print(markdown_table(["epoch", "cache hit rate", "pairs scored by the LM", "LM s", "epoch s",
                           "speed-up vs epoch 1 (uncached)"],
                          [[r["epoch"], f"{100 * r['hit_rate']:.0f}%", f"{r['pairs_scored']} / {r['lookups']}",
-                           f"{r['lm_seconds']:.0f}", f"{r['seconds']:.0f}", f"{r['speedup_vs_uncached']:.2f}x"]
+                           f"{r['lm_seconds']:.0f}", f"{r['seconds']:.0f}",
+                           f"{r['speedup_vs_uncached']:.2f}x"]
                           for r in rows]))
-    write_json(args.out, {"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()}, "results": rows})
+    write_json(args.out, {"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()},
+                          "results": rows})
     print(f"\nwrote {args.out}")
     return rows
 

@@ -1,14 +1,14 @@
 """Training-step profile: the share of a MixtureOfPersonas step spent in the frozen LM vs everything else.
 
-    python benchmarks/train_profile.py                  # quickstart (SmolLM2, its artifacts), 3 steps, 1 thread
+    python benchmarks/train_profile.py                # quickstart (SmolLM2, its artifacts), 3 steps, 1 thread
     python benchmarks/train_profile.py --steps 10 --threads 2
 
-Runs the real Lightning fit loop (configs/quickstart.yaml: batch 8, M = 4 + 1 exploration pair, learnable tau, so
-no score cache) for ``--steps`` steps and times its stages with wrappers around the functions the module calls:
-data loading (between steps), gate + retrieval (select_candidates), prompt rendering, prompt tokenisation
-(targets are tokenised once, in setup: not per step), the LM decoder body, the output head + tempered
-log-likelihood, the mixture loss, backward + optimiser, and the rest (Lightning, logging). The first step is a
-warm-up and is left out. Writes benchmarks/results/train_profile.json.
+Runs the real Lightning fit loop (configs/quickstart.yaml: batch 8, M = 4 + 1 exploration pair, learnable tau,
+so no score cache) for ``--steps`` steps and times its stages with wrappers around the functions the module
+calls: data loading (between steps), gate + retrieval (select_candidates), prompt rendering, prompt
+tokenisation (targets are tokenised once, in setup: not per step), the LM decoder body, the output head +
+tempered log-likelihood, the mixture loss, backward + optimiser, and the rest (Lightning, logging). The first
+step is a warm-up and is left out. Writes benchmarks/results/train_profile.json.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (plus one warm-up step)")
     parser.add_argument("--lm", default=None, help="override model.lm (a bundled name or local folder)")
-    parser.add_argument("--synthesizer", default=None, help="override data.personas.synthesizer (e.g. keywords)")
+    parser.add_argument("--synthesizer", default=None,
+                        help="override data.personas.synthesizer (e.g. keywords)")
     parser.add_argument("--num-personas", type=int, default=None, help="override data.personas.num_personas")
     parser.add_argument("--max-records", type=int, default=None, help="cap every split (new artifacts)")
     parser.add_argument("--artifacts-dir", default=None, help="override data.artifacts_dir")
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     hw = hardware("cpu")
 
     times = StageTimes()
-    saved = {name: getattr(module_lib, name) for name in ("select_candidates", "render_prompt", "mixture_nll")}
+    saved = {name: getattr(module_lib, name)
+             for name in ("select_candidates", "render_prompt", "mixture_nll")}
     module_lib.select_candidates = times.wrap("gate + retrieval", saved["select_candidates"])
     module_lib.render_prompt = times.wrap("prompt rendering", saved["render_prompt"])
     module_lib.mixture_nll = times.wrap("mixture loss", saved["mixture_nll"])
