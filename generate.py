@@ -1,4 +1,5 @@
-"""Generate a synthetic population: ``python generate.py ARGS`` (the same command as ``mop generate ARGS``)."""
+"""Generate a synthetic population: ``python generate.py ARGS`` (the same command as
+``mop generate ARGS``)."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Train a MoP gate: ``python train.py fit -c configs/quickstart.yaml`` (the same command as ``mop train``)."""
+"""Train a MoP gate: ``python train.py fit -c configs/quickstart.yaml`` (the same command as
+``mop train``)."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""The artifacts directory: everything built once before training and read by every rank and by ``mop export``.
+"""The artifacts directory: everything built once before training and read by every rank and by
+``mop export``.
 
     meta.json                      format, embedder, sizes (written last: marks a complete directory)
     personas.jsonl                 the personas (mop.personas.Persona)
@@ -98,8 +99,8 @@ class Artifacts(PersonaList):
         pool_ids = json.loads((d / cls.POOL_IDS).read_text())
         lost = [i for i in pool_ids if i not in by_id]
         if lost:
-            raise MopError(f"{len(lost)} exemplar id(s) of '{d}' (e.g. '{lost[0]}') are not in the training split "
-                           "of the dataset: the config differs from the one the gate was trained with")
+            raise MopError(f"{len(lost)} exemplar id(s) of '{d}' (e.g. '{lost[0]}') are not in the training "
+                           "split of the dataset: the config differs from the one the gate was trained with")
         index = ExemplarIndex.load(d, device=device)
         return cls(directory=d, population=population, personas=read_personas(d / cls.PERSONAS),
                    persona_emb=np.load(d / cls.PERSONA_EMB, allow_pickle=False),

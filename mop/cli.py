@@ -146,7 +146,8 @@ def call_command(func: Callable, values: dict) -> object:
             if p.name in values:
                 kwargs[p.name] = values.pop(p.name)
         else:
-            kwargs[p.name] = dc(**{f.name: values.pop(f.name) for f in dataclasses.fields(dc) if f.name in values})
+            kwargs[p.name] = dc(**{f.name: values.pop(f.name) for f in dataclasses.fields(dc)
+                                   if f.name in values})
     return func(**kwargs)
 
 
@@ -205,8 +206,8 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
 
 
 def _key_error(lines: list[str], key_form: Callable[[str], str]) -> str:
-    """'Parser key "K": ...' and its indented details as ``KEY: reason``. A Union's report lists every subtype's
-    failure: the real one is kept, the rest dropped."""
+    """'Parser key "K": ...' and its indented details as ``KEY: reason``. A Union's report lists every
+    subtype's failure: the real one is kept, the rest dropped."""
     key, reasons, given = "", [], None
     for ln in lines:
         if ln.startswith(_KEY):  # 'Parser key "data.personas":' then, nested, 'Parser key "num_personas":'
@@ -219,13 +220,15 @@ def _key_error(lines: list[str], key_form: Callable[[str], str]) -> str:
             continue
         if ln.startswith("Not of type "):  # 'Not of type PositiveInt: must be positive, got 0'
             ln = ln.partition(": ")[2]
-        reasons.append(ln.replace("Expected a typing.Literal", "expected one of ").replace(". Got value: ", ", got "))
+        reasons.append(ln.replace("Expected a typing.Literal", "expected one of ")
+                       .replace(". Got value: ", ", got "))
     if given is not None and not any("got" in r.lower() for r in reasons):
         reasons.append(f"got {given!r}")
     return f"{key_form(key)}: {'; '.join(reasons)}"
 
 
-def error_line(message: str, options: list[Option], argv: Sequence[str], key_form: Callable[[str], str]) -> str:
+def error_line(message: str, options: list[Option], argv: Sequence[str],
+               key_form: Callable[[str], str]) -> str:
     """A jsonargparse error (often several indented lines) as one line, with a "did you mean" for a typo."""
     lines = [ln.strip().removeprefix("- ") for ln in str(message).splitlines() if ln.strip()]
     if not lines:
@@ -307,14 +310,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     offline_defaults()
     if not argv or argv[0] in ("-h", "--help"):
-        print("Mixture of Personas: population simulation with a frozen LM and a learned persona/exemplar gate.\n")
+        print("Mixture of Personas: population simulation with a frozen LM and a learned persona/exemplar "
+              "gate.\n")
         print(_listing("mop", COMMANDS))
         return 0 if argv else 2
 
     def dispatch() -> int:
         if argv[0] not in COMMANDS:
             hint = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
-            raise UsageError("mop", f"unknown command '{argv[0]}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            raise UsageError("mop", f"unknown command '{argv[0]}'"
+                             + (f" (did you mean '{hint[0]}'?)" if hint else ""))
         return run_command(argv[0], argv[1:], prog=prog)
 
     return run(dispatch)

@@ -74,12 +74,14 @@ class DatasetSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise MopError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+            raise MopError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of "
+                           f"{', '.join(sorted(known))}")
         return cls(**raw)
 
 
-# --------------------------------------------------------------------------------------------- bundled corpora
-_SMALL_WORDS = {"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by", "from", "vs"}
+# ------------------------------------------------------------------------------------------- bundled corpora
+_SMALL_WORDS = {"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by", "from",
+                "vs"}
 _ARTICLES = ("the", "a", "an")
 
 
@@ -130,7 +132,8 @@ def _guardian_frame(path: Path):
 
 # ------------------------------------------------------------------------------------------------ user files
 # A physical line longer than this is not population text (a binary file, or a file without newlines): it is
-# refused before any parser reads it, so a 100 MB line costs a fast scan of its first MAX_LINE_BYTES, not memory.
+# refused before any parser reads it, so a 100 MB line costs a fast scan of its first MAX_LINE_BYTES, not
+# memory.
 MAX_LINE_BYTES = 8 << 20
 # The first bytes of files users mistake for tables: a clear name beats "invalid start byte".
 _MAGIC = (
@@ -182,7 +185,8 @@ def read_table(path: str | Path):
                 what = _sniff(p)
                 if what != "Parquet file":
                     raise MopError(f"data file '{path}' is not a Parquet file (it looks like "
-                                   f"{'a ' + what if what else 'text'}): give it the extension of what it holds")
+                                   f"{'a ' + what if what else 'text'}): give it the extension of what it "
+                                   "holds")
             df = pd.read_parquet(p).astype(str)
     except MopError:
         raise
@@ -256,8 +260,8 @@ def _check_text_file(path: Path, compression: str | None, kind: str, block: int 
 
 
 def _too_long(path: Path, line_no: int):
-    raise MopError(f"data file '{path}': line {line_no} is longer than {MAX_LINE_BYTES >> 20} MB (not one record of "
-                   "text: a binary file, or one without line breaks?)")
+    raise MopError(f"data file '{path}': line {line_no} is longer than {MAX_LINE_BYTES >> 20} MB (not one "
+                   "record of text: a binary file, or one without line breaks?)")
 
 
 def iter_jsonl_objects(path: Path, where: str):
@@ -387,12 +391,14 @@ def build_records(df, spec: DatasetSpec, where: str, counts: dict[str, int] | No
     Rows with an empty (or NaN) response are dropped, as are responses outside ``min_words`` / ``max_words``;
     ``counts``, when given, receives how many of each (``empty``, ``words``).
     """
-    columns = [spec.response_column, *spec.context_columns, spec.label_column, spec.group_column, spec.id_column]
+    columns = [spec.response_column, *spec.context_columns, spec.label_column, spec.group_column,
+               spec.id_column]
     missing = [c for c in columns if c and c not in df.columns]
     if missing:
         import difflib
 
-        hints = {c: difflib.get_close_matches(str(c), list(map(str, df.columns)), n=1, cutoff=0.6) for c in missing}
+        hints = {c: difflib.get_close_matches(str(c), list(map(str, df.columns)), n=1, cutoff=0.6)
+                 for c in missing}
         hint = "; ".join(f"did you mean {m[0]!r} for {c!r}?" for c, m in hints.items() if m)
         raise MopError(f"{where}: column(s) {', '.join(repr(c) for c in missing)} not found; "
                        f"available: {', '.join(map(str, df.columns))}" + (f" ({hint})" if hint else ""))
@@ -429,9 +435,9 @@ def build_records(df, spec: DatasetSpec, where: str, counts: dict[str, int] | No
             group=clean(row[spec.group_column]) or None if spec.group_column else None,
         ))
     if not records:
-        raise MopError(f"{where}: no records left of {len(df)} row(s) after dropping {dropped['empty']} empty "
-                       f"response(s) (column '{spec.response_column}') and {dropped['words']} outside the word "
-                       f"filters (min_words={spec.min_words}, max_words={spec.max_words})")
+        raise MopError(f"{where}: no records left of {len(df)} row(s) after dropping {dropped['empty']} "
+                       f"empty response(s) (column '{spec.response_column}') and {dropped['words']} outside "
+                       f"the word filters (min_words={spec.min_words}, max_words={spec.max_words})")
     if counts is not None:
         counts.update(dropped)
     return records
@@ -529,7 +535,8 @@ def show_command(config: str, split: Literal["train", "val", "test"] = "train",
     labels = sorted({lab for s in summary.values() for lab in s["labels"]})
     total = sum(s["records"] for s in summary.values())
     print(f"dataset: {pop.spec.source}  ({total} records, split {pop.spec.split} by "
-          f"{'group ' + repr(pop.spec.group_column) if pop.spec.group_column else 'record'}, seed {pop.spec.seed})")
+          f"{'group ' + repr(pop.spec.group_column) if pop.spec.group_column else 'record'}, "
+          f"seed {pop.spec.seed})")
     print("| split | records | groups | " + " | ".join(labels) + (" |" if labels else ""))
     print("| --- | --- | --- |" + " --- |" * len(labels))
     for name, s in summary.items():

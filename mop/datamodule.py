@@ -1,9 +1,9 @@
 """Lightning DataModule: population -> embeddings -> personas -> exemplar index, built once, loaded per rank.
 
 ``prepare_data`` (rank 0 only) loads the population, embeds contexts / responses / exemplars, synthesises the
-personas and builds the FAISS index into ``artifacts_dir/<key>``, where the key hashes every input that affects
-them; an unchanged configuration reuses the folder. ``setup`` (every rank) loads it. Batches are record indices;
-Lightning's distributed sampler shares them across ranks.
+personas and builds the FAISS index into ``artifacts_dir/<key>``, where the key hashes every input that
+affects them; an unchanged configuration reuses the folder. ``setup`` (every rank) loads it. Batches are
+record indices; Lightning's distributed sampler shares them across ranks.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def exemplar_text(population: Population, record: Record) -> str:
 
 def exclusions(records: list[Record], pool: list[Record], same_response: bool = True,
                same_group: bool = False) -> list[list[int]]:
-    """Target masking: pool positions a record may not use as exemplar (itself; optionally same text/group)."""
+    """Target masking: pool positions a record may not use as exemplar (itself; optionally same
+    text/group)."""
     by_id: dict[str, list[int]] = {}
     by_text: dict[str, list[int]] = {}
     by_group: dict[str, list[int]] = {}
@@ -113,8 +114,9 @@ class PopulationDataModule(pl.LightningDataModule):
     def check_sizes(self, num_candidates: int | None = None) -> None:
         """Fail fast, before any embedding or LM loading, on sizes the data cannot meet.
 
-        Loads the population (which validates the dataset spec and file), then checks: K personas need at least
-        K training records; M candidate pairs per record need at most K x pool (persona, exemplar) pairs.
+        Loads the population (which validates the dataset spec and file), then checks: K personas need at
+        least K training records; M candidate pairs per record need at most K x pool (persona, exemplar)
+        pairs.
         """
         from mop.personas import SYNTHESIZERS
 
@@ -139,8 +141,8 @@ class PopulationDataModule(pl.LightningDataModule):
                                f"'{self.dataset.source}': lower it or use more data")
         pool = n_train if self.num_exemplars is None else min(self.num_exemplars, n_train)
         if num_candidates is not None and num_candidates > k * pool:
-            raise MopError(f"model.num_candidates (M = {num_candidates}) exceeds the {k * pool} (persona, exemplar) "
-                           f"pairs there are ({k} personas x {pool} exemplars)")
+            raise MopError(f"model.num_candidates (M = {num_candidates}) exceeds the {k * pool} "
+                           f"(persona, exemplar) pairs there are ({k} personas x {pool} exemplars)")
 
     # ------------------------------------------------------------------------------------------- artifacts
     def artifact_key(self) -> str:
@@ -155,8 +157,8 @@ class PopulationDataModule(pl.LightningDataModule):
         if source.exists():  # a user file: its content, not its name, keys the artifacts
             spec["source_sha1"] = hashlib.sha1(source.read_bytes()).hexdigest()
         payload = dict(format=ARTIFACT_FORMAT, dataset=spec, personas=dataclasses.asdict(self.personas),
-                       persona_file=persona_file_hash, embedder=self.embedder, num_exemplars=self.num_exemplars,
-                       seed=self.seed)
+                       persona_file=persona_file_hash, embedder=self.embedder,
+                       num_exemplars=self.num_exemplars, seed=self.seed)
         return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -199,8 +201,10 @@ class PopulationDataModule(pl.LightningDataModule):
                 synthesizer=self.personas.synthesizer, lm=self.personas.lm, seed=self.personas.seed,
                 labels=[r.label for r in train], text_kind=self.personas.text_kind,
                 role=self.personas.role)
-        context_emb = {split: _encode_unique(embedder, [population.render_context(r) for r in population[split]],
-                                             f"embedding {split} contexts") for split in ("train", "val", "test")}
+        context_emb = {split: _encode_unique(embedder,
+                                             [population.render_context(r) for r in population[split]],
+                                             f"embedding {split} contexts")
+                       for split in ("train", "val", "test")}
         pool_emb = embedder.encode([exemplar_text(population, r) for r in pool], desc="embedding exemplars")
         Artifacts(directory=out, population=population, personas=personas,
                   persona_emb=embedder.encode([p.text for p in personas], desc="embedding personas"),
@@ -222,19 +226,22 @@ class PopulationDataModule(pl.LightningDataModule):
             self.prepare_data()
         self.artifacts = Artifacts.load(path, self.population())
         pool = self.artifacts.pool
-        self.exclude = {s: exclusions(self.population()[s], pool, self.mask_same_response, self.mask_same_group)
+        self.exclude = {s: exclusions(self.population()[s], pool, self.mask_same_response,
+                                      self.mask_same_group)
                         for s in ("train", "val", "test")}
 
     # ------------------------------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        # The order is a function of (seed, epoch) only -- Lightning calls set_epoch() -- never of torch's global
-        # RNG, so a run resumed from a checkpoint visits the records in the order an uninterrupted run does.
+        # The order is a function of (seed, epoch) only -- Lightning calls set_epoch() -- never of torch's
+        # global RNG, so a run resumed from a checkpoint visits the records in the order an uninterrupted run
+        # does.
         n = len(self.artifacts.population[split])
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             sampler = ExactDistributedSampler(_Indices(n), shuffle=shuffle, seed=self.seed)
         else:
-            sampler = ExactDistributedSampler(_Indices(n), num_replicas=1, rank=0, shuffle=shuffle, seed=self.seed)
+            sampler = ExactDistributedSampler(_Indices(n), num_replicas=1, rank=0, shuffle=shuffle,
+                                              seed=self.seed)
         return DataLoader(_Indices(n), batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=_collate)
 
@@ -261,14 +268,15 @@ def _encode_unique(embedder, texts: list[str], desc: str) -> np.ndarray:
 class ExactDistributedSampler(DistributedSampler):
     """Shards records across ranks without duplicates: every record is seen exactly once per epoch.
 
-    torch's DistributedSampler pads the shortest ranks with repeated records; here the padding is the index -1,
-    which the module skips, so ranks still run the same number of steps (DDP needs that).
+    torch's DistributedSampler pads the shortest ranks with repeated records; here the padding is the
+    index -1, which the module skips, so ranks still run the same number of steps (DDP needs that).
     """
 
     def __iter__(self):
         n = len(self.dataset)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            order = torch.randperm(n,
+                                   generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         else:
             order = list(range(n))
         mine = order[self.rank::self.num_replicas]

@@ -3,16 +3,16 @@
 Metrics, all on the same embedder's vectors of both sets:
 
 - ``fid``: Frechet distance of Gaussians fitted to the L2-normalised embeddings (lower is better);
-- ``mauve_score``: the reference ``mauve-text`` implementation on the embeddings, mean and std over k-means seeds
-  (higher is better);
-- ``kl_cosine``: KL(P_real || P_gen) between the histograms of within-set pairwise cosine similarities (lower is
-  better: the generated population is as diverse as the real one);
+- ``mauve_score``: the reference ``mauve-text`` implementation on the embeddings, mean and std over k-means
+  seeds (higher is better);
+- ``kl_cosine``: KL(P_real || P_gen) between the histograms of within-set pairwise cosine similarities (lower
+  is better: the generated population is as diverse as the real one);
 - ``downstream_f1``: a logistic regression trained on one set's embeddings and labels, macro-F1 on the real
   held-out texts (higher is better).
 
-Sets are compared at equal size: :func:`evaluate_sets` subsamples the real set and every generated set to the same
-n (the smallest of their sizes, or ``sample_size``), seeded, since FID, MAUVE and the cosine histograms all depend
-on the sample size. ``mop evaluate`` is the command line.
+Sets are compared at equal size: :func:`evaluate_sets` subsamples the real set and every generated set to the
+same n (the smallest of their sizes, or ``sample_size``), seeded, since FID, MAUVE and the cosine histograms
+all depend on the sample size. ``mop evaluate`` is the command line.
 """
 
 from __future__ import annotations
@@ -59,17 +59,17 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 def _check_pair(real, gen) -> tuple[np.ndarray, np.ndarray]:
     real, gen = _as_2d(real, "real"), _as_2d(gen, "generated")
     if real.shape[1] != gen.shape[1]:
-        raise MopError(f"real and generated embeddings differ in dimension ({real.shape[1]} vs {gen.shape[1]}): "
-                       "embed both with the same embedder")
+        raise MopError(f"real and generated embeddings differ in dimension ({real.shape[1]} vs "
+                       f"{gen.shape[1]}): embed both with the same embedder")
     return real, gen
 
 
 def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) of two Gaussians, in float64.
 
-    ``scipy.linalg.sqrtm`` of the product; where it is not finite (near-singular covariances), a tiny multiple of
-    the identity is added to both, as in pytorch-fid. The imaginary part (round-off) is dropped and the result,
-    non-negative in exact arithmetic, is clipped at 0.
+    ``scipy.linalg.sqrtm`` of the product; where it is not finite (near-singular covariances), a tiny multiple
+    of the identity is added to both, as in pytorch-fid. The imaginary part (round-off) is dropped and the
+    result, non-negative in exact arithmetic, is clipped at 0.
     """
     from scipy import linalg
 
@@ -160,7 +160,8 @@ def cosine_histogram(emb, max_n: int = KL_MAX_N, seed: int = 0, bins: int = KL_B
 
 
 def kl_cosine(real, gen, max_n: int = KL_MAX_N, seed: int = 0, bins: int = KL_BINS) -> float:
-    """KL(P_real || P_gen) of the within-set pairwise-cosine histograms. Lower is better (0: same diversity)."""
+    """KL(P_real || P_gen) of the within-set pairwise-cosine histograms. Lower is better (0: same
+    diversity)."""
     real, gen = _check_pair(real, gen)
     p = cosine_histogram(real, max_n, seed, bins)
     q = cosine_histogram(gen, max_n, seed, bins)
@@ -185,7 +186,8 @@ def downstream_f1(train_emb, train_labels: Sequence, test_emb, test_labels: Sequ
     clf = LogisticRegression(max_iter=5000, random_state=seed)
     clf.fit(train_emb, train_labels)
     pred = clf.predict(test_emb)
-    return float(f1_score(test_labels, pred, average="macro", labels=sorted(set(test_labels)), zero_division=0))
+    return float(f1_score(test_labels, pred, average="macro", labels=sorted(set(test_labels)),
+                          zero_division=0))
 
 
 # --------------------------------------------------------------------------------------------------- sets
@@ -232,13 +234,15 @@ def evaluate_sets(real_texts: Sequence[str], real_labels: Sequence | None,
 
     ``embedder``: a :class:`mop.embed.Embedder` (or a bundled name / path, or any object with
     ``encode(texts) -> (N, D)``). n is the smallest of the real and synthetic sets' sizes, or ``sample_size``
-    (which must not exceed it); the real set is subsampled once (seed) and every synthetic set on its own seeded
-    stream. FID, MAUVE and KL-cosine compare the two n-subsets. Downstream F1 trains on a synthetic n-subset (its
-    rows' labels) and tests on all the labelled real texts; ``reference_train`` (real training texts, labels)
-    gives the reference row, trained on n of them. ``plot``: a PNG path for :func:`plot_projection`.
+    (which must not exceed it); the real set is subsampled once (seed) and every synthetic set on its own
+    seeded stream. FID, MAUVE and KL-cosine compare the two n-subsets. Downstream F1 trains on a synthetic
+    n-subset (its rows' labels) and tests on all the labelled real texts; ``reference_train`` (real training
+    texts, labels) gives the reference row, trained on n of them. ``plot``: a PNG path for
+    :func:`plot_projection`.
 
     Returns ``{"n", "seed", "embedder", "mauve_seeds", "real", "rows", "reference", "notes"}``; each row holds
-    name, n, n_total, fid, mauve, mauve_std, mauve_scores, kl_cosine, f1 (None where not computable) and notes.
+    name, n, n_total, fid, mauve, mauve_std, mauve_scores, kl_cosine, f1 (None where not computable) and
+    notes.
     """
     if isinstance(embedder, (str, Path)):
         from mop.embed import Embedder
@@ -343,10 +347,11 @@ def class_ellipse(points2d: np.ndarray, n_std: float = 2.0) -> tuple[np.ndarray,
     return center, 2 * n_std * float(np.sqrt(vals[1])), 2 * n_std * float(np.sqrt(vals[0])), angle
 
 
-def plot_projection(real_emb, real_labels: Sequence | None, sets: dict[str, tuple[np.ndarray, Sequence | None]],
-                    path: str | Path, scores: dict[str, float] | None = None) -> Path:
-    """A PNG with one panel per set: PCA (fitted on the real embeddings) to 2-D, the real points in light grey,
-    the set's points coloured by label, and each real class's 2-std ellipse; titled with the set's FID
+def plot_projection(real_emb, real_labels: Sequence | None,
+                    sets: dict[str, tuple[np.ndarray, Sequence | None]], path: str | Path,
+                    scores: dict[str, float] | None = None) -> Path:
+    """A PNG with one panel per set: PCA (fitted on the real embeddings) to 2-D, the real points in light
+    grey, the set's points coloured by label, and each real class's 2-std ellipse; titled with the set's FID
     (``scores[name]``, else computed). Written atomically."""
     import matplotlib
 
@@ -379,7 +384,8 @@ def plot_projection(real_emb, real_labels: Sequence | None, sets: dict[str, tupl
         gen2 = pca.transform(emb)
         ax.scatter(real2[:, 0], real2[:, 1], s=6, c="0.8", alpha=0.6, linewidths=0, label="real")
         if labels is None:
-            ax.scatter(gen2[:, 0], gen2[:, 1], s=8, color="tab:blue", alpha=0.7, linewidths=0, label="generated")
+            ax.scatter(gen2[:, 0], gen2[:, 1], s=8, color="tab:blue", alpha=0.7, linewidths=0,
+                       label="generated")
         else:
             labels = [str(v) for v in labels]
             for c in classes:
@@ -391,8 +397,8 @@ def plot_projection(real_emb, real_labels: Sequence | None, sets: dict[str, tupl
             for c in sorted(set(real_labels)):
                 mask = np.array([lab == c for lab in real_labels])
                 center, w, h, angle = class_ellipse(real2[mask])
-                ax.add_patch(Ellipse(center, w, h, angle=angle, fill=False, edgecolor=colour[c], linewidth=1.5,
-                                     linestyle="--"))
+                ax.add_patch(Ellipse(center, w, h, angle=angle, fill=False, edgecolor=colour[c],
+                                     linewidth=1.5, linestyle="--"))
         value = (scores or {}).get(name)
         if value is None:
             value = fid(real_emb, emb)
@@ -454,7 +460,8 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
 
 def format_table(result: dict[str, Any]) -> str:
     """The markdown table printed by ``mop evaluate``: one row per set, then the reference row."""
-    lines = ["| set | n | FID ↓ | MAUVE ↑ (mean ± std) | KL-cos ↓ | F1 ↑ |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| set | n | FID ↓ | MAUVE ↑ (mean ± std) | KL-cos ↓ | F1 ↑ |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         f1 = f"{r['f1']:.3f}" if r["f1"] is not None else "–"
         lines.append(f"| {r['name']} | {r['n']} | {r['fid']:.4f} | {r['mauve']:.3f} ± {r['mauve_std']:.3f} | "
@@ -608,6 +615,6 @@ def evaluate_command(
             print(f"note: {row['name']}: {note}")
     for note in result["notes"]:
         print(f"note: {note}")
-    print(f"\n{len(result['rows'])} set(s) at n = {result['n']} with {embedder_name} in {result['seconds']:.0f} s "
-          f"-> {output}" + (f", {plot}" if plot else ""))
+    print(f"\n{len(result['rows'])} set(s) at n = {result['n']} with {embedder_name} in "
+          f"{result['seconds']:.0f} s -> {output}" + (f", {plot}" if plot else ""))
     return 0

@@ -172,12 +172,13 @@ def _recover_interrupted(out: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, index, config: GateConfig) -> Path:
+def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, index,
+                    config: GateConfig) -> Path:
     """Write an export into ``out_dir`` atomically: a half-written export never replaces a good one.
 
     ``personas``: the :class:`mop.personas.Persona` of each gate persona, in order; ``pool``: the exemplar
-    records; ``index``: the :class:`mop.index.ExemplarIndex` over them. An existing ``out_dir`` is replaced only
-    when it is empty or itself a gate export (never another folder).
+    records; ``index``: the :class:`mop.index.ExemplarIndex` over them. An existing ``out_dir`` is replaced
+    only when it is empty or itself a gate export (never another folder).
     """
     import torch
     from safetensors.torch import save_file
@@ -188,7 +189,8 @@ def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, i
     if k != gate.num_personas:
         raise MopError(f"export: {k} personas but the gate has {gate.num_personas}")
     if index.ntotal != n:
-        raise MopError(f"export: the exemplar index holds {index.ntotal} vectors but the pool has {n} exemplars")
+        raise MopError(f"export: the exemplar index holds {index.ntotal} vectors but the pool has {n} "
+                       "exemplars")
     out = Path(out_dir)
     _recover_interrupted(out)
     check_replaceable(out)
@@ -229,14 +231,15 @@ def export_from_module(module, trainer, out_dir: str | Path | None = None) -> Pa
 
 # ---------------------------------------------------------------------------------------------------- loading
 def _member(directory: Path, name: Any) -> Path:
-    """The file ``name`` listed in config.json, refused unless it is a plain file name inside ``directory``."""
+    """The file ``name`` listed in config.json, refused unless it is a plain file name inside
+    ``directory``."""
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
             or Path(name).name != name:
-        raise MopError(f"gate export '{directory}': config.json lists {name!r}, which is not a file inside the "
-                       "export directory")
+        raise MopError(f"gate export '{directory}': config.json lists {name!r}, which is not a file inside "
+                       "the export directory")
     if not name.endswith(EXPORT_SUFFIXES):
-        raise MopError(f"gate export '{directory}': config.json lists {name!r}, not a kind of file an export holds "
-                       f"({', '.join(EXPORT_SUFFIXES)})")
+        raise MopError(f"gate export '{directory}': config.json lists {name!r}, not a kind of file an export "
+                       f"holds ({', '.join(EXPORT_SUFFIXES)})")
     path = directory / name
     if path.resolve().parent != directory.resolve():  # e.g. a symbolic link that leads out of the export
         raise MopError(f"gate export '{directory}': {name} points outside the export directory")
@@ -249,8 +252,8 @@ def read_export_config(directory: str | Path) -> dict[str, Any]:
     if not d.exists():
         raise MopError(f"gate export '{directory}' does not exist")
     if not d.is_dir():
-        raise MopError(f"gate export '{directory}' is not a directory (expected the folder written by train.py "
-                       "or `mop export`)")
+        raise MopError(f"gate export '{directory}' is not a directory (expected the folder written by "
+                       "train.py or `mop export`)")
     path = d / CONFIG_FILE
     if not path.is_file():
         raise MopError(f"gate export '{directory}' is missing {CONFIG_FILE}: not a MoP gate export")
@@ -262,7 +265,8 @@ def read_export_config(directory: str | Path) -> dict[str, Any]:
         raise MopError(f"gate export '{directory}': {CONFIG_FILE} must hold a JSON object")
     version = config.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise MopError(f"gate export '{directory}': {CONFIG_FILE} has no valid format_version (found {version!r})")
+        raise MopError(f"gate export '{directory}': {CONFIG_FILE} has no valid format_version "
+                       f"(found {version!r})")
     if version > FORMAT_VERSION:
         raise MopError(f"gate export '{directory}' has format_version {version}, newer than this MoP reads "
                        f"({FORMAT_VERSION}): upgrade mop")
@@ -270,13 +274,15 @@ def read_export_config(directory: str | Path) -> dict[str, Any]:
     if missing:
         raise MopError(f"gate export '{directory}': {CONFIG_FILE} lacks {', '.join(missing)}")
     if not isinstance(config["checksums"], dict):
-        raise MopError(f"gate export '{directory}': checksums in {CONFIG_FILE} must be an object {{file: sha256}}")
+        raise MopError(f"gate export '{directory}': checksums in {CONFIG_FILE} must be an object "
+                       "{file: sha256}")
     return config
 
 
 def check_export_files(directory: str | Path, config: dict[str, Any]) -> dict[str, Path]:
-    """Every required file is listed and present, and every listed file is a plain export file inside the export
-    directory (no path that escapes it, no unexpected kind of file). Cheap: nothing is hashed or read."""
+    """Every required file is listed and present, and every listed file is a plain export file inside the
+    export directory (no path that escapes it, no unexpected kind of file). Cheap: nothing is hashed or
+    read."""
     d = Path(directory).expanduser()
     checksums = config["checksums"]
     paths = {name: _member(d, name) for name in checksums}
@@ -312,8 +318,8 @@ def check_embed_dim(config: dict[str, Any], dim: int, where: str = "gate export"
     """Refuse an embedder whose dimension differs from the export's (it would feed the gate garbage)."""
     if int(dim) != int(config["embed_dim"]):
         raise MopError(f"{where} was trained with embedder '{config['embedder']}' of dimension "
-                       f"{config['embed_dim']}, but the embedder in use has dimension {dim}: use the export's "
-                       "embedder (or one of the same family and dimension)")
+                       f"{config['embed_dim']}, but the embedder in use has dimension {dim}: use the "
+                       "export's embedder (or one of the same family and dimension)")
 
 
 @dataclass
@@ -346,12 +352,14 @@ class GateExport(PersonaList):
 
     @property
     def pool_emb(self):
-        """(N, D) float32 torch tensor of the frozen exemplar embeddings h(e_j) (shares the index's memory)."""
+        """(N, D) float32 torch tensor of the frozen exemplar embeddings h(e_j) (shares the index's
+        memory)."""
         import warnings
 
         import torch
 
-        with warnings.catch_warnings():  # the index's array is read-only by design; the tensor is never written
+        # the index's array is read-only by design; the tensor is never written
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(self.index.embeddings)
 
@@ -370,7 +378,8 @@ class GateExport(PersonaList):
     @classmethod
     def from_pretrained(cls, directory: str | Path, expected_embed_dim: int | None = None,
                         device: str = "cpu") -> GateExport:
-        """Load and verify an export; ``expected_embed_dim``: the dimension of the embedder that will be used."""
+        """Load and verify an export; ``expected_embed_dim``: the dimension of the embedder that will be
+        used."""
         import torch
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -397,8 +406,8 @@ class GateExport(PersonaList):
         hidden, dim = w_x.shape
         k = log_tau.shape[0]
         if dim != int(config["embed_dim"]):
-            raise MopError(f"{where}: {GATE_FILE} holds W_x of shape {tuple(w_x.shape)} but {CONFIG_FILE} says "
-                           f"embed_dim {config['embed_dim']}")
+            raise MopError(f"{where}: {GATE_FILE} holds W_x of shape {tuple(w_x.shape)} but {CONFIG_FILE} "
+                           f"says embed_dim {config['embed_dim']}")
         expected = {"W_g.weight": (hidden, dim), "W_e.weight": (hidden, dim), "log_tau": (k,),
                     "persona_emb": (k, dim)}
         for name, shape in expected.items():
@@ -416,7 +425,8 @@ class GateExport(PersonaList):
         for n, row in enumerate(_read_jsonl_objects(d / EXEMPLARS_FILE, where), 1):
             context = row.get("context")
             if "id" not in row or not isinstance(row.get("response"), str) or not isinstance(context, dict):
-                raise MopError(f"{where}: {EXEMPLARS_FILE} record {n} needs id, context (object) and response")
+                raise MopError(f"{where}: {EXEMPLARS_FILE} record {n} needs id, context (object) and "
+                               "response")
             label, group = row.get("label"), row.get("group")
             records.append(Record(id=str(row["id"]), response=row["response"],
                                   context={str(c): "" if v is None else str(v) for c, v in context.items()},
@@ -424,13 +434,14 @@ class GateExport(PersonaList):
                                   group=None if group is None else str(group)))
         index = ExemplarIndex.load(d, device=device)
         if index.ntotal != len(records) or index.dim != dim:
-            raise MopError(f"{where}: the exemplar index holds {index.ntotal} vectors of dimension {index.dim}, "
-                           f"expected {len(records)} of dimension {dim}")
+            raise MopError(f"{where}: the exemplar index holds {index.ntotal} vectors of dimension "
+                           f"{index.dim}, expected {len(records)} of dimension {dim}")
         for key, value in (("num_personas", k), ("num_exemplars", len(records))):
             if key in config and int(config[key]) != value:
                 raise MopError(f"{where}: {CONFIG_FILE} says {key} {config[key]} but the files hold {value}")
         return cls(directory=d, config=config, gate=gate, personas=personas,
-                   persona_emb=torch.as_tensor(persona_emb, dtype=torch.float32), exemplars=records, index=index)
+                   persona_emb=torch.as_tensor(persona_emb, dtype=torch.float32), exemplars=records,
+                   index=index)
 
 
 def load_export(directory: str | Path, expected_embed_dim: int | None = None) -> GateExport:
@@ -448,7 +459,8 @@ def _load_checkpoint(path: Path, trust: bool) -> dict:
 
     if not path.is_file():
         raise MopError(f"checkpoint '{path}' does not exist")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint of ours
+    # torch.save writes a zip archive; anything else is not a checkpoint of ours
+    if not zipfile.is_zipfile(path):
         raise MopError(f"cannot read checkpoint '{path}': not a PyTorch checkpoint (torch.save writes a zip "
                        "archive)")
     try:
@@ -456,8 +468,8 @@ def _load_checkpoint(path: Path, trust: bool) -> dict:
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f" ({found.group(1)})" if found else ""
-        raise MopError(f"checkpoint '{path}' holds objects that safe (weights_only) loading refuses{what}; if you "
-                       "trust the file, rerun with --trust-checkpoint") from err
+        raise MopError(f"checkpoint '{path}' holds objects that safe (weights_only) loading refuses{what}; "
+                       "if you trust the file, rerun with --trust-checkpoint") from err
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise MopError(f"cannot read checkpoint '{path}': {str(err).strip().splitlines()[0]}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -473,20 +485,22 @@ def _checkpoint_dataset(ckpt: dict, config_path: str | None, path: Path):
 
     if config_path:
         return load_dataset_config(config_path)
-    for raw in ((ckpt.get("mop") or {}).get("dataset"), (ckpt.get("datamodule_hyper_parameters") or {}).get("dataset")):
+    for raw in ((ckpt.get("mop") or {}).get("dataset"),
+                (ckpt.get("datamodule_hyper_parameters") or {}).get("dataset")):
         if isinstance(raw, DatasetSpec):
             return raw
         if dataclasses.is_dataclass(raw):
             return DatasetSpec.from_dict(dataclasses.asdict(raw))
         if isinstance(raw, dict):
             return DatasetSpec.from_dict(raw, where=f"checkpoint '{path}': dataset")
-    raise MopError(f"checkpoint '{path}' does not record its dataset; pass --config with the training config so "
-                   "the exemplar pool can be re-loaded")
+    raise MopError(f"checkpoint '{path}' does not record its dataset; pass --config with the training config "
+                   "so the exemplar pool can be re-loaded")
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir: str | Path | None = None,
                       config_path: str | None = None, trust_checkpoint: bool = False) -> Path:
-    """Export a Lightning checkpoint written by ``train.py`` (gate weights + the artifacts it was trained on)."""
+    """Export a Lightning checkpoint written by ``train.py`` (gate weights + the artifacts it was trained
+    on)."""
     import torch
 
     from mop.artifacts import Artifacts
@@ -498,7 +512,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir:
     ckpt = _load_checkpoint(path, trust_checkpoint)
     meta = ckpt.get("mop")
     if not isinstance(meta, dict) or "embed_dim" not in meta:
-        raise MopError(f"checkpoint '{path}' has no MoP metadata (checkpoint['mop']): was it written by train.py?")
+        raise MopError(f"checkpoint '{path}' has no MoP metadata (checkpoint['mop']): was it written by "
+                       "train.py?")
     hp = dict(ckpt.get("hyper_parameters") or {})
     state = {k[len("gate."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("gate.")}
     missing = [k for k in ("W_x.weight", "W_g.weight", "W_e.weight", "log_tau") if k not in state]
@@ -507,30 +522,32 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir:
     hidden, dim = state["W_x.weight"].shape
     k = state["log_tau"].shape[0]
     if dim != int(meta["embed_dim"]) or k != int(meta.get("num_personas", k)):
-        raise MopError(f"checkpoint '{path}': gate of {k} personas x dimension {dim} disagrees with its metadata "
-                       f"({meta.get('num_personas')} personas, embed_dim {meta['embed_dim']})")
+        raise MopError(f"checkpoint '{path}': gate of {k} personas x dimension {dim} disagrees with its "
+                       f"metadata ({meta.get('num_personas')} personas, embed_dim {meta['embed_dim']})")
 
     art_dir = Path(artifacts_dir or meta.get("artifacts_dir") or "").expanduser()
     if not art_dir.is_dir():
-        raise MopError(f"artifacts directory '{art_dir}' of checkpoint '{path}' does not exist; pass --artifacts DIR")
+        raise MopError(f"artifacts directory '{art_dir}' of checkpoint '{path}' does not exist; pass "
+                       "--artifacts DIR")
     art_meta = Artifacts.read_meta(art_dir)
-    if int(art_meta.get("embed_dim", dim)) != dim or art_meta.get("embedder", meta.get("embedder")) != meta.get(
-            "embedder"):
+    if (int(art_meta.get("embed_dim", dim)) != dim
+            or art_meta.get("embedder", meta.get("embedder")) != meta.get("embedder")):
         raise MopError(f"artifacts '{art_dir}' were built with embedder '{art_meta.get('embedder')}' "
                        f"(dimension {art_meta.get('embed_dim')}) but the checkpoint's gate uses "
                        f"'{meta.get('embedder')}' (dimension {dim})")
     art = Artifacts.load(art_dir, load_population(_checkpoint_dataset(ckpt, config_path, path)), splits=())
-    if len(art.personas) != k or ("persona_texts" in meta and list(meta["persona_texts"]) != art.persona_texts):
-        raise MopError(f"artifacts '{art_dir}' hold other personas than the checkpoint's gate ({len(art.personas)} "
-                       f"vs {k}); pass the --artifacts directory it was trained with")
+    if len(art.personas) != k or ("persona_texts" in meta
+                                  and list(meta["persona_texts"]) != art.persona_texts):
+        raise MopError(f"artifacts '{art_dir}' hold other personas than the checkpoint's gate "
+                       f"({len(art.personas)} vs {k}); pass the --artifacts directory it was trained with")
     gate = Gate(dim, k, hidden)
     gate.load_state_dict({n: torch.as_tensor(v).float() for n, v in state.items()}, strict=True)
     hp.setdefault("lm", meta.get("lm"))
     config = GateConfig.from_training(
         hp, art.population, meta.get("embedder"), dim,
         checkpoint={"file": path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")})
-    return save_pretrained(out_dir, gate=gate, personas=art.personas, persona_emb=art.persona_emb, pool=art.pool,
-                           index=art.index, config=config)
+    return save_pretrained(out_dir, gate=gate, personas=art.personas, persona_emb=art.persona_emb,
+                           pool=art.pool, index=art.index, config=config)
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -539,8 +556,8 @@ def export_command(checkpoint: str, out_dir: str, artifacts: str | None = None, 
     """Export a training checkpoint as a plug-and-play, LM-free gate directory.
 
     Writes the gate weights, personas, exemplar pool and index of a Lightning checkpoint written by
-    ``mop train`` into a directory like the one ``mop train`` exports at the end of fit. The checkpoint is read
-    with torch.load(weights_only=True), which runs no pickled code.
+    ``mop train`` into a directory like the one ``mop train`` exports at the end of fit. The checkpoint is
+    read with torch.load(weights_only=True), which runs no pickled code.
 
     Args:
         checkpoint: the .ckpt file (e.g. <run>/checkpoints/last.ckpt).

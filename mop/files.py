@@ -10,9 +10,10 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path, fsync: bool = False) -> Iterator[Path]:
-    """A temporary path next to ``final`` (``.<name>.<pid>.tmp``, same file system) to write to; once the block
-    finishes without error it replaces ``final`` in one rename, otherwise it is removed and ``final`` is left
-    as it was. ``fsync``: flush the file to disk before the rename (for results that must survive a crash).
+    """A temporary path next to ``final`` (``.<name>.<pid>.tmp``, same file system) to write to; once the
+    block finishes without error it replaces ``final`` in one rename, otherwise it is removed and ``final`` is
+    left as it was. ``fsync``: flush the file to disk before the rename (for results that must survive a
+    crash).
 
         with atomic_path("report.json") as tmp:
             tmp.write_text(...)

@@ -40,7 +40,8 @@ def faiss_has_gpu() -> bool:
 
 
 def default_nlist(n: int) -> int:
-    """IVF lists for a pool of ``n`` rows: 4 sqrt(n), at most n / 39 so that k-means has enough points per list."""
+    """IVF lists for a pool of ``n`` rows: 4 sqrt(n), at most n / 39 so that k-means has enough points per
+    list."""
     return max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_LIST, 65_536))
 
 
@@ -114,10 +115,10 @@ class ExemplarIndex:
     """Maximum-inner-product index over the (N, D) frozen exemplar embeddings; returns pool positions 0..N-1.
 
     ``embeddings`` is kept (read-only, not copied when already float32 and contiguous) for the gate's dense,
-    exact normalisation of Omega. ``kind``: "flat" (exact), "ivf" (approximate, for millions of rows) or "auto"
-    (flat below ``ivf_threshold`` rows). ``nlist``/``nprobe`` default to :func:`default_nlist` and
-    :func:`default_nprobe`. ``device``: "auto" (GPU when faiss has GPU support and sees a GPU), "cpu",
-    "cuda" or "cuda:<n>". ``seed`` fixes the IVF k-means sample and initialisation.
+    exact normalisation of Omega. ``kind``: "flat" (exact), "ivf" (approximate, for millions of rows) or
+    "auto" (flat below ``ivf_threshold`` rows). ``nlist``/``nprobe`` default to :func:`default_nlist` and
+    :func:`default_nprobe`. ``device``: "auto" (GPU when faiss has GPU support and sees a GPU), "cpu", "cuda"
+    or "cuda:<n>". ``seed`` fixes the IVF k-means sample and initialisation.
     """
 
     def __init__(
@@ -133,7 +134,8 @@ class ExemplarIndex:
         emb = _as_float32_matrix(embeddings, "exemplar embeddings")
         n, dim = emb.shape
         if n == 0 or dim == 0:
-            raise MopError(f"exemplar embeddings must have at least one row and column, found shape {emb.shape}")
+            raise MopError(f"exemplar embeddings must have at least one row and column, found shape "
+                           f"{emb.shape}")
         if kind not in ("auto", "flat", "ivf"):
             raise MopError(f"index kind must be 'auto', 'flat' or 'ivf', found {kind!r}")
         if kind == "flat" and (nlist is not None or nprobe is not None):
@@ -156,7 +158,8 @@ class ExemplarIndex:
     # ----------------------------------------------------------------------------------------------- building
     @staticmethod
     def _trained_ivf(emb: np.ndarray, nlist: int, seed: int, gpu_id: int | None) -> faiss.IndexIVFFlat:
-        """An empty IndexIVFFlat whose coarse centroids come from seeded spherical k-means on a pool sample."""
+        """An empty IndexIVFFlat whose coarse centroids come from seeded spherical k-means on a pool
+        sample."""
         n, dim = emb.shape
         rng = np.random.default_rng(seed)
         n_train = min(n, TRAIN_POINTS_PER_LIST * nlist)
@@ -184,7 +187,8 @@ class ExemplarIndex:
         assert index.is_trained
         return index
 
-    def _setup(self, emb: np.ndarray, kind: str, cpu_index: faiss.Index, gpu_id: int | None, add: bool) -> None:
+    def _setup(self, emb: np.ndarray, kind: str, cpu_index: faiss.Index, gpu_id: int | None,
+               add: bool) -> None:
         emb = emb.view()
         emb.flags.writeable = False  # frozen: the index would silently disagree with a modified matrix
         self.embeddings = emb  # (N, D) float32
@@ -219,7 +223,8 @@ class ExemplarIndex:
         value = int(value)
         limit = min(self.nlist, GPU_MAX_K) if self._gpu_resources is not None else self.nlist
         if not 1 <= value <= limit:
-            raise MopError(f"nprobe must be between 1 and {limit} for this index (nlist={self.nlist}), found {value}")
+            raise MopError(f"nprobe must be between 1 and {limit} for this index (nlist={self.nlist}), "
+                           f"found {value}")
         index = self._index if self._gpu_resources is not None else faiss.extract_index_ivf(self._index)
         index.nprobe = value
 
@@ -228,26 +233,29 @@ class ExemplarIndex:
 
     def __repr__(self) -> str:
         ivf = f", nlist={self.nlist}, nprobe={self.nprobe}" if self.kind == "ivf" else ""
-        return f"ExemplarIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim}{ivf}, device={self.device!r})"
+        return (f"ExemplarIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim}{ivf}, "
+                f"device={self.device!r})")
 
     # ----------------------------------------------------------------------------------------------- search
     def search(self, queries: Any, k: int, exclude: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` pool rows by inner product for each query, never returning the rows in ``exclude[b]``.
 
-        ``queries``: (B, D) numpy array or torch tensor. ``exclude``: per query, the pool positions it must not
-        get back (target masking): a sequence of B sequences (ragged), or an integer array/tensor of shape (B,)
-        or (B, m) where -1 entries are padding. Returns (scores (B, k) float32, positions (B, k) int64), best
-        first; where fewer than ``k`` rows qualify, positions are -1 and scores -inf. For kind="flat" the result
-        is exact (brute force over the non-excluded rows).
+        ``queries``: (B, D) numpy array or torch tensor. ``exclude``: per query, the pool positions it must
+        not get back (target masking): a sequence of B sequences (ragged), or an integer array/tensor of shape
+        (B,) or (B, m) where -1 entries are padding. Returns (scores (B, k) float32, positions (B, k) int64),
+        best first; where fewer than ``k`` rows qualify, positions are -1 and scores -inf. For kind="flat" the
+        result is exact (brute force over the non-excluded rows).
         """
         q = _as_float32_matrix(queries, "queries")
         if q.shape[1] != self.dim:
-            raise MopError(f"queries have dimension {q.shape[1]} but the exemplar index has dimension {self.dim}")
+            raise MopError(f"queries have dimension {q.shape[1]} but the exemplar index has dimension "
+                           f"{self.dim}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise MopError(f"k must be a positive integer, found {k!r}")
         k = int(k)
         if self._gpu_resources is not None and k > GPU_MAX_K:
-            raise MopError(f"k={k} exceeds the faiss GPU limit of {GPU_MAX_K}; build the index with device='cpu'")
+            raise MopError(f"k={k} exceeds the faiss GPU limit of {GPU_MAX_K}; build the index with "
+                           "device='cpu'")
         n_queries = q.shape[0]
         pairs = self._exclusion_pairs(exclude, n_queries)  # (query rows, pool positions), sorted by query row
         scores = np.empty((n_queries, k), dtype=np.float32)
@@ -278,7 +286,8 @@ class ExemplarIndex:
             cols = table[keep].astype(np.int64)
         else:
             if not hasattr(exclude, "__len__"):
-                raise MopError(f"exclude must be one sequence of pool positions per query, found {type(exclude)}")
+                raise MopError(f"exclude must be one sequence of pool positions per query, found "
+                               f"{type(exclude)}")
             if len(exclude) != n_queries:
                 raise MopError(f"exclude must have one entry per query ({n_queries}), found {len(exclude)}")
             lists = []
@@ -305,8 +314,8 @@ class ExemplarIndex:
         k_search = min(k + extra, self.ntotal)
         if self._gpu_resources is not None and k_search > GPU_MAX_K:
             raise MopError(
-                f"k plus the largest exclusion list ({k} + {extra}) exceeds the faiss GPU limit of {GPU_MAX_K}; "
-                "build the index with device='cpu'"
+                f"k plus the largest exclusion list ({k} + {extra}) exceeds the faiss GPU limit of "
+                f"{GPU_MAX_K}; build the index with device='cpu'"
             )
         with _blas_for_batches():
             found_scores, found = self._index.search(q, k_search)  # (B, k_search), best first; -1 = none
@@ -331,7 +340,8 @@ class ExemplarIndex:
 
     # ----------------------------------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``exemplars.faiss`` (CPU copy of the index) and ``exemplar_embeddings.npy``, each atomically."""
+        """Write ``exemplars.faiss`` (CPU copy of the index) and ``exemplar_embeddings.npy``, each
+        atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._gpu_resources is not None else self._index
@@ -344,7 +354,8 @@ class ExemplarIndex:
     def load(
         cls, directory: str | os.PathLike, device: str = "auto", nprobe: int | None = None, mmap: bool = False
     ) -> ExemplarIndex:
-        """Read an index written by :meth:`save`; ``mmap`` memory-maps the embeddings instead of reading them."""
+        """Read an index written by :meth:`save`; ``mmap`` memory-maps the embeddings instead of reading
+        them."""
         directory = Path(directory)
         index_path, emb_path = directory / INDEX_FILE, directory / EMBEDDINGS_FILE
         missing = [p.name for p in (index_path, emb_path) if not p.is_file()]
@@ -362,10 +373,12 @@ class ExemplarIndex:
             raise MopError(f"cannot read faiss index {index_path}: {str(e).strip().splitlines()[-1]}") from e
         if isinstance(cpu_index, faiss.IndexFlatIP):
             kind = "flat"
-        elif isinstance(cpu_index, faiss.IndexIVFFlat) and cpu_index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        elif (isinstance(cpu_index, faiss.IndexIVFFlat)
+              and cpu_index.metric_type == faiss.METRIC_INNER_PRODUCT):
             kind = "ivf"
         else:
-            raise MopError(f"{index_path} holds a {type(cpu_index).__name__}, expected IndexFlatIP or IndexIVFFlat (IP)")
+            raise MopError(f"{index_path} holds a {type(cpu_index).__name__}, expected IndexFlatIP or "
+                           "IndexIVFFlat (IP)")
         if cpu_index.d != emb.shape[1] or cpu_index.ntotal != emb.shape[0]:
             raise MopError(
                 f"{index_path.name} has {cpu_index.ntotal} vectors of dimension {cpu_index.d} but "
@@ -386,5 +399,6 @@ class ExemplarIndex:
         self_scores = np.einsum("ij,ij->i", probe, probe)
         if np.any(top[:, 0] < self_scores - 1e-3 * np.maximum(1.0, self_scores)):
             raise MopError(
-                f"{INDEX_FILE} does not contain the vectors in {EMBEDDINGS_FILE}; the two files come from different pools"
+                f"{INDEX_FILE} does not contain the vectors in {EMBEDDINGS_FILE}; the two files come from "
+                "different pools"
             )

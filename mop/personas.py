@@ -77,7 +77,8 @@ class PersonaSpec:
         num_personas: K, the number of k-means clusters / personas.
         synthesizer: ``llm`` (a causal LM describes each cluster), ``keywords`` (no LLM) or ``file``.
         lm: the LLM writing personas (bundled name, path or hub id).
-        file: a JSONL of user-supplied personas (``{"text": ...}`` per line), used when synthesizer is ``file``.
+        file: a JSONL of user-supplied personas (``{"text": ...}`` per line), used when synthesizer is
+            ``file``.
         text_kind: what the responses are, in words, for the persona prompts.
         role: who writes them (e.g. ``critic``), for the persona prompts.
         seed: seed of k-means and of the LLM's sampled retries.
@@ -662,8 +663,9 @@ def personas_command(
 ) -> int:
     """Cluster the training responses of a config's dataset and write one persona per cluster.
 
-    Every setting left unset is taken from the config's ``data.personas`` section (and ``data.embedder``), else
-    from the training defaults, so ``mop personas`` writes the personas ``mop train`` would with that config.
+    Every setting left unset is taken from the config's ``data.personas`` section (and ``data.embedder``),
+    else from the training defaults, so ``mop personas`` writes the personas ``mop train`` would with that
+    config.
 
     Args:
         config: a train config (its data.dataset and data.personas sections) or a dataset YAML.
@@ -708,6 +710,6 @@ def personas_command(
     print("\n| id | size | source | persona |\n| --- | --- | --- | --- |")
     for p in personas:
         print(f"| {p.id} | {p.cluster_size} | {p.source} | {p.text} |")
-    print(f"\n{len(personas)} personas from {len(train)} training records in {time.perf_counter() - t0:.0f} s "
-          f"-> {path}")
+    print(f"\n{len(personas)} personas from {len(train)} training records in "
+          f"{time.perf_counter() - t0:.0f} s -> {path}")
     return 0

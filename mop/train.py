@@ -1,7 +1,7 @@
 """Training: ``mop train -c configs/quickstart.yaml [--model.lr 0.003 --trainer.devices 2 ...]``.
 
-A LightningCLI over :class:`mop.module.MixtureOfPersonas` and :class:`mop.datamodule.PopulationDataModule`: the
-options are the parameters of those classes (and of Lightning's ``Trainer``), declared once in their
+A LightningCLI over :class:`mop.module.MixtureOfPersonas` and :class:`mop.datamodule.PopulationDataModule`:
+the options are the parameters of those classes (and of Lightning's ``Trainer``), declared once in their
 signatures, checked while the config is parsed (``PositiveInt``, ``Literal[...]``, see :mod:`mop.types`).
 Before fitting it validates the untrained gate (the baseline to beat); after fitting it exports the gate and
 prints where. ``python train.py fit ...`` is the same command.
@@ -57,7 +57,8 @@ class MopCLI(LightningCLI):
         return sorted(keys)
 
     def instantiate_classes(self) -> None:
-        """Errors Lightning raises while building the trainer, model or data from the config become one line."""
+        """Errors Lightning raises while building the trainer, model or data from the config become one
+        line."""
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
         try:
@@ -71,10 +72,12 @@ class MopCLI(LightningCLI):
     def before_fit(self) -> None:
         from mop.assets import check_model_path
 
-        for cb in self.trainer.callbacks:  # checkpoints where ``--ckpt_path last`` finds them (see train_command)
+        # checkpoints where ``--ckpt_path last`` finds them (see train_command)
+        for cb in self.trainer.callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
-        # Data, sizes and paths that would otherwise fail only after minutes of embedding and persona synthesis.
+        # Data, sizes and paths that would otherwise fail only after minutes of embedding and persona
+        # synthesis.
         self.datamodule.check_sizes(self.model.hparams.num_candidates)
         check_model_path(self.model.hparams.lm, "model.lm")
         check_model_path(self.datamodule.embedder, "data.embedder")
@@ -115,7 +118,8 @@ def train_command(argv: list[str], prog: str = "mop train") -> int:
     ``mop train [fit] -c CONFIG [--model.KEY V --data.KEY V --trainer.KEY V ...]``; ``mop train --help`` lists
     every option. Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` (unless a ModelCheckpoint names
     its dirpath), so ``--ckpt_path last`` resumes an interrupted run; every training step draws its random
-    numbers from a generator seeded by (seed, epoch, step, rank), so a resumed run repeats an uninterrupted one.
+    numbers from a generator seeded by (seed, epoch, step, rank), so a resumed run repeats an uninterrupted
+    one.
     """
     for name in ("lightning.pytorch", "lightning.fabric"):  # seed / accelerator chatter; warnings still show
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,4 +1,5 @@
-"""Argument types that validate themselves: used in signatures, so the command line checks them when it parses.
+"""Argument types that validate themselves: used in signatures, so the command line checks them when it
+parses.
 
 ``def f(batch_size: PositiveInt = 8)``: to Python the annotation is documentation (the value is a plain int);
 the ``mop`` command line and ``mop train`` (jsonargparse, see :func:`register`) convert and check every value
@@ -19,7 +20,8 @@ def _checker(kind: type, what: str, ok: Callable[[float], bool], rule: str) -> C
 
     def check(value):
         try:
-            if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, bool) or (kind is int and isinstance(value, float)
+                                           and not value.is_integer()):
                 raise ValueError
             number = kind(value)
             if not math.isfinite(number):
