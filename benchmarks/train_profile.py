@@ -4,11 +4,11 @@
     python benchmarks/train_profile.py --steps 10 --threads 2
 
 Runs the real Lightning fit loop (configs/quickstart.yaml: batch 8, M = 4 + 1 exploration pair, learnable tau,
-so no score cache) for ``--steps`` steps and times its stages with wrappers around the functions the module
-calls: data loading (between steps), gate + retrieval (select_candidates), prompt rendering, prompt
-tokenisation (targets are tokenised once, in setup: not per step), the LM decoder body, the output head +
-tempered log-likelihood, the mixture loss, backward + optimiser, and the rest (Lightning, logging). The first
-step is a warm-up and is left out. Writes benchmarks/results/train_profile.json.
+so no score cache) for ``--steps`` steps and times its stages with wrappers around the functions the
+module calls: data loading (between steps), gate + retrieval (select_candidates), prompt rendering,
+prompt tokenisation (targets are tokenised once, in setup: not per step), the LM decoder body, the output
+head + tempered log-likelihood, the mixture loss, backward + optimiser, and the rest (Lightning, logging).
+The first step is a warm-up and is left out. Writes benchmarks/results/train_profile.json.
 """
 
 from __future__ import annotations
