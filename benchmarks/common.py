@@ -15,12 +15,13 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
-SHARED_NOTE = ("machine shared with another job during the run: absolute numbers are pessimistic; read the ratios, "
-               "measured side by side in one run")
+SHARED_NOTE = ("machine shared with another job during the run: absolute numbers are pessimistic; "
+               "read the ratios, measured side by side in one run")
 
 
 def hardware(device: str = "cpu") -> dict:
-    """CPU model, cores, torch version and (on cuda) the GPU name, so numbers can be compared across machines."""
+    """CPU model, cores, torch version and (on cuda) the GPU name, so numbers can be compared across
+    machines."""
     import torch
 
     model = platform.processor() or "unknown"
@@ -89,7 +90,8 @@ def matmul_peak(dtype, device: str = "cpu", size: int | None = None, repeats: in
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     best = float("inf")
-    # a @ b and F.linear (what nn.Linear runs) take different kernels for bf16 on CPU: the faster one is the peak
+    # a @ b and F.linear (what nn.Linear runs) take different kernels for bf16 on CPU: the faster one is
+    # the peak
     for fn in (lambda: a @ b, lambda: torch.nn.functional.linear(a, b)):
         with Timer(device) as t:  # warm-up; a very slow path (bf16 a @ b on a CPU without bf16
             fn()                  # instructions) is measured by this one call
@@ -142,7 +144,8 @@ def training_pairs(config_path: str | Path, n_pairs: int, per_record: int = 5, s
 
     Records are the config's training records in order; each gets ``per_record`` pairs (M + 1 = 5 in training)
     with a seeded random persona and exemplar (never itself). Personas come from the config's artifacts when
-    they were built (``python train.py fit -c CONFIG``), else a few generic critic personas (noted in the JSON).
+    they were built (``python train.py fit -c CONFIG``), else a few generic critic personas (noted in the
+    JSON).
     """
     import random
 
@@ -219,12 +222,14 @@ def hf_generate_reference(model, tok, prompts, temperatures, seeds, *, max_new_t
         return torch.tensor(["\n" in tok.decode(row[width:], skip_special_tokens=True).lstrip()
                              for row in input_ids.tolist()])
 
-    ends = [i for i in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)) if i is not None]
+    ends = [i for i in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
+            if i is not None]
     ends = sorted({int(e) for i in ends for e in (i if isinstance(i, (list, tuple)) else [i])})
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                              min_new_tokens=min_new_tokens, eos_token_id=ends,
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                              max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=ends,
                               pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else ends[0])
     with torch.inference_mode():
-        out = model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([RowSampler()]),
+        out = model.generate(**enc, generation_config=config,
+                             logits_processor=LogitsProcessorList([RowSampler()]),
                              stopping_criteria=StoppingCriteriaList([newline] if stop_at_newline else []))
     return [next((row[:i] for i, t in enumerate(row) if t in ends), row) for row in out[:, width:].tolist()]

@@ -7,9 +7,9 @@ is dropped): ``uniform`` (untrained, uniform gate), ``persona`` (random persona,
 (random exemplar, no persona), ``zerogen`` (context only) and ``attrprompt`` (random attribute values).
 
 Reproducibility: every random choice of a sample (its persona, exemplar, attribute values and each sampled
-token) comes from its own generators, seeded from (seed, sample id). Tokens are drawn by a per-row Gumbel-max sampler
-(a logits processor), so a sample does not depend on which other samples share its batch. Output rows are
-appended one line per ``write`` and fsync'ed per batch; re-running the same command skips the ids already
+token) comes from its own generators, seeded from (seed, sample id). Tokens are drawn by a per-row Gumbel-max
+sampler (a logits processor), so a sample does not depend on which other samples share its batch. Output rows
+are appended one line per ``write`` and fsync'ed per batch; re-running the same command skips the ids already
 written, so an interrupted run resumes and ends with the rows an uninterrupted run would have written.
 """
 
@@ -26,11 +26,12 @@ from typing import Any, Literal
 from mop.errors import MopError
 from mop.types import PositiveFloat, PositiveInt, Probability
 
-METHODS = ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt", "mop-no-exemplar", "mop-random-persona")
+METHODS = ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt", "mop-no-exemplar",
+           "mop-random-persona")
 USES_PERSONA = {"mop", "uniform", "persona", "mop-no-exemplar", "mop-random-persona"}
 USES_EXEMPLAR = {"mop", "uniform", "fewshot", "mop-random-persona"}
-# Methods that use the trained gate (and so need the contexts' embeddings and sample at tau_k): MoP and its two
-# ablations, persona k ~ pi(x) without an exemplar, and a uniformly random persona with j ~ Omega_k(x).
+# Methods that use the trained gate (and so need the contexts' embeddings and sample at tau_k): MoP and its
+# two ablations, persona k ~ pi(x) without an exemplar, and a uniformly random persona with j ~ Omega_k(x).
 GATED = {"mop", "mop-no-exemplar", "mop-random-persona"}
 # Attribute lists of the attrprompt baseline when no --attributes file is given (written for reviews).
 DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
@@ -79,15 +80,16 @@ def read_contexts(path: str | Path, config: dict[str, Any]) -> list:
     need = needed_fields(config)
     missing = [f for f in need if f not in df.columns]
     if missing:
-        raise MopError(f"contexts file '{path}' lacks field(s) {', '.join(repr(m) for m in missing)} used by the "
-                       f"export's templates (found columns: {', '.join(map(str, df.columns))})")
+        raise MopError(f"contexts file '{path}' lacks field(s) {', '.join(repr(m) for m in missing)} used "
+                       f"by the export's templates (found columns: {', '.join(map(str, df.columns))})")
     columns = [c for c in dict.fromkeys([*(config.get("context_columns") or []), *need])
                if c != "label" and c in df.columns]
     records, seen = [], set()
     for n, row in enumerate(df.to_dict("records")):
         rid = str(row["id"]).strip() if "id" in df.columns else f"c{n:06d}"
         if not rid or rid in seen:
-            raise MopError(f"contexts file '{path}': {'empty' if not rid else 'duplicate'} id {rid!r} at row {n + 1}")
+            raise MopError(f"contexts file '{path}': {'empty' if not rid else 'duplicate'} id {rid!r} "
+                           f"at row {n + 1}")
         seen.add(rid)
         label = str(row["label"]) if "label" in df.columns else None
         records.append(Record(id=rid, response="", context={c: str(row[c]) for c in columns}, label=label))
@@ -105,8 +107,9 @@ def dataset_contexts(config_path: str | Path, split: str, config: dict[str, Any]
     have = set(population.spec.context_columns) | ({"label"} if population.spec.label_column else set())
     missing = [f for f in needed_fields(config) if f not in have]
     if missing:
-        raise MopError(f"the dataset of '{config_path}' lacks field(s) {', '.join(repr(m) for m in missing)} used "
-                       f"by the export's templates (its context fields: {', '.join(sorted(have)) or 'none'})")
+        raise MopError(f"the dataset of '{config_path}' lacks field(s) {', '.join(repr(m) for m in missing)} "
+                       "used by the export's templates "
+                       f"(its context fields: {', '.join(sorted(have)) or 'none'})")
     return records
 
 
@@ -142,12 +145,14 @@ def load_attributes(path: str | Path | None) -> dict[str, list[str]]:
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise MopError(f"attributes file '{path}' is not valid JSON/YAML: {str(err).splitlines()[0]}") from err
+        raise MopError(f"attributes file '{path}' is not valid JSON/YAML: "
+                       f"{str(err).splitlines()[0]}") from err
     if not isinstance(raw, dict) or not raw:
         raise MopError(f"attributes file '{path}' must map attribute names to lists of values")
     out = {}
     for name, values in raw.items():
-        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int, float)) for v in values):
+        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int, float))
+                                                                 for v in values):
             raise MopError(f"attributes file '{path}': '{name}' must be a non-empty list of values")
         out[str(name)] = [str(v) for v in values]
     return out
@@ -167,8 +172,8 @@ class Component:
 class ComponentSampler:
     """Draws (k, j, tau) per sample: k ~ pi(x), j ~ Omega_k(x) for ``mop``; uniform choices for the baselines.
 
-    Temperatures: tau_k for the gated methods (``mop`` and its ablations); the mean of the export's tau_k for every
-    baseline; ``temperature``, when given, replaces both.
+    Temperatures: tau_k for the gated methods (``mop`` and its ablations); the mean of the export's tau_k for
+    every baseline; ``temperature``, when given, replaces both.
     """
 
     def __init__(self, export, method: str = "mop", temperature: float | None = None,
@@ -213,14 +218,17 @@ class ComponentSampler:
             raise MopError("a context has no usable exemplar (the pool holds only the context's own record)")
         with torch.no_grad():
             if self.method in ("mop", "mop-random-persona"):
-                q = self.export.gate.queries(torch.as_tensor(hx, dtype=torch.float32), self.export.persona_emb,
+                q = self.export.gate.queries(torch.as_tensor(hx, dtype=torch.float32),
+                                             self.export.persona_emb,
                                              torch.as_tensor(persona)[:, None])  # (B, 1, D)
             else:
                 q = torch.zeros(B, 1, self._pool.shape[1])
             return Gate.omega(q, self._pool, mask)[:, 0]
 
-    def sample(self, hx, record_ids: Sequence[str | None], keys: Sequence[int], seed: int) -> list[Component]:
-        """One component per sample; ``keys[b]`` (see :func:`sample_key`) and ``seed`` fix its random choices."""
+    def sample(self, hx, record_ids: Sequence[str | None], keys: Sequence[int],
+               seed: int) -> list[Component]:
+        """One component per sample; ``keys[b]`` (see :func:`sample_key`) and ``seed`` fix its random
+        choices."""
         import torch
 
         B = len(keys)
@@ -253,8 +261,8 @@ def build_prompt(export, record, component: Component) -> str:
 
     persona = export.persona_texts[component.persona] if component.persona is not None else None
     exemplar = export.exemplars[component.exemplar] if component.exemplar is not None else None
-    prompt = render_prompt(export.gate_config.prompt_template, export.gate_config.context_template, record, persona,
-                           exemplar)
+    prompt = render_prompt(export.gate_config.prompt_template, export.gate_config.context_template, record,
+                           persona, exemplar)
     if component.attributes:
         line = "Attributes: " + ", ".join(f"{k}={v}" for k, v in component.attributes.items())
         lines = prompt.split("\n")  # before the answer cue ("Review:"), the prompt's last line
@@ -275,8 +283,8 @@ def gumbel_pick(scores, generators):
     """One draw per row from softmax(scores) (B, V), row b with its own ``generators[b]``: Gumbel-max,
     argmax(log softmax(scores) + Gumbel noise). A row's draws depend only on its generator, not on its batch.
 
-    NB: torch's CPU generator (mt19937) keeps 32 bits of a seed, CUDA's (Philox) 64: on CPU two samples of a run
-    share a noise stream with probability ~n^2 / 2^33 (and it matters only for the same prompt).
+    NB: torch's CPU generator (mt19937) keeps 32 bits of a seed, CUDA's (Philox) 64: on CPU two samples of a
+    run share a noise stream with probability ~n^2 / 2^33 (and it matters only for the same prompt).
     """
     import torch
 
@@ -294,7 +302,8 @@ def find_stop(text: str, stop: Sequence[str]) -> int | None:
 
 
 def end_of_turn_id(tokenizer) -> int | None:
-    """The token closing an assistant turn in the tokenizer's chat template (e.g. <|im_end|>, <end_of_turn>)."""
+    """The token closing an assistant turn in the tokenizer's chat template (e.g. <|im_end|>,
+    <end_of_turn>)."""
     sentinel = "MOPSENTINEL"
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
                                           {"role": "assistant", "content": sentinel}], tokenize=False)
@@ -321,11 +330,12 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures:
     """Sample one continuation per prompt (a left-padded batch, row b at temperature ``temperatures[b]``).
 
     Returns the new token ids of each row, up to (excluding) its first end token; a row that produced a stop
-    string (leading whitespace aside) ends there and keeps the token that completed it (:func:`clean_text` cuts
-    the text). A row that has ended leaves the batch: its keys and values are dropped from the cache, so the
-    decode steps that follow cost only the rows still running. ``min_new_tokens`` masks the end tokens until
-    that many were generated (with ``stop=()``: equal lengths, for benchmarks). Row b's tokens depend only on
-    its prompt, temperature and seed (``seeds[b]`` seeds its own generator), never on the rest of the batch.
+    string (leading whitespace aside) ends there and keeps the token that completed it (:func:`clean_text`
+    cuts the text). A row that has ended leaves the batch: its keys and values are dropped from the cache, so
+    the decode steps that follow cost only the rows still running. ``min_new_tokens`` masks the end tokens
+    until that many were generated (with ``stop=()``: equal lengths, for benchmarks). Row b's tokens depend
+    only on its prompt, temperature and seed (``seeds[b]`` seeds its own generator), never on the rest of the
+    batch.
     """
     import torch
     from transformers import DynamicCache
@@ -341,8 +351,9 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures:
     tokenizer.padding_side = "left"
     try:
         if use_chat_template:
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                   tokenize=False) for p in prompts]
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                                   add_generation_prompt=True, tokenize=False)
+                     for p in prompts]
             enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         else:
             enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
@@ -443,8 +454,8 @@ class OutputFile:
                 row = json.loads(line)
                 rid = row["id"]
             except (ValueError, KeyError, TypeError) as err:
-                raise MopError(f"output '{self.path}' line {n} is not a generated row (invalid JSON or no id): "
-                               "choose another --output") from err
+                raise MopError(f"output '{self.path}' line {n} is not a generated row "
+                               "(invalid JSON or no id): choose another --output") from err
             if first is None:
                 first = row
             self.done.add(str(rid))
@@ -452,9 +463,10 @@ class OutputFile:
             theirs = {k: first.get(k) for k in self.IDENTITY}
             ours = {k: self.identity.get(k) for k in self.IDENTITY}
             if theirs != ours:
-                diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in self.IDENTITY if theirs[k] != ours[k])
-                raise MopError(f"output '{self.path}' holds rows generated with other settings: {diff}; choose "
-                               "another --output rather than mixing them")
+                diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in self.IDENTITY
+                                 if theirs[k] != ours[k])
+                raise MopError(f"output '{self.path}' holds rows generated with other settings: {diff}; "
+                               "choose another --output rather than mixing them")
         if cut < len(data):
             with open(self.path, "r+b") as fh:
                 fh.truncate(cut)
@@ -478,13 +490,15 @@ class OutputFile:
 
 
 # ------------------------------------------------------------------------------------------------- main loop
-def sample_plan(records: Sequence, num_samples: int, shuffle_seed: int | None = None) -> list[tuple[int, str]]:
+def sample_plan(records: Sequence, num_samples: int,
+                shuffle_seed: int | None = None) -> list[tuple[int, str]]:
     """(record position, sample id) of each sample: the records are cycled (in a seeded random order when
     ``shuffle_seed`` is given); the id is ``<record id>-<cycle>``, so ids are stable when N grows."""
     import numpy as np
 
     R = len(records)
-    order = list(range(R)) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(R).tolist()
+    order = (list(range(R)) if shuffle_seed is None
+             else np.random.default_rng(shuffle_seed).permutation(R).tolist())
     return [(order[n % R], f"{records[order[n % R]].id}-{n // R}") for n in range(num_samples)]
 
 
@@ -495,19 +509,19 @@ class Sampling:
 
     Args:
         num_samples: rows to generate; the contexts are cycled, sample ids are <record id>-<repeat>.
-        method: mop (trained gate), uniform (untrained uniform gate), persona (random persona), fewshot (random
-            exemplar), zerogen (context only), attrprompt (random attribute values); ablations: mop-no-exemplar
-            (k ~ pi(x), no exemplar), mop-random-persona (uniform k, j ~ Omega_k(x)).
+        method: mop (trained gate), uniform (untrained uniform gate), persona (random persona), fewshot
+            (random exemplar), zerogen (context only), attrprompt (random attribute values); ablations:
+            mop-no-exemplar (k ~ pi(x), no exemplar), mop-random-persona (uniform k, j ~ Omega_k(x)).
         seed: seed of every random choice; same seed, same rows.
-        shuffle: visit the contexts in a seeded random order (when num_samples is below their number, a sample of
-            all of them rather than the first ones).
+        shuffle: visit the contexts in a seeded random order (when num_samples is below their number, a sample
+            of all of them rather than the first ones).
         batch_size: prompts per LM batch (left-padded; rows that end leave the batch); default: 32 on a CPU,
             128 on a GPU.
         max_new_tokens: tokens generated at most per sample; default: 1.25 x the longest training response
             (an exemplar of the export) in the LM's tokens, at least 16.
         top_p: nucleus sampling mass (1.0: off).
-        temperature: one sampling temperature for every row (default: tau_k of the sampled persona for the gated
-            methods, the mean tau of the export for the baselines).
+        temperature: one sampling temperature for every row (default: tau_k of the sampled persona for the
+            gated methods, the mean tau of the export for the baselines).
         stop: stop strings: a sample ends where it first writes one, and the text is cut there (default: a
             newline, unless a training response holds one; ``--stop`` with no value: none).
         chat_template: wrap prompts in the tokenizer's chat template (auto: as the export was trained).
@@ -527,8 +541,8 @@ class Sampling:
     def check(self) -> None:
         """The checks the command line does while parsing, for settings built in Python."""
         if self.num_samples < 1 or (self.batch_size or 1) < 1 or (self.max_new_tokens or 1) < 1:
-            raise MopError(f"num_samples, batch_size and max_new_tokens must be >= 1, got {self.num_samples}, "
-                           f"{self.batch_size}, {self.max_new_tokens}")
+            raise MopError("num_samples, batch_size and max_new_tokens must be >= 1, got "
+                           f"{self.num_samples}, {self.batch_size}, {self.max_new_tokens}")
         if not 0 < self.top_p <= 1:
             raise MopError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature is not None and not self.temperature > 0:
@@ -539,9 +553,10 @@ class Sampling:
             raise MopError(f"chat_template must be auto, on or off, got {self.chat_template!r}")
 
 
-def generate_population(export, model, tokenizer, records: Sequence, output: str | Path, sampling: Sampling, *,
-                        context_emb=None, model_name: str = "model", adapter: str | None = None,
-                        attributes: dict[str, list[str]] | None = None, progress: bool = True) -> dict[str, Any]:
+def generate_population(export, model, tokenizer, records: Sequence, output: str | Path,
+                        sampling: Sampling, *, context_emb=None, model_name: str = "model",
+                        adapter: str | None = None, attributes: dict[str, list[str]] | None = None,
+                        progress: bool = True) -> dict[str, Any]:
     """Write ``sampling.num_samples`` generated rows for ``records`` (cycled) into ``output``, resuming if it
     exists.
 
@@ -562,8 +577,8 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     chat = {"auto": export.gate_config.use_chat_template, "on": True,
             "off": False}[sampling.chat_template]
     if chat and not getattr(tokenizer, "chat_template", None):
-        raise MopError("the export's prompts use a chat template but this tokenizer has none (a base model?); "
-                       "pass --chat-template off")
+        raise MopError("the export's prompts use a chat template but this tokenizer has none "
+                       "(a base model?); pass --chat-template off")
     sampler = ComponentSampler(export, method, sampling.temperature, attributes)
     stop = default_stop(export) if sampling.stop is None else list(sampling.stop)
     identity = {"model": model_name, "adapter": adapter, "method": method, "seed": seed}
@@ -632,21 +647,22 @@ def generate_command(
     """Generate a synthetic population with a gate export and any causal LM.
 
     For each context, sample a persona and an exemplar from the trained gate, render the prompt and sample the
-    LM at the persona's temperature. Any causal LM can be used (the gate is LM-free). Rows are JSONL; re-running
-    the same command resumes. The contexts come from --contexts or from a split of a config's dataset (-c).
+    LM at the persona's temperature. Any causal LM can be used (the gate is LM-free). Rows are JSONL;
+    re-running the same command resumes. The contexts come from --contexts or from a split of a config's
+    dataset (-c).
 
     Args:
         gating: the gate export directory (written by mop train or mop export).
         model: the causal LM: a bundled name (smollm2-135m, gemma3-270m), a local folder or a hub id.
         output: the JSONL output; its directory must exist; an existing file is resumed (same model, method,
             seed).
-        contexts: a CSV / JSONL / Parquet of contexts: every field the export's templates use (e.g. movie, label)
-            and optionally a unique id column.
+        contexts: a CSV / JSONL / Parquet of contexts: every field the export's templates use (e.g. movie,
+            label) and optionally a unique id column.
         config: a train config (its data.dataset section) or a dataset YAML, whose --split gives the contexts.
         split: the split of the config's dataset to use.
         adapter: a PEFT adapter folder attached to the model.
-        attributes: attrprompt: a JSON/YAML file mapping attribute -> list of values (default: style, length and
-            aspect lists for movie reviews).
+        attributes: attrprompt: a JSON/YAML file mapping attribute -> list of values (default: style, length
+            and aspect lists for movie reviews).
         embedder: the sentence embedder for the contexts (default: the export's; its dimension must match).
         device: auto, cpu, cuda, cuda:N.
         dtype: the LM dtype (default: the checkpoint's).
@@ -656,7 +672,8 @@ def generate_command(
 
     sampling.check()
     if (contexts is None) == (config is None):
-        raise MopError("pass exactly one of --contexts FILE and -c/--config CONFIG (the contexts to generate for)")
+        raise MopError("pass exactly one of --contexts FILE and -c/--config CONFIG "
+                       "(the contexts to generate for)")
     if attributes and sampling.method != "attrprompt":
         raise MopError("--attributes is only used by --method attrprompt")
     attribute_lists = load_attributes(attributes) if sampling.method == "attrprompt" else None
