@@ -301,44 +301,117 @@ def find_stop(text: str, stop: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def end_of_turn_id(tokenizer) -> int | None:
-    """The token closing an assistant turn in the tokenizer's chat template (e.g. <|im_end|>,
-    <end_of_turn>)."""
-    sentinel = "MOPSENTINEL"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
-                                          {"role": "assistant", "content": sentinel}], tokenize=False)
-    after = text[text.rfind(sentinel) + len(sentinel):] if sentinel in text else ""
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    return next((int(i) for i in ids if i in special), None)
-
-
 def stop_token_ids(model, tokenizer, use_chat_template: bool) -> list[int]:
     """EOS of the tokenizer and of the model's generation config, plus the chat end-of-turn token."""
     ids = [tokenizer.eos_token_id]
     cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += list(cfg_eos) if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]
     if use_chat_template:
+        from mop.prompts import end_of_turn_id
+
         ids.append(end_of_turn_id(tokenizer))
     return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefixes: bool = True,
+            min_shared_tokens: int = 16):
+    """Run a batch of prompts (token ids, unpadded) through the LM: (logits at each prompt's last token (B, V)
+    float32, the key/value cache, the attention mask (B, width)).
+
+    With ``share_prefixes``, a prompt's longest prefix shared with another prompt of the batch (at least
+    ``min_shared_tokens``, the prompt's last token excluded) runs once for all the prompts that share it: each
+    distinct shared prefix is run once (one batch), its keys and values are copied into the rows that use it,
+    and every row then runs only its own remaining tokens. Row layout: [padding][prefix][padding][rest], the
+    attention mask hiding the padding and the position ids the true positions, so every row attends to what
+    it would attend to alone. Not used where a sliding window could then hide a real key (the padding widens
+    index distances): beyond the model's ``sliding_window`` the plain left-padded batch runs instead.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    device = model.get_input_embeddings().weight.device
+    n = len(prompt_ids)
+    shared = [0] * n
+    if share_prefixes and n > 1:
+        order = sorted(range(n), key=lambda r: prompt_ids[r])
+        for a, b in zip(order, order[1:]):  # the longest prefix a row shares is with a neighbour in sorted order
+            p, q = prompt_ids[a], prompt_ids[b]
+            common = next((i for i, (x, y) in enumerate(zip(p, q)) if x != y), min(len(p), len(q)))
+            shared[a], shared[b] = max(shared[a], common), max(shared[b], common)
+        shared = [min(d, len(p) - 1) if d >= min_shared_tokens else 0 for d, p in zip(shared, prompt_ids)]
+    rest = [len(p) - d for p, d in zip(prompt_ids, shared)]
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    if window and max(shared) + max(rest) + max_new_tokens > window:
+        shared, rest = [0] * n, [len(p) for p in prompt_ids]
+    if not any(shared):
+        ids, mask = _left_padded(prompt_ids, device)
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float(), cache, mask
+    keys = sorted({tuple(p[:d]) for p, d in zip(prompt_ids, shared) if d})
+    key_ids, key_mask = _left_padded([list(k) for k in keys], device)
+    key_cache = DynamicCache(config=model.config)
+    model(input_ids=key_ids, attention_mask=key_mask, position_ids=(key_mask.cumsum(-1) - 1).clamp(min=0),
+          cache=key_cache, use_cache=True, logits_to_keep=1)
+    of_key = {k: i for i, k in enumerate(keys)}
+    wp, ws, width = max(shared), max(rest), key_ids.shape[1]
+    layers = []
+    for layer in key_cache.layers:
+        k_all, v_all = layer.keys, layer.values  # (n_keys, H, width, D)
+        k_rows = k_all.new_zeros((n, k_all.shape[1], wp, k_all.shape[3]))
+        v_rows = v_all.new_zeros((n, v_all.shape[1], wp, v_all.shape[3]))
+        for r, (p, d) in enumerate(zip(prompt_ids, shared)):
+            if d:
+                i = of_key[tuple(p[:d])]
+                k_rows[r, :, wp - d:] = k_all[i, :, width - d:]
+                v_rows[r, :, wp - d:] = v_all[i, :, width - d:]
+        layers.append((k_rows, v_rows))
+    cache = DynamicCache(ddp_cache_data=layers, config=model.config)
+    ids = torch.zeros((n, ws), dtype=torch.long)
+    mask = torch.zeros((n, wp + ws), dtype=torch.long)
+    positions = torch.zeros((n, ws), dtype=torch.long)
+    for r, (p, d, s) in enumerate(zip(prompt_ids, shared, rest)):
+        ids[r, ws - s:] = torch.tensor(p[d:], dtype=torch.long)
+        mask[r, wp - d:wp] = 1
+        mask[r, wp + ws - s:] = 1
+        positions[r, ws - s:] = torch.arange(d, d + s)
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1, :].float(), cache, mask
+
+
+def _left_padded(rows: list[list[int]], device):
+    """(ids, attention mask) of a left-padded batch of token-id lists (padding id 0, masked)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[b, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
 
 
 def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures: Sequence[float],
                          seeds: Sequence[int], *, max_new_tokens: int = 96, top_p: float = 1.0,
                          use_chat_template: bool = False, stop: Sequence[str] = ("\n",),
-                         min_new_tokens: int = 0) -> list[list[int]]:
+                         min_new_tokens: int = 0, share_prefixes: bool = True) -> list[list[int]]:
     """Sample one continuation per prompt (a left-padded batch, row b at temperature ``temperatures[b]``).
 
     Returns the new token ids of each row, up to (excluding) its first end token; a row that produced a stop
     string (leading whitespace aside) ends there and keeps the token that completed it (:func:`clean_text`
     cuts the text). A row that has ended leaves the batch: its keys and values are dropped from the cache, so
-    the decode steps that follow cost only the rows still running. ``min_new_tokens`` masks the end tokens
+    the decode steps that follow cost only the rows still running. The prompts' shared token prefixes run once
+    (:func:`prefill`, ``share_prefixes``). ``min_new_tokens`` masks the end tokens
     until that many were generated (with ``stop=()``: equal lengths, for benchmarks). Row b's tokens depend
     only on its prompt, temperature and seed (``seeds[b]`` seeds its own generator), never on the rest of the
     batch.
     """
     import torch
-    from transformers import DynamicCache
 
     if not 0 < top_p <= 1:
         raise MopError(f"top_p must be in (0, 1], got {top_p}")
@@ -347,31 +420,26 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures:
     ends = stop_token_ids(model, tokenizer, use_chat_template)
     if not ends:
         raise MopError("the tokenizer has no end-of-sequence token")
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        if use_chat_template:
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                   add_generation_prompt=True, tokenize=False)
-                     for p in prompts]
-            enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-        else:
-            enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
+    if use_chat_template:
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                               tokenize=False) for p in prompts]
+        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tokenizer(list(prompts))["input_ids"]
     device = model.get_input_embeddings().weight.device
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     rows = list(range(len(prompts)))  # the batch position -> the prompt it is
     tau = torch.as_tensor(temperatures, dtype=torch.float32, device=device)
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     new: list[list[int]] = [[] for _ in prompts]
     end_ids = torch.tensor(ends, device=device)
-    cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache, mask = prefill(model, [list(p) for p in prompt_ids], max_new_tokens,
+                                      share_prefixes=share_prefixes)
+        ids = positions = None  # the next step's input: set at the end of each step
         for step in range(max_new_tokens):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                           use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # (b, V)
+            if step:
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                               use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # (b, V)
             if step < min_new_tokens:
                 logits[:, end_ids] = float("-inf")
             scores = logits / tau[rows][:, None]

@@ -43,3 +43,15 @@ def render_prompt(template: str, context_template: str, target: Record, persona:
     else:
         fields.update(exemplar=BlankDict(), exemplar_context="", exemplar_response="")
     return render_template(template, fields)
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token closing an assistant turn in the tokenizer's chat template (e.g. <|im_end|>,
+    <end_of_turn>)."""
+    sentinel = "MOPSENTINEL"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": sentinel}], tokenize=False)
+    after = text[text.rfind(sentinel) + len(sentinel):] if sentinel in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return next((int(i) for i in ids if i in special), None)

@@ -231,6 +231,32 @@ def test_decode_loop_equals_hf_generate_where_no_stop_applies(arch):
         [clean_text(tok.decode(b, skip_special_tokens=True)) for b in old]
 
 
+@pytest.mark.parametrize("arch,config", [("llama", {}), ("gemma3", {}), ("gemma3", {"sliding_window": 48})])
+def test_shared_prompt_prefixes_run_once_and_change_nothing(arch, config):
+    """Prompts sharing a long prefix (instruction + persona): the same samples with and without prefix sharing;
+    with it, fewer prompt tokens go through the LM (none saved where a sliding window forbids sharing)."""
+    model, tok = make_tiny_lm(arch, seed=5, **config)
+    head = "You embody the persona in the description to complete the task. Persona: "
+    prompts = ([head + f"a critic who loves films. Now review Film {i}:" for i in range(4)]
+               + [head + f"a grumpy critic. Example: it was bad. Now review Film {i}:" for i in range(3)]
+               + ["short", "short prompt", head[:30]])
+    taus, seeds = [0.8 + 0.05 * i for i in range(len(prompts))], list(range(100, 100 + len(prompts)))
+    embedded = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: embedded.append(i[0].shape))
+    runs = {}
+    for share in (False, True):
+        embedded.clear()
+        runs[share] = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=20, stop=("\n",),
+                                           share_prefixes=share)
+        runs[share, "prefill"] = sum(b * w for b, w in embedded if w > 1)  # prompt forwards, padding included
+    hook.remove()
+    assert runs[True] == runs[False]
+    if config.get("sliding_window"):
+        assert runs[True, "prefill"] == runs[False, "prefill"]  # the window: not shared
+    else:
+        assert runs[True, "prefill"] < 0.75 * runs[False, "prefill"], (runs[True, "prefill"], runs[False, "prefill"])
+
+
 def test_a_stop_string_ends_its_row_and_the_rest_of_the_batch_continues_unchanged():
     model, tok = make_tiny_lm(seed=4)
     prompts = [f"Review number {i}:" for i in range(6)]
