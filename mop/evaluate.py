@@ -492,6 +492,53 @@ def _check_output(path: str | None, what: str, overwrite: bool) -> None:
         raise MopError(f"{what} '{path}' exists; pass --overwrite to replace it")
 
 
+def _synthetic_sets(synthetic: list[str], names: list[str] | None):
+    """{name: (texts, labels)} and {name: file} of the generated files, named by --names or by their rows."""
+    sets, files = {}, {}
+    for n, path in enumerate(synthetic):
+        texts, labels, first = read_texts(path)
+        name = names[n] if names else set_name(path, first)
+        if name in sets:
+            if names:
+                raise MopError(f"--names: duplicate name '{name}'")
+            name = f"{name} ({Path(path).name})"
+        sets[name] = (texts, labels)
+        files[name] = str(path)
+    return sets, files
+
+
+def _real_sets(config: str | None, real: str | None, split: str, reference_split: str | None,
+               reference: str | None, text_field: str | None):
+    """(real texts, their labels, the reference training set or None, where they came from, the config's
+    embedder or None): from a split of a config's dataset, or from files."""
+    if config:
+        from mop.data import config_data_section, load_dataset_config, load_population, read_config
+
+        pop = load_population(load_dataset_config(config))
+        records = pop[split]
+        if not records:
+            raise MopError(f"split '{split}' of the dataset of '{config}' has no records")
+        labels = [r.label for r in records] if pop.spec.label_column else None
+        ref_split, reference_set = reference_split or "train", None
+        if ref_split != "none" and labels is not None:
+            if ref_split == split:
+                raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
+            ref = pop[ref_split]
+            reference_set = ([r.response for r in ref], [r.label for r in ref]) if ref else None
+        configured = config_data_section(read_config(config)).get("embedder")
+        return ([r.response for r in records], labels, reference_set,
+                {"data": str(config), "split": split, "reference_split": ref_split},
+                configured if isinstance(configured, str) else None)
+    texts, labels, _ = read_texts(real, text_field)
+    reference_set = None
+    if reference:
+        ref_texts, ref_labels, _ = read_texts(reference, text_field)
+        if ref_labels is None:
+            raise MopError(f"--reference '{reference}' needs a label on every row")
+        reference_set = (ref_texts, ref_labels)
+    return texts, labels, reference_set, {"real": str(real), "reference": reference}, None
+
+
 def evaluate_command(
     synthetic: list[str],
     output: str,
@@ -556,45 +603,10 @@ def evaluate_command(
     if config and reference:
         raise MopError("--reference goes with --real; with -c/--config use --reference-split")
 
-    sets, files = {}, {}
-    for n, path in enumerate(synthetic):
-        texts, labels, first = read_texts(path)
-        name = names[n] if names else set_name(path, first)
-        if name in sets:
-            if names:
-                raise MopError(f"--names: duplicate name '{name}'")
-            name = f"{name} ({Path(path).name})"
-        sets[name] = (texts, labels)
-        files[name] = str(path)
-
-    reference_set = None
-    if config:
-        from mop.data import config_data_section, load_dataset_config, load_population, read_config
-
-        pop = load_population(load_dataset_config(config))
-        records = pop[split]
-        if not records:
-            raise MopError(f"split '{split}' of the dataset of '{config}' has no records")
-        real_texts = [r.response for r in records]
-        real_labels = [r.label for r in records] if pop.spec.label_column else None
-        ref_split = reference_split or "train"
-        if ref_split != "none" and real_labels is not None:
-            if ref_split == split:
-                raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
-            ref = pop[ref_split]
-            reference_set = ([r.response for r in ref], [r.label for r in ref]) if ref else None
-        real_source = {"data": str(config), "split": split, "reference_split": ref_split}
-        configured = config_data_section(read_config(config)).get("embedder")
-        embedder_name = embedder or (configured if isinstance(configured, str) else None)
-    else:
-        real_texts, real_labels, _ = read_texts(real, text_field)
-        if reference:
-            ref_texts, ref_labels, _ = read_texts(reference, text_field)
-            if ref_labels is None:
-                raise MopError(f"--reference '{reference}' needs a label on every row")
-            reference_set = (ref_texts, ref_labels)
-        real_source = {"real": str(real), "reference": reference}
-        embedder_name = embedder
+    sets, files = _synthetic_sets(synthetic, names)
+    real_texts, real_labels, reference_set, real_source, configured = _real_sets(
+        config, real, split, reference_split, reference, text_field)
+    embedder_name = embedder or configured
     if embedder_name is None:
         from mop.assets import DEFAULT_EMBEDDER
 
