@@ -324,7 +324,8 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     and every row then runs only its own remaining tokens. Row layout: [padding][prefix][padding][rest], the
     attention mask hiding the padding and the position ids the true positions, so every row attends to what
     it would attend to alone. Not used where a sliding window could then hide a real key (the padding widens
-    index distances): beyond the model's ``sliding_window`` the plain left-padded batch runs instead.
+    index distances): beyond the model's ``sliding_window`` the plain left-padded batch runs instead, and so it
+    does where sharing would not run fewer positions (padding included) than the plain batch.
     """
     import torch
     from transformers import DynamicCache
@@ -342,15 +343,17 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     rest = [len(p) - d for p, d in zip(prompt_ids, shared)]
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     window = getattr(config, "sliding_window", None)
-    if window and max(shared) + max(rest) + max_new_tokens > window:
-        shared, rest = [0] * n, [len(p) for p in prompt_ids]
+    keys = sorted({tuple(p[:d]) for p, d in zip(prompt_ids, shared) if d})
+    # positions run, padding included: the shared prefixes once + every row's rest, against the plain batch
+    cost = len(keys) * max(shared) + n * max(rest)
+    if (window and max(shared) + max(rest) + max_new_tokens > window) or cost >= n * max(map(len, prompt_ids)):
+        shared = [0] * n
     if not any(shared):
         ids, mask = _left_padded(prompt_ids, device)
         cache = DynamicCache(config=model.config)
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                     cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float(), cache, mask
-    keys = sorted({tuple(p[:d]) for p, d in zip(prompt_ids, shared) if d})
     key_ids, key_mask = _left_padded([list(k) for k in keys], device)
     key_cache = DynamicCache(config=model.config)
     model(input_ids=key_ids, attention_mask=key_mask, position_ids=(key_mask.cumsum(-1) - 1).clamp(min=0),
