@@ -12,7 +12,11 @@ Metrics, all on the same embedder's vectors of both sets:
 
 Sets are compared at equal size: :func:`evaluate_sets` subsamples the real set and every generated set to the
 same n (the smallest of their sizes, or ``sample_size``), seeded, since FID, MAUVE and the cosine histograms
-all depend on the sample size. ``mop evaluate`` is the command line.
+all depend on the sample size. Each metric has a 95% bootstrap interval over texts
+(:func:`bootstrap_metrics`); a reference row puts n real training texts through the same metrics (what a set
+indistinguishable from the real texts scores); each set's diversity (:func:`distinct_n`,
+:func:`vendi_score`) and lengths (:func:`length_stats`) are reported with the real set's. ``mop evaluate`` is
+the command line.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import zlib
@@ -31,13 +36,16 @@ import numpy as np
 
 from mop.errors import MopError
 from mop.files import atomic_path
-from mop.types import PositiveInt
+from mop.types import NonNegativeInt, PositiveInt
 
 MAUVE_SEEDS = (0, 1, 2, 3, 4)
 MIN_TEXTS = 10  # fewer texts than this make every metric meaningless (MAUVE needs >= 2 clusters of ~10)
 KL_MAX_N = 2000
 KL_BINS = 100
 KL_EPS = 1e-10
+BOOTSTRAP = 200  # resamples of the 95% intervals of FID, KL-cosine and F1
+MAUVE_BOOTSTRAP = 20  # MAUVE's (one k-means run each, the seeds in turn)
+CI_LEVEL = 0.95
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -190,6 +198,208 @@ def downstream_f1(train_emb, train_labels: Sequence, test_emb, test_labels: Sequ
                           zero_division=0))
 
 
+# ------------------------------------------------------------------------------------------------- diversity
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+
+
+def text_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens of a text: runs of letters and digits, with inner apostrophes ("it's")."""
+    return _TOKEN.findall(text.lower().replace("’", "'"))
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n of a set: unique n-grams / all n-grams, over every text's tokens (n-grams do not cross
+    texts); 0 when the set has no n-gram."""
+    grams: list[tuple[str, ...]] = []
+    for t in texts:
+        words = text_tokens(t)
+        grams.extend(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def vendi_score(emb) -> float:
+    """Vendi score of a set (Friedman & Dieng 2023): exp of the Shannon entropy of the eigenvalues of K / n,
+    K the cosine-similarity kernel of the L2-normalised embeddings (1: all alike; n: mutually orthogonal).
+
+    The non-zero eigenvalues of K / n = X X^T / n are the squared singular values of X / sqrt(n) (X: (n, D)),
+    so no n x n matrix is formed.
+    """
+    x = l2_normalise(_as_2d(emb, "set"))
+    lam = np.linalg.svd(x / np.sqrt(len(x)), compute_uv=False) ** 2
+    lam = lam[lam > 1e-12]
+    if not len(lam):
+        return 0.0
+    lam = lam / lam.sum()
+    return float(np.exp(-np.sum(lam * np.log(lam))))
+
+
+def length_stats(texts: Sequence[str], real_texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """Word counts (:func:`text_tokens`) of a set: mean, median and, given the real texts, the Wasserstein-1
+    distance between the two word-count distributions (in words; 0: the same lengths)."""
+    from scipy.stats import wasserstein_distance
+
+    counts = np.array([len(text_tokens(t)) for t in texts], dtype=np.float64)
+    out = {"mean_words": float(counts.mean()), "median_words": float(np.median(counts))}
+    if real_texts is not None:
+        real = np.array([len(text_tokens(t)) for t in real_texts], dtype=np.float64)
+        out["wasserstein_words"] = float(wasserstein_distance(counts, real))
+    return out
+
+
+def diversity(texts: Sequence[str], emb) -> dict[str, float]:
+    """distinct-1, distinct-2 (:func:`distinct_n`) and the Vendi score (:func:`vendi_score`) of a set."""
+    return {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2), "vendi": vendi_score(emb)}
+
+
+# ------------------------------------------------------------------------------------------------- bootstrap
+def _weighted_moments(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (ddof 1) of the rows of x repeated w times: those of a bootstrap resample."""
+    total = w.sum()
+    mu = w @ x / total
+    xc = x - mu
+    return mu, (xc * w[:, None]).T @ xc / (total - 1)
+
+
+def _frechet_eigh(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """:func:`frechet_distance` through symmetric eigenproblems (faster than ``sqrtm``; equal up to
+    round-off): Tr((S1 S2)^1/2) = sum of the square roots of the eigenvalues of R^T S2 R, S1 = R R^T."""
+    w, v = np.linalg.eigh(s1)
+    r = v * np.sqrt(np.clip(w, 0.0, None))
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(r.T @ s2 @ r), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt), 0.0)
+
+
+class _PairBins:
+    """The cosine-histogram bin of every pair i < j of a set (the subset :func:`cosine_histogram` uses), so
+    the histogram of a bootstrap resample is a weighted count: pair (i, j) weighs w_i w_j; a text drawn twice
+    is not paired with its own copy."""
+
+    def __init__(self, emb: np.ndarray, max_n: int = KL_MAX_N, seed: int = 0, bins: int = KL_BINS):
+        self.size, self.bins = len(emb), bins
+        self.keep = np.arange(len(emb))
+        if len(emb) > max_n:
+            self.keep = np.sort(np.random.default_rng(seed).choice(len(emb), max_n, replace=False))
+        x = l2_normalise(emb[self.keep])
+        i, j = np.triu_indices(len(x), k=1)
+        self.i, self.j = i.astype(np.int32), j.astype(np.int32)
+        cos = np.clip((x @ x.T)[i, j], -1.0, 1.0)
+        edges = np.linspace(-1.0, 1.0, bins + 1)  # np.histogram's bins: [e_k, e_k+1), the last one closed
+        self.bin = np.clip(np.searchsorted(edges, cos, side="right") - 1, 0, bins - 1)
+
+    def histogram(self, w: np.ndarray) -> np.ndarray:
+        w = w[self.keep].astype(np.float64)
+        hist = np.bincount(self.bin, weights=w[self.i] * w[self.j], minlength=self.bins) + KL_EPS
+        return hist / hist.sum()
+
+
+def _counts(rng: np.random.Generator, size: int, draws: int) -> np.ndarray:
+    """(draws, size) multiplicities of bootstrap resamples (size texts drawn with replacement)."""
+    out = np.zeros((draws, size), dtype=np.int64)
+    for b in range(draws):
+        out[b] = np.bincount(rng.integers(0, size, size), minlength=size)
+    return out
+
+
+def _stream(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode("utf-8")), 1])
+
+
+def bootstrap_interval(values: Sequence[float], point: float, level: float = CI_LEVEL,
+                       bounds: tuple[float, float] = (0.0, np.inf)) -> dict[str, Any]:
+    """The percentile interval of bootstrap replicates, re-centred on the point estimate.
+
+    The replicates are shifted by the bootstrap bias estimate (their mean minus ``point``) before the
+    percentiles are taken: FID, KL and MAUVE of resamples (duplicates, fewer distinct texts) are biased, and
+    the plain percentile interval of FID often lies wholly above the point estimate. Clipped to ``bounds``.
+    Returns ``{"ci95", "percentile", "mean", "resamples"}`` (``percentile``: the plain interval).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+    raw = np.percentile(v, q)
+    lo, hi = np.clip(np.percentile(v - v.mean() + point, q), *bounds)
+    return {"ci95": [float(lo), float(hi)], "percentile": [float(raw[0]), float(raw[1])],
+            "mean": float(v.mean()), "resamples": int(len(v))}
+
+
+def _weighted_f1(train_emb, train_labels, w_train, test_emb, test_labels, w_test, clf) -> float:
+    """Macro-F1 of :func:`downstream_f1` for resamples given as multiplicities (sample weights): ``clf``
+    fitted on the weighted training rows, F1 = 2 TP / (2 TP + FP + FN) per label drawn into the test
+    resample (0 where undefined), as ``sklearn.metrics.f1_score`` (slow to call thousands of times)."""
+    clf.fit(train_emb, train_labels, sample_weight=w_train)
+    pred = clf.predict(test_emb)
+    truth, w = np.asarray(test_labels), np.asarray(w_test, dtype=np.float64)
+    scores = []
+    for label in sorted(set(truth[w > 0].tolist())):
+        t, p = truth == label, pred == label
+        tp, fp, fn = w[t & p].sum(), w[~t & p].sum(), w[t & ~p].sum()
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return float(np.mean(scores))
+
+
+def bootstrap_metrics(real_emb: np.ndarray, gen_emb: np.ndarray, point: dict[str, Any],
+                      real_draws: np.ndarray, gen_draws: np.ndarray, real_bins: _PairBins | None = None,
+                      n_boot: int | None = None, n_mauve: int = MAUVE_BOOTSTRAP,
+                      mauve_seeds: Sequence[int] = MAUVE_SEEDS,
+                      f1_data: dict[str, Any] | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Bootstrap intervals (:func:`bootstrap_interval`) of FID, KL-cosine, MAUVE and F1 of one comparison.
+
+    ``real_draws`` / ``gen_draws``: (B, n) multiplicities of the real and generated n-subsets (replicate b
+    resamples both); FID, KL-cosine and F1 use the first ``n_boot`` (default all B), MAUVE the first
+    ``n_mauve`` (k-means seeds ``mauve_seeds`` in turn, so its interval holds the seeds' spread too). F1:
+    ``f1_data`` = {"labels": the generated rows' labels, "test_emb", "test_labels", "test_draws": (B, N_test)}
+    retrains the classifier on each resample of the generated texts and scores it on a resample of the real
+    test texts. ``point``: the point estimates (fid, kl_cosine, mauve, f1). ``real_bins``: the real set's
+    :class:`_PairBins` (made here when not given).
+    """
+    n_boot = len(real_draws) if n_boot is None else n_boot
+    raw_gen = gen_emb
+    real_emb, gen_emb = l2_normalise(real_emb), l2_normalise(gen_emb)
+    out: dict[str, dict[str, Any]] = {}
+    if n_boot:
+        real_bins = real_bins or _PairBins(real_emb, seed=seed)
+        gen_bins = _PairBins(gen_emb, seed=seed)
+        fids, kls = [], []
+        for wr, wg in zip(real_draws[:n_boot], gen_draws[:n_boot]):
+            fids.append(_frechet_eigh(*_weighted_moments(real_emb, wr), *_weighted_moments(gen_emb, wg)))
+            p, q = real_bins.histogram(wr), gen_bins.histogram(wg)
+            kls.append(float(np.sum(p * np.log(p / q))))
+        out["fid"] = bootstrap_interval(fids, point["fid"])
+        out["kl_cosine"] = bootstrap_interval(kls, point["kl_cosine"])
+    if n_mauve:
+        import mauve
+
+        scores = []
+        with _faiss_warnings_dropped():
+            for b, (wr, wg) in enumerate(zip(real_draws[:n_mauve], gen_draws[:n_mauve])):
+                res = mauve.compute_mauve(p_features=np.repeat(real_emb, wr, axis=0),
+                                          q_features=np.repeat(gen_emb, wg, axis=0),
+                                          seed=int(mauve_seeds[b % len(mauve_seeds)]), verbose=False)
+                scores.append(float(res.mauve))
+        out["mauve"] = bootstrap_interval(scores, point["mauve"], bounds=(0.0, 1.0))
+    if n_boot and f1_data is not None and point.get("f1") is not None:
+        from sklearn.linear_model import LogisticRegression
+
+        labels, clf, f1s = np.asarray(f1_data["labels"]), None, []
+        classes = set(labels.tolist())
+        for wg, wt in zip(gen_draws[:n_boot], f1_data["test_draws"][:n_boot]):
+            drawn = set(labels[wg > 0].tolist())
+            if len(drawn) < 2:
+                continue  # a resample with one label trains no classifier
+            if drawn != classes:  # a class missing from the resample: a fresh fit, not a warm start
+                fresh = LogisticRegression(max_iter=5000, random_state=seed)
+                f1s.append(_weighted_f1(raw_gen, labels, wg, f1_data["test_emb"], f1_data["test_labels"], wt,
+                                        fresh))
+                continue
+            # the same classifier warm-started from the previous resample's fit: the same optimum, sooner
+            clf = clf or LogisticRegression(max_iter=5000, random_state=seed, warm_start=True)
+            f1s.append(_weighted_f1(raw_gen, labels, wg, f1_data["test_emb"], f1_data["test_labels"], wt,
+                                    clf))
+        if f1s:
+            out["f1"] = bootstrap_interval(f1s, point["f1"], bounds=(0.0, 1.0))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- sets
 def _clean_labels(labels: Sequence | None, n: int, where: str) -> list[str] | None:
     """Labels as strings, or None when missing for any text (None, NaN or empty)."""
@@ -225,24 +435,87 @@ def _encode(embedder, texts: list[str], desc: str, progress: bool) -> np.ndarray
     return np.asarray(emb, dtype=np.float64)
 
 
+def bootstrap_method(bootstrap: int, mauve_bootstrap: int, mauve_seeds: Sequence[int]) -> str:
+    """The interval method in words, as the report and the printed table state it."""
+    if not bootstrap and not mauve_bootstrap:
+        return "no intervals (--bootstrap 0 --mauve-bootstrap 0)"
+    seeds = [int(s) for s in mauve_seeds]
+    mauve_part = (f"MAUVE {mauve_bootstrap} resamples, one k-means run each with seeds "
+                  f"{', '.join(map(str, seeds))} in turn" if mauve_bootstrap else "MAUVE none")
+    return (f"95% CI: bootstrap over texts (the real and the generated texts resampled with replacement), "
+            f"{bootstrap} resamples for FID / KL-cos / F1, {mauve_part}; percentile interval re-centred on "
+            f"the point estimate")
+
+
+def _compare(name: str, texts: list[str], emb: np.ndarray, labels: list[str] | None, ctx: dict[str, Any],
+             row_notes: list[str], n_total: int) -> dict[str, Any]:
+    """One row: the point estimates (on the two equal-n subsets), their intervals, diversity and lengths."""
+    real_emb, mauve_seeds, seed = ctx["real_emb"], ctx["mauve_seeds"], ctx["seed"]
+    mv = mauve_score(real_emb, emb, mauve_seeds)
+    row = {"name": name, "n": len(texts), "n_total": n_total, "fid": fid(real_emb, emb),
+           "mauve": mv["mean"], "mauve_std": mv["std"], "mauve_scores": mv["scores"],
+           "kl_cosine": kl_cosine(real_emb, emb, seed=seed), "f1": None}
+    if ctx["real_labels"] is not None:
+        if labels is None:
+            row_notes.append("no labels on every row: F1 left out")
+        elif len(set(labels)) < 2:
+            row_notes.append(f"a single label ({labels[0]!r}): F1 left out")
+        else:
+            row["f1"] = downstream_f1(emb, labels, ctx["real_emb_all"], ctx["real_labels"], seed=seed)
+    draws = max(ctx["bootstrap"], ctx["mauve_bootstrap"])
+    ci = {"fid": None, "mauve": None, "kl_cosine": None, "f1": None}
+    details: dict[str, Any] = {}
+    if draws:
+        rng = _stream(seed, f"{name}\0bootstrap")
+        gen_draws = _counts(rng, len(texts), draws)
+        real_draws = ctx["real_draws"]
+        f1_data = None
+        if row["f1"] is not None:
+            f1_data = {"labels": labels, "test_emb": ctx["real_emb_all"], "test_labels": ctx["real_labels"],
+                       "test_draws": ctx["test_draws"]}
+        details = bootstrap_metrics(real_emb, emb, row, real_draws, gen_draws, ctx["real_bins"],
+                                    n_boot=ctx["bootstrap"], n_mauve=ctx["mauve_bootstrap"],
+                                    mauve_seeds=mauve_seeds, f1_data=f1_data, seed=seed)
+        if row["f1"] is not None and ctx["bootstrap"] and "f1" not in details:
+            row_notes.append("every F1 resample drew a single label: no F1 interval")
+        ci.update({k: v["ci95"] for k, v in details.items()})
+    row["ci95"] = ci
+    row["bootstrap"] = details
+    row["diversity"] = diversity(texts, emb)
+    row["length"] = length_stats(texts, ctx["real_sub_texts"])
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:
+        row_notes.append(f"{empty} empty text(s) in the sample")
+    row["notes"] = row_notes
+    return row
+
+
 def evaluate_sets(real_texts: Sequence[str], real_labels: Sequence | None,
                   synthetic: dict[str, tuple[Sequence[str], Sequence | None]], embedder,
                   reference_train: tuple[Sequence[str], Sequence | None] | None = None,
                   sample_size: int | None = None, seed: int = 0, mauve_seeds: Sequence[int] = MAUVE_SEEDS,
-                  plot: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                  plot: str | Path | None = None, progress: bool = True, bootstrap: int = BOOTSTRAP,
+                  mauve_bootstrap: int = MAUVE_BOOTSTRAP) -> dict[str, Any]:
     """Every metric for each synthetic set against the real held-out set, at one sample size n.
 
     ``embedder``: a :class:`mop.embed.Embedder` (or a bundled name / path, or any object with
     ``encode(texts) -> (N, D)``). n is the smallest of the real and synthetic sets' sizes, or ``sample_size``
     (which must not exceed it); the real set is subsampled once (seed) and every synthetic set on its own
     seeded stream. FID, MAUVE and KL-cosine compare the two n-subsets. Downstream F1 trains on a synthetic
-    n-subset (its rows' labels) and tests on all the labelled real texts; ``reference_train`` (real training
-    texts, labels) gives the reference row, trained on n of them. ``plot``: a PNG path for
-    :func:`plot_projection`.
+    n-subset (its rows' labels) and tests on all the labelled real texts. ``reference_train`` (real training
+    texts, labels or None) gives the reference row: n of them through the same metrics, what a set
+    indistinguishable from the real texts scores. ``plot``: a PNG path for :func:`plot_projection`.
 
-    Returns ``{"n", "seed", "embedder", "mauve_seeds", "real", "rows", "reference", "notes"}``; each row holds
-    name, n, n_total, fid, mauve, mauve_std, mauve_scores, kl_cosine, f1 (None where not computable) and
-    notes.
+    95% intervals (:func:`bootstrap_metrics`): ``bootstrap`` resamples of both sets' texts for FID, KL-cosine
+    and F1 (whose classifier is retrained on each resample and scored on resampled real test texts),
+    ``mauve_bootstrap`` for MAUVE; the same real resamples for every row; 0: none.
+
+    Returns ``{"n", "seed", "embedder", "mauve_seeds", "bootstrap", "real", "rows", "reference", "notes"}``;
+    each row (and the reference) holds name, n, n_total, fid, mauve, mauve_std, mauve_scores, kl_cosine, f1
+    (None where not computable), ci95 ({metric: [lo, hi] or None}), bootstrap (per metric: the plain
+    percentile interval, the replicates' mean, the resample count), diversity (distinct_1, distinct_2,
+    vendi), length (mean_words, median_words, wasserstein_words against the real n-subset) and notes;
+    ``real`` holds the real n-subset's diversity and length.
     """
     if isinstance(embedder, (str, Path)):
         from mop.embed import Embedder
@@ -251,6 +524,8 @@ def evaluate_sets(real_texts: Sequence[str], real_labels: Sequence | None,
     real_texts = list(real_texts)
     if not synthetic:
         raise MopError("no synthetic set to evaluate")
+    if bootstrap < 0 or mauve_bootstrap < 0:
+        raise MopError(f"bootstrap resamples must be >= 0, got {bootstrap} and {mauve_bootstrap}")
     sizes = {"real": len(real_texts), **{name: len(texts) for name, (texts, _) in synthetic.items()}}
     small = {k: v for k, v in sizes.items() if v < MIN_TEXTS}
     if small:
@@ -281,6 +556,16 @@ def evaluate_sets(real_texts: Sequence[str], real_labels: Sequence | None,
     real_emb_all = _encode(embedder, real_texts, "embedding real", progress)  # (N_r, D)
     real_idx = _subsample(len(real_texts), n, seed, "\0real")
     real_emb = real_emb_all[real_idx]  # (n, D)
+    real_sub_texts = [real_texts[i] for i in real_idx]
+    draws = max(bootstrap, mauve_bootstrap)
+    ctx = {"real_emb": real_emb, "real_emb_all": real_emb_all, "real_labels": real_labels, "seed": seed,
+           "mauve_seeds": tuple(mauve_seeds), "real_sub_texts": real_sub_texts, "bootstrap": bootstrap,
+           "mauve_bootstrap": mauve_bootstrap,
+           # the same real resamples for every row, so that rows' intervals are comparable
+           "real_draws": _counts(_stream(seed, "\0real\0bootstrap"), n, draws),
+           "test_draws": _counts(_stream(seed, "\0f1 test\0bootstrap"), len(real_texts),
+                                 bootstrap if real_labels is not None else 0),
+           "real_bins": _PairBins(l2_normalise(real_emb), seed=seed) if bootstrap else None}
 
     rows, sets_for_plot = [], {}
     for name, (texts, labels) in synthetic.items():
@@ -289,46 +574,47 @@ def evaluate_sets(real_texts: Sequence[str], real_labels: Sequence | None,
         emb = _encode(embedder, [texts[i] for i in idx], f"embedding {name}", progress)  # (n, D)
         if emb.shape[1] != real_emb.shape[1]:
             raise MopError(f"set '{name}': embedding dimension {emb.shape[1]} differs from the real set's")
-        row_notes = []
         labels = _clean_labels(labels, len(texts), f"set '{name}'")
         sub_labels = [labels[i] for i in idx] if labels is not None else None
-        mv = mauve_score(real_emb, emb, mauve_seeds)
-        row = {"name": name, "n": n, "n_total": len(texts), "fid": fid(real_emb, emb),
-               "mauve": mv["mean"], "mauve_std": mv["std"], "mauve_scores": mv["scores"],
-               "kl_cosine": kl_cosine(real_emb, emb, seed=seed), "f1": None}
-        if real_labels is not None:
-            if sub_labels is None:
-                row_notes.append("no labels on every row: F1 left out")
-            elif len(set(sub_labels)) < 2:
-                row_notes.append(f"a single label ({sub_labels[0]!r}): F1 left out")
-            else:
-                row["f1"] = downstream_f1(emb, sub_labels, real_emb_all, real_labels, seed=seed)
-        empty = sum(1 for i in idx if not texts[i].strip())
-        if empty:
-            row_notes.append(f"{empty} empty text(s) in the sample")
-        row["notes"] = row_notes
-        rows.append(row)
+        rows.append(_compare(name, [texts[i] for i in idx], emb, sub_labels, ctx, [], len(texts)))
         sets_for_plot[name] = (emb, sub_labels)
 
     reference = None
-    if reference_train is not None and real_labels is not None:
-        ref_texts, ref_labels = list(reference_train[0]), reference_train[1]
-        ref_labels = _clean_labels(ref_labels, len(ref_texts), "reference training set")
-        if ref_labels is None or len(set(ref_labels)) < 2:
-            notes.append("the reference training set lacks labels (or has one label): no reference row")
+    if reference_train is not None:
+        ref_texts = list(reference_train[0])
+        ref_labels = _clean_labels(reference_train[1], len(ref_texts), "reference training set")
+        if real_labels is not None and (ref_labels is None or len(set(ref_labels)) < 2):
+            notes.append("the reference training set lacks labels (or has one label): no reference F1")
+        m = min(n, len(ref_texts))
+        if m < MIN_TEXTS:
+            notes.append(f"the reference training set has only {m} texts: no reference row")
         else:
-            m = min(n, len(ref_texts))
             idx = _subsample(len(ref_texts), m, seed, "\0reference")
             ref_emb = _encode(embedder, [ref_texts[i] for i in idx], "embedding reference", progress)
-            reference = {"name": "real train (reference)", "n": m, "n_total": len(ref_texts),
-                         "f1": downstream_f1(ref_emb, [ref_labels[i] for i in idx], real_emb_all, real_labels,
-                                             seed=seed)}
+            ref_ctx = ctx
             if m < n:
-                notes.append(f"the reference training set has only {m} texts (< n = {n})")
+                notes.append(f"the reference training set has only {m} texts (< n = {n}): its row compares "
+                             f"{m} real test texts")
+                keep = _subsample(n, m, seed, "\0reference real")
+                kept = real_emb[keep]
+                ref_ctx = {**ctx, "real_emb": kept, "real_sub_texts": [real_sub_texts[i] for i in keep],
+                           "real_draws": _counts(_stream(seed, "\0real\0bootstrap"), m, draws),
+                           "real_bins": _PairBins(l2_normalise(kept), seed=seed) if bootstrap else None}
+            sub_labels = [ref_labels[i] for i in idx] if ref_labels is not None else None
+            if sub_labels is not None and len(set(sub_labels)) < 2:
+                sub_labels = None
+            ref_notes: list[str] = []
+            reference = _compare("real train (reference)", [ref_texts[i] for i in idx], ref_emb, sub_labels,
+                                 ref_ctx, ref_notes, len(ref_texts))
+            reference["notes"] = [t for t in ref_notes if "F1 left out" not in t]
 
     result = {"n": n, "seed": seed, "embedder": getattr(embedder, "name", type(embedder).__name__),
               "mauve_seeds": [int(s) for s in mauve_seeds],
-              "real": {"n_total": len(real_texts), "n_f1_test": len(real_texts) if real_labels else 0},
+              "bootstrap": {"method": bootstrap_method(bootstrap, mauve_bootstrap, mauve_seeds),
+                            "resamples": bootstrap, "mauve_resamples": mauve_bootstrap, "level": CI_LEVEL},
+              "real": {"n_total": len(real_texts), "n_f1_test": len(real_texts) if real_labels else 0,
+                       "diversity": diversity(real_sub_texts, real_emb),
+                       "length": length_stats(real_sub_texts)},
               "rows": rows, "reference": reference, "notes": notes}
     if plot is not None:
         plot_projection(real_emb, [real_labels[i] for i in real_idx] if real_labels else None, sets_for_plot,
@@ -458,17 +744,39 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def _cell(value: float | None, ci: Sequence[float] | None, digits: int) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.{digits}f}"
+    return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def _diversity_cells(div: dict[str, float], length: dict[str, float]) -> str:
+    w1 = length.get("wasserstein_words")
+    return (f"{div['distinct_1']:.3f} / {div['distinct_2']:.3f} | {div['vendi']:.1f} | "
+            f"{length['mean_words']:.1f} / {length['median_words']:g} | "
+            + (f"{w1:.2f}" if w1 is not None else "–"))
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The markdown table printed by ``mop evaluate``: one row per set, then the reference row."""
-    lines = ["| set | n | FID ↓ | MAUVE ↑ (mean ± std) | KL-cos ↓ | F1 ↑ |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for r in result["rows"]:
-        f1 = f"{r['f1']:.3f}" if r["f1"] is not None else "–"
-        lines.append(f"| {r['name']} | {r['n']} | {r['fid']:.4f} | {r['mauve']:.3f} ± {r['mauve_std']:.3f} | "
-                     f"{r['kl_cosine']:.4f} | {f1} |")
+    """The markdown table printed by ``mop evaluate``: one row per set, the reference row (real training texts
+    through the same metrics) and the real texts' own diversity and lengths; then the interval method."""
+    lines = ["| set | n | FID ↓ [95% CI] | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
+             "distinct-1 / -2 | Vendi | words mean / median | length W1 ↓ |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     ref = result.get("reference")
-    if ref:
-        lines.append(f"| {ref['name']} | {ref['n']} | – | – | – | {ref['f1']:.3f} |")
+    for r in result["rows"] + ([ref] if ref else []):
+        ci = r.get("ci95") or {}
+        lines.append(f"| {r['name']} | {r['n']} | {_cell(r['fid'], ci.get('fid'), 4)} | "
+                     f"{_cell(r['mauve'], ci.get('mauve'), 3)} | "
+                     f"{_cell(r['kl_cosine'], ci.get('kl_cosine'), 4)} | "
+                     f"{_cell(r['f1'], ci.get('f1'), 3)} | {_diversity_cells(r['diversity'], r['length'])} |")
+    real = result["real"]
+    lines.append(f"| real (evaluated split) | {result['n']} | – | – | – | – | "
+                 f"{_diversity_cells(real['diversity'], real['length'])} |")
+    method = (result.get("bootstrap") or {}).get("method")
+    if method:
+        lines.append(f"\n{method}; length W1: Wasserstein-1 distance of the word counts to the real texts'.")
     return "\n".join(lines)
 
 
@@ -520,11 +828,12 @@ def _real_sets(config: str | None, real: str | None, split: str, reference_split
             raise MopError(f"split '{split}' of the dataset of '{config}' has no records")
         labels = [r.label for r in records] if pop.spec.label_column else None
         ref_split, reference_set = reference_split or "train", None
-        if ref_split != "none" and labels is not None:
+        if ref_split != "none":
             if ref_split == split:
                 raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
             ref = pop[ref_split]
-            reference_set = ([r.response for r in ref], [r.label for r in ref]) if ref else None
+            ref_labels = [r.label for r in ref] if pop.spec.label_column else None
+            reference_set = ([r.response for r in ref], ref_labels) if ref else None
         configured = config_data_section(read_config(config)).get("embedder")
         return ([r.response for r in records], labels, reference_set,
                 {"data": str(config), "split": split, "reference_split": ref_split},
@@ -533,8 +842,6 @@ def _real_sets(config: str | None, real: str | None, split: str, reference_split
     reference_set = None
     if reference:
         ref_texts, ref_labels, _ = read_texts(reference, text_field)
-        if ref_labels is None:
-            raise MopError(f"--reference '{reference}' needs a label on every row")
         reference_set = (ref_texts, ref_labels)
     return texts, labels, reference_set, {"real": str(real), "reference": reference}, None
 
@@ -555,12 +862,16 @@ def evaluate_command(
     text_field: str | None = None,
     seed: int = 0,
     mauve_seeds: PositiveInt = len(MAUVE_SEEDS),
+    bootstrap: NonNegativeInt = BOOTSTRAP,
+    mauve_bootstrap: NonNegativeInt = MAUVE_BOOTSTRAP,
     progress: bool = True,
 ) -> int:
     """Compare generated populations with the real held-out texts on sentence embeddings.
 
     FID, MAUVE, KL of the pairwise-cosine histograms and downstream macro-F1, every set subsampled to the same
-    n. The real texts are a split of a config's dataset (-c) or a file (--real).
+    n, each with a 95% bootstrap interval; a reference row of real training texts through the same metrics;
+    each set's diversity (distinct-1/-2, Vendi) and lengths. The real texts are a split of a config's dataset
+    (-c) or a file (--real).
 
     Args:
         synthetic: generated JSONL files (rows with text and label, as written by mop generate); CSV / Parquet
@@ -575,12 +886,15 @@ def evaluate_command(
         plot: a PNG: PCA of the real embeddings, one panel per synthetic set.
         embedder: the sentence embedder for both sides (default: the config's data.embedder, else minilm-l6).
         sample_size: n texts per set (default: the smallest set's size); every set is subsampled to n, seeded.
-        reference_split: with a config: the split a reference classifier is trained on for the F1 column
-            (default: train; none: no reference row).
-        reference: with --real: a CSV / JSONL of real training texts with labels, for the reference F1 row.
+        reference_split: with a config: the split of real texts for the reference row, n of them through
+            every metric (default: train; none: no reference row).
+        reference: with --real: a CSV / JSONL of real training texts (labels optional: F1) for the reference
+            row.
         text_field: the text column of --real (default: text, else response).
         seed: seed of the subsampling and the classifiers.
         mauve_seeds: the number of k-means seeds (0..N-1) MAUVE is averaged over.
+        bootstrap: resamples of the texts for the 95% intervals of FID, KL-cos and F1 (0: none).
+        mauve_bootstrap: resamples for MAUVE's interval (one k-means run each, the seeds in turn; 0: none).
         progress: show progress bars.
     """
     import time
@@ -614,7 +928,8 @@ def evaluate_command(
 
     result = evaluate_sets(real_texts, real_labels, sets, _make_embedder(embedder_name),
                            reference_train=reference_set, sample_size=sample_size, seed=seed,
-                           mauve_seeds=tuple(range(mauve_seeds)), plot=plot, progress=progress)
+                           mauve_seeds=tuple(range(mauve_seeds)), plot=plot, progress=progress,
+                           bootstrap=bootstrap, mauve_bootstrap=mauve_bootstrap)
     for row in result["rows"]:
         row["file"] = files[row["name"]]
     result["embedder"] = embedder_name
@@ -625,6 +940,8 @@ def evaluate_command(
     for row in result["rows"]:
         for note in row["notes"]:
             print(f"note: {row['name']}: {note}")
+    for note in (result["reference"] or {}).get("notes", []):
+        print(f"note: {result['reference']['name']}: {note}")
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"\n{len(result['rows'])} set(s) at n = {result['n']} with {embedder_name} in "

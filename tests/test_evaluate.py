@@ -7,18 +7,27 @@ import zlib
 
 import numpy as np
 import pytest
+import scipy.linalg  # noqa: F401  (loaded before the one_thread fixture, so that its BLAS pool is limited)
 from helpers import REPO, assert_one_line_error, run_cli
+from sklearn.linear_model import LogisticRegression
 
 from mop.errors import MopError
 from mop.evaluate import (
+    _frechet_eigh,
+    _PairBins,
+    _weighted_f1,
+    _weighted_moments,
     class_ellipse,
     cosine_histogram,
+    distinct_n,
     downstream_f1,
     evaluate_sets,
     fid,
     frechet_distance,
     kl_cosine,
+    length_stats,
     mauve_score,
+    vendi_score,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -181,7 +190,7 @@ def test_evaluate_sets_compares_every_set_at_one_sample_size():
     ref = reviews(200, seed=2)
     emb = HashEmbedder()
     out = evaluate_sets(real_t, real_l, sets, emb, reference_train=ref, seed=0, mauve_seeds=(0, 1),
-                        progress=False)
+                        progress=False, bootstrap=30, mauve_bootstrap=2)
     rows = {r["name"]: r for r in out["rows"]}
     assert out["n"] == 60 and all(r["n"] == 60 for r in rows.values())
     assert [rows[k]["n_total"] for k in ("copy", "other", "flat")] == [60, 120, 100]
@@ -190,18 +199,161 @@ def test_evaluate_sets_compares_every_set_at_one_sample_size():
     assert rows["copy"]["f1"] > 0.9 and rows["other"]["f1"] > 0.9
     assert rows["flat"]["f1"] is None and "single label" in rows["flat"]["notes"][0]
     assert out["reference"]["n"] == 60 and out["reference"]["f1"] > 0.8
+    for r in [*rows.values(), out["reference"]]:  # every interval holds its point estimate
+        for metric, ci in r["ci95"].items():
+            assert (ci is None) == (r[metric] is None), (r["name"], metric)
+            assert ci is None or ci[0] <= r[metric] <= ci[1], (r["name"], metric, ci)
+        assert r["bootstrap"]["fid"]["resamples"] == 30 and r["bootstrap"]["mauve"]["resamples"] == 2
+    assert rows["flat"]["diversity"]["vendi"] < rows["copy"]["diversity"]["vendi"]
+    assert rows["flat"]["length"]["wasserstein_words"] > 4 > rows["other"]["length"]["wasserstein_words"]
+    assert "30 resamples" in out["bootstrap"]["method"] and out["real"]["length"]["median_words"] == 8
     again = evaluate_sets(real_t, real_l, sets, emb, reference_train=ref, seed=0, mauve_seeds=(0, 1),
-                          progress=False)
-    assert again["rows"] == out["rows"]  # seeded subsamples
-    other_seed = evaluate_sets(real_t, real_l, sets, emb, seed=1, mauve_seeds=(0,), progress=False)
+                          progress=False, bootstrap=30, mauve_bootstrap=2)
+    assert again["rows"] == out["rows"] and again["reference"] == out["reference"]  # seeded subsamples
+    other_seed = evaluate_sets(real_t, real_l, sets, emb, seed=1, mauve_seeds=(0,), progress=False,
+                               bootstrap=0, mauve_bootstrap=0)
     assert other_seed["rows"][1]["fid"] != out["rows"][1]["fid"]
+    assert other_seed["rows"][1]["ci95"]["fid"] is None
+    assert "no intervals" in other_seed["bootstrap"]["method"]
     small = evaluate_sets(real_t, real_l, {"copy": (same_t, same_l)}, emb, sample_size=20, mauve_seeds=(0,),
-                          progress=False)
+                          progress=False, bootstrap=0, mauve_bootstrap=0)
     assert small["n"] == 20 and small["rows"][0]["n"] == 20
     with pytest.raises(MopError, match="exceeds the smallest set"):
         evaluate_sets(real_t, real_l, sets, emb, sample_size=61, progress=False)
     with pytest.raises(MopError, match="at least 10 texts"):
         evaluate_sets(real_t, real_l, {"tiny": (same_t[:9], same_l[:9])}, emb, progress=False)
+
+
+# ------------------------------------------------------------------------------- intervals and the reference
+class LookupEmbedder:
+    """Texts are keys of a table of given vectors: synthetic embeddings through evaluate_sets."""
+
+    name = "lookup"
+
+    def __init__(self, *tables):
+        self.table = {k: v for t in tables for k, v in t.items()}
+
+    def encode(self, texts):
+        return np.stack([self.table[t] for t in texts])
+
+
+def gaussian_set(prefix, n, seed, shift=0.0, d=8):
+    """n texts named prefix0.. whose embeddings are N(0.5, I) in d dimensions, the first shifted by shift."""
+    x = np.random.default_rng(seed).normal(size=(n, d)) + 0.5
+    x[:, 0] += shift
+    return {f"{prefix}{i}": v for i, v in enumerate(x)}
+
+
+def test_bootstrap_replicates_are_those_of_the_resampled_sets():
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(50, 6)) + 0.4, rng.normal(size=(40, 6))
+    ones_x, ones_y = np.ones(50), np.ones(40)
+    assert _frechet_eigh(*_weighted_moments(x, ones_x), *_weighted_moments(y, ones_y)) == \
+        pytest.approx(fid(x, y, normalize=False), rel=1e-8)
+    w = rng.integers(0, 3, 50)  # multiplicities: the resample repeats row i w_i times
+    rep = np.repeat(x, w, axis=0)
+    assert _frechet_eigh(*_weighted_moments(x, w), *_weighted_moments(y, ones_y)) == \
+        pytest.approx(fid(rep, y, normalize=False), rel=1e-8)
+    bins = _PairBins(x)
+    assert np.allclose(bins.histogram(ones_x), cosine_histogram(x), rtol=1e-12, atol=0)
+    # a resample's histogram: every pair of drawn texts except a text with its own copy
+    origin = np.repeat(np.arange(50), w)
+    xn = rep / np.linalg.norm(rep, axis=1, keepdims=True)
+    i, j = np.triu_indices(len(rep), k=1)
+    keep = origin[i] != origin[j]
+    cos = np.clip(np.sum(xn[i[keep]] * xn[j[keep]], axis=1), -1, 1)
+    hist = np.histogram(cos, bins=100, range=(-1, 1))[0] + 1e-10
+    assert np.allclose(bins.histogram(w), hist / hist.sum(), rtol=1e-9, atol=0)
+    # F1 of a classifier fitted on weighted rows, scored with weights: that of the repeated rows
+    ylab = np.array(["a" if v > 0.4 else "b" for v in x[:, 0]])
+    test, test_lab = y[:30], np.array(["a" if v > 0 else ("b" if v > -1 else "c") for v in y[:30, 0]])
+    wt = rng.integers(0, 3, 30)
+    got = _weighted_f1(x, ylab, w, test, test_lab, wt, LogisticRegression(max_iter=5000, random_state=0))
+    assert got == pytest.approx(downstream_f1(rep, np.repeat(ylab, w), np.repeat(test, wt, axis=0),
+                                              np.repeat(test_lab, wt)), abs=1e-6)
+
+
+def test_fid_interval_holds_the_point_shrinks_with_n_and_separates_a_shift():
+    widths, intervals = {}, {}
+    for n in (100, 400):
+        real, same, shifted = (gaussian_set("r", n, 1), gaussian_set("g", n, 2),
+                               gaussian_set("s", n, 3, shift=0.7))
+        out = evaluate_sets(list(real), None, {"same": (list(same), None), "shift": (list(shifted), None)},
+                            LookupEmbedder(real, same, shifted), mauve_seeds=(0,), bootstrap=100,
+                            mauve_bootstrap=0, progress=False)
+        rows = {r["name"]: r for r in out["rows"]}
+        for r in rows.values():
+            lo, hi = r["ci95"]["fid"]
+            assert lo <= r["fid"] <= hi and r["bootstrap"]["fid"]["resamples"] == 100
+            assert r["ci95"]["mauve"] is None and r["ci95"]["f1"] is None  # no MAUVE resamples, no labels
+        widths[n] = np.diff(rows["same"]["ci95"]["fid"])[0]
+        intervals[n] = rows
+    assert widths[400] < 0.5 * widths[100]
+    # what two samples of the same Gaussian score at n = 400 (the estimator's mean, > 0 at finite n) lies in
+    # the interval; the shifted set's interval lies wholly above it
+    rng = np.random.default_rng(11)
+    expected = np.mean([fid(rng.normal(size=(400, 8)) + 0.5, rng.normal(size=(400, 8)) + 0.5)
+                        for _ in range(30)])
+    lo, hi = intervals[400]["same"]["ci95"]["fid"]
+    assert lo <= expected <= hi and hi < 0.05
+    assert intervals[400]["shift"]["ci95"]["fid"][0] > hi
+
+
+def labelled_blobs(prefix, n, seed, shift=0.0):
+    """n texts of two labels whose embeddings are two separated Gaussian blobs (plus an overall shift)."""
+    rng = np.random.default_rng(seed)
+    labels = ["pos" if i % 2 == 0 else "neg" for i in range(n)]
+    centre = {"pos": np.r_[1.5, 0.0, 0.5, 0.5, 0.5, 0.5], "neg": np.r_[0.0, 1.5, 0.5, 0.5, 0.5, 0.5]}
+    x = np.stack([centre[lab] + rng.normal(scale=0.5, size=6) for lab in labels])
+    x[:, 2] += shift
+    return {f"{prefix}{i}": v for i, v in enumerate(x)}, labels
+
+
+def test_reference_row_is_near_perfect_for_real_texts_and_a_shifted_set_is_worse():
+    (test, test_l), (train, train_l) = labelled_blobs("test", 300, 1), labelled_blobs("train", 600, 2)
+    shifted, shifted_l = labelled_blobs("gen", 300, 3, shift=1.5)
+    out = evaluate_sets(list(test), test_l, {"shifted": (list(shifted), shifted_l)},
+                        LookupEmbedder(test, train, shifted), reference_train=(list(train), train_l),
+                        mauve_seeds=(0, 1), bootstrap=40, mauve_bootstrap=3, progress=False)
+    ref, gen = out["reference"], out["rows"][0]
+    assert ref["name"] == "real train (reference)" and ref["n"] == 300 and ref["n_total"] == 600
+    assert ref["mauve"] > 0.9 and ref["fid"] < 0.02 and ref["kl_cosine"] < 0.1 and ref["f1"] > 0.9
+    assert all(ref["ci95"][m] is not None for m in ("fid", "mauve", "kl_cosine", "f1"))
+    assert gen["fid"] > 10 * ref["fid"] and gen["ci95"]["fid"][0] > ref["ci95"]["fid"][1]
+    assert gen["mauve"] < ref["mauve"] - 0.3 and gen["kl_cosine"] > ref["kl_cosine"]
+    # no labels on the reference texts: the row keeps every other metric, with a note
+    unlabelled = evaluate_sets(list(test), test_l, {"shifted": (list(shifted), shifted_l)},
+                               LookupEmbedder(test, train, shifted), reference_train=(list(train), None),
+                               mauve_seeds=(0,), bootstrap=0, mauve_bootstrap=0, progress=False)
+    assert unlabelled["reference"]["f1"] is None and unlabelled["reference"]["fid"] == ref["fid"]
+    assert any("no reference F1" in note for note in unlabelled["notes"])
+
+
+def test_distinct_n_counts_unique_ngrams_within_texts():
+    texts = ["The cat sat.", "the CAT ran!", "Dogs"]
+    # unigrams: the cat sat the cat ran dogs -> 5 unique of 7; bigrams (not across texts): the cat, cat sat,
+    # the cat, cat ran -> 3 unique of 4
+    assert distinct_n(texts, 1) == pytest.approx(5 / 7)
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)
+    assert distinct_n(["it's a film", "It’s a film"], 1) == pytest.approx(3 / 6)  # one token "it's"
+    assert distinct_n(["one"], 2) == 0.0 and distinct_n([], 1) == 0.0
+
+
+def test_vendi_score_counts_effective_distinct_embeddings():
+    v = np.array([[3.0, 4.0, 0.0]])
+    assert vendi_score(np.tile(v, (25, 1))) == pytest.approx(1.0)
+    assert vendi_score(np.eye(12, 20) * 7.0) == pytest.approx(12.0)  # orthogonal rows, any norm
+    two = np.r_[np.tile([[1.0, 0.0]], (5, 1)), np.tile([[0.0, 2.0]], (5, 1))]
+    assert vendi_score(two) == pytest.approx(2.0)
+    x = np.random.default_rng(12).normal(size=(200, 16))
+    assert 1.0 < vendi_score(x) < 16.0  # bounded by the dimension
+
+
+def test_length_stats_of_hand_made_texts():
+    out = length_stats(["a b c", "a b", "one two, three four five!"], real_texts=["x y", "x y", "x y"])
+    assert out["mean_words"] == pytest.approx(10 / 3) and out["median_words"] == 3.0
+    assert out["wasserstein_words"] == pytest.approx((1 + 0 + 3) / 3)  # sorted 2,3,5 against 2,2,2
+    assert "wasserstein_words" not in length_stats(["a b"])
 
 
 def test_class_ellipse_spans_two_standard_deviations():
@@ -236,7 +388,7 @@ def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, f
     out, png = tmp_path / "report.json", tmp_path / "report.png"
     code = main(["evaluate", "--real", str(real), "--synthetic", str(same), str(other),
                  "--reference", str(ref), "--output", str(out), "--plot", str(png), "--mauve-seeds", "2",
-                 "--no-progress"])
+                 "--bootstrap", "20", "--mauve-bootstrap", "2", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
     report = json.loads(out.read_text())
@@ -246,10 +398,15 @@ def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, f
     assert me["n"] == 60 and abs(me["fid"]) < 1e-6 and me["mauve"] > 0.95 and me["kl_cosine"] < 1e-9
     assert rows["zerogen/smollm2-135m"]["fid"] > 1e-3 and me["f1"] > 0.9
     assert report["reference"]["n"] == 60 and report["reference"]["f1"] > 0.9
+    assert report["reference"]["fid"] > 0 and report["reference"]["ci95"]["mauve"] is not None
     assert report["embedder"] == "minilm-l6" and me["file"] == str(same)
-    assert "| set | n | FID ↓ | MAUVE ↑ (mean ± std) | KL-cos ↓ | F1 ↑ |" in printed
-    assert "| mop/smollm2-135m | 60 | 0.0000 | 1.000 ± 0.000 |" in printed
-    assert "| real train (reference) | 60 |" in printed
+    assert me["ci95"]["fid"][0] == 0.0 and me["bootstrap"]["f1"]["resamples"] == 20
+    assert report["bootstrap"]["resamples"] == 20 and report["bootstrap"]["mauve_resamples"] == 2
+    assert ("| set | n | FID ↓ [95% CI] | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
+            "distinct-1 / -2 | Vendi | words mean / median | length W1 ↓ |") in printed
+    assert "| mop/smollm2-135m | 60 | 0.0000 [0.0000, " in printed
+    assert "| real train (reference) | 60 | " in printed and "| real (evaluated split) | 60 | – |" in printed
+    assert "bootstrap over texts" in printed and "20 resamples for FID / KL-cos / F1" in printed
     data = png.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 10_000
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary file
@@ -259,11 +416,12 @@ def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, f
     # a generated file without labels: F1 left out with a note, the rest computed
     nolab = write_generated(tmp_path / "nolab.jsonl", texts, [None] * len(texts))
     code = main(["evaluate", "--real", str(real), "--synthetic", str(nolab), "--output", str(out),
-                 "--overwrite", "--mauve-seeds", "1", "--names", "unlabelled", "--no-progress"])
+                 "--overwrite", "--mauve-seeds", "1", "--names", "unlabelled", "--no-progress", "--bootstrap",
+                 "5", "--mauve-bootstrap", "0"])
     printed = capsys.readouterr().out
     row = json.loads(out.read_text())["rows"][0]
     assert code == 0 and row["name"] == "unlabelled" and row["f1"] is None and abs(row["fid"]) < 1e-6
-    assert "F1 left out" in printed and "| unlabelled | 60 | 0.0000 |" in printed
+    assert "F1 left out" in printed and "| unlabelled | 60 | 0.0000 [" in printed
 
 
 def test_cli_bad_input_is_one_line(tmp_path, write_csv, fake_embedder, capsys):
@@ -290,6 +448,9 @@ def test_cli_bad_input_is_one_line(tmp_path, write_csv, fake_embedder, capsys):
         assert main(["evaluate", *args, "--output", out]) == 2, args
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("mop: error:") and fragment in err[0], (args, err)
+    assert main(["evaluate", "--real", str(real), "--synthetic", str(good), "--output", out, "--bootstrap",
+                 "-1"]) == 2
+    assert "--bootstrap: must be >= 0" in capsys.readouterr().err
     assert main(["evaluate", "--real", str(real), "--synthetic", str(good), "--output",
                  str(tmp_path / "no" / "r.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
