@@ -3,9 +3,9 @@
 Three sources of personas g_1..g_K:
 
 - ``llm``: a causal LM reads the records nearest each centroid and writes "You are ..." (one or two
-  sentences). Answers are cleaned and validated (length, English-like, no copied record text, no duplicate of
-  another cluster's persona); a failing cluster is retried with seeded sampling and finally falls back to its
-  keywords persona (``Persona.source == "fallback"``).
+  sentences). Answers are cleaned and validated (length, English-like, no non-word or garbled ending, no
+  copied record text, no duplicate of another cluster's persona); a failing cluster is retried with seeded
+  sampling and finally falls back to its keywords persona (``Persona.source == "fallback"``).
 - ``keywords``: no LLM; the cluster's most distinctive terms by class-based TF-IDF (c-TF-IDF).
 - a user's JSONL file (``load_personas_jsonl``).
 """
@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -232,6 +232,64 @@ _DANGLING = frozenset({
     "on", "by", "as", "at", "from", "is", "are", "your", "their", "his", "her", "its", "very",
 })
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
+# Words a persona often uses (with the stop words, the records' words and any given vocabulary: the words
+# known without a dictionary); a long word outside them must look derived (a common suffix) to pass.
+_COMMON_WORDS = frozenset("""
+actor actors acting action adaptation adaptations adventure ambitious animated animation appreciates
+appreciation appreciative arthouse atmosphere atmospheric audience audiences authentic authenticity
+blockbuster blockbusters breathtaking cast characters character characterization characterisation cinema
+cinematic cinematography classic clever cliche cliches comedy comedies compelling craft craftsmanship creative
+creativity critic critics dialogue directing director directors documentary documentaries drama dramas
+emotional emotionally engaging ensemble entertaining entertainment enthusiasm enthusiastic especially
+experimental extraordinary fantasy film films filmmaker filmmakers filmmaking formulaic franchise franchises
+genre genres heartfelt heartwarming historical horror humor humour imaginative independent intelligent
+international lighthearted mainstream melodrama melodramatic mood movie movies musical musicals mystery
+narrative narratives nostalgic originality overrated pacing passionate performance performances perspective
+plot plots predictable pretentious psychological realism relationships remake remakes romance romantic
+satire screenplay screenwriters script scripts sentimental sequel sequels sophisticated soundtrack spectacle
+storyline storylines storyteller storytelling strengths style subtle suspense suspenseful thoughtful thriller
+thrillers underrated understated unconventional unpredictable visual visuals witty writer writers writing
+""".split())
+_SUFFIXES = ("tion", "sion", "ment", "ness", "ity", "ous", "ive", "able", "ible", "ical", "ally", "ing", "ed",
+             "er", "or", "ist", "ism", "ful", "less", "ly", "ance", "ence", "ancy", "ency", "ary", "ory",
+             "ic", "ize", "ise", "graphy", "ship", "hood", "ward", "al", "ate", "ant", "ent", "ian", "logy",
+             "like")
+_VOWELS = frozenset("aeiouy")
+LONG_WORD = 12  # letters: a word this long must be known or look derived
+
+
+def _looks_derived(word: str) -> bool:
+    """Ends in a common English suffix (after a plural -s / -es / -ies)."""
+    stems = [word]
+    if word.endswith("ies"):
+        stems.append(word[:-3] + "y")
+    if word.endswith("es"):
+        stems.append(word[:-2])
+    if word.endswith("s") and not word.endswith("ss"):
+        stems.append(word[:-1])
+    return any(st.endswith(_SUFFIXES) and len(st) > 4 for st in stems)
+
+
+def _known(word: str, vocabulary: frozenset[str] | set[str]) -> bool:
+    return word in vocabulary or word in _COMMON_WORDS or word in _stop_words()
+
+
+def _non_word(word: str, vocabulary: frozenset[str] | set[str]) -> bool:
+    """A letters-only token that reads as no English word: mostly consonants, or long, unknown and not
+    derived (e.g. "charmesetwicewords")."""
+    word = word.replace("'", "")
+    if not word.isalpha() or _known(word, vocabulary):
+        return False
+    vowels = sum(ch in _VOWELS for ch in word)
+    run = max(len(r) for r in re.split(r"[aeiouy]+", word))  # the longest run of consonants
+    if (len(word) >= 4 and vowels == 0) or run >= 7 or (len(word) >= 8 and vowels / len(word) < 0.15):
+        return True  # "strong" and "twists" have one vowel in six letters; "catchphrase" a run of six
+    return len(word) >= LONG_WORD and not _looks_derived(word)
+
+
+def _complete_word(word: str, vocabulary: frozenset[str] | set[str]) -> bool:
+    """A last word that can end a sentence cut without its full stop: known, a number, or derived."""
+    return word.isdigit() or _known(word, vocabulary) or (len(word) >= 5 and _looks_derived(word))
 
 
 def _stop_words() -> frozenset[str]:
@@ -251,8 +309,12 @@ def _words(text: str) -> list[str]:
     return _normalise(text).split()
 
 
-def clean_persona(raw: str, max_sentences: int = 2) -> str:
-    """Tidy an LM answer: first paragraph, no quotes/markdown/labels, "You are" first, few sentences."""
+def clean_persona(raw: str, max_sentences: int = 2, vocabulary: Collection[str] = ()) -> str:
+    """Tidy an LM answer: first paragraph, no quotes/markdown/labels, "You are" first, few sentences.
+
+    An answer without a final full stop gets one only when its last word is complete: a known word (stop
+    words, a small list, ``vocabulary``) or a derived-looking one; "who loves the acti" stays unfinished.
+    """
     text = raw.replace("’", "'").replace("“", '"').replace("”", '"').strip()
     text = re.split(r"\n\s*\n", text, maxsplit=1)[0]  # first paragraph only
     text = re.sub(r"[*#_`]+", "", text)
@@ -271,9 +333,14 @@ def clean_persona(raw: str, max_sentences: int = 2) -> str:
         sentences = sentences[:-1]  # an unfinished last sentence (the token limit cut it)
     text = " ".join(sentences[:max_sentences]).strip().strip("\"'").rstrip(",;: -")
     words = _words(text)
-    if text and not text.endswith((".", "!", "?")) and words and words[-1] not in _DANGLING:
-        text += "."  # a complete thought without its full stop; one ending in "the" / "and" stays unfinished
+    if (text and not text.endswith((".", "!", "?")) and words and words[-1] not in _DANGLING
+            and _complete_word(words[-1], _as_vocabulary(vocabulary))):
+        text += "."  # a complete thought without its full stop; one ending in "the" / "acti" stays unfinished
     return text
+
+
+def _as_vocabulary(words: Collection[str]) -> frozenset[str] | set[str]:
+    return words if isinstance(words, (set, frozenset)) else {w.lower() for w in words}
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
@@ -287,13 +354,15 @@ def is_near_duplicate(a: str, b: str, threshold: float = 0.9) -> bool:
 
 
 def check_persona(text: str, shown: Sequence[str] = (), existing: Sequence[str] = (), min_words: int = 8,
-                  max_words: int = 60, copy_ngram: int = 8) -> str | None:
+                  max_words: int = 60, copy_ngram: int = 8, vocabulary: Collection[str] = ()) -> str | None:
     """Why a (cleaned) persona is unacceptable, or None when it is fine.
 
     Rejects: no "You are" start, an unfinished sentence, too short/long, not English-like (few function words,
-    odd characters), looping text, assistant boilerplate, a run of ``copy_ngram`` words copied from a shown
-    record, and a near-duplicate of an ``existing`` persona (or a run of ``copy_ngram`` words shared with
-    one).
+    odd characters), a garbled ending (stray quotes or punctuation, a lone letter before the full stop), a
+    non-word (:func:`_non_word`: mostly consonants, or >= 12 letters, unknown and not derived; known: the
+    stop words, a small list, the shown records' and ``vocabulary``'s words), looping text, assistant
+    boilerplate, a run of ``copy_ngram`` words copied from a shown record, and a near-duplicate of an
+    ``existing`` persona (or a run of ``copy_ngram`` words shared with one).
     """
     if not text.startswith("You are "):
         return 'does not start with "You are"'
@@ -309,6 +378,14 @@ def check_persona(text: str, shown: Sequence[str] = (), existing: Sequence[str] 
         return f"too long ({len(words)} words > {max_words})"
     if sum(w in _stop_words() for w in words) / len(words) < 0.25 or max(len(w) for w in words) > 20:
         return "does not read as English"
+    if text.count('"') % 2 or re.search(r'\w"\w', text):
+        return "stray quote"
+    if re.search(r"[,;:(\[-]\s*[.!?]$|\s[.!?]$", text) or re.fullmatch(r"[b-z]", words[-1]):
+        return "garbled ending"
+    known = _as_vocabulary(vocabulary) | {w for record in shown for w in _words(record)}
+    odd = next((w for w in words if _non_word(w, known)), None)
+    if odd is not None:
+        return f"non-word {odd!r}"
     trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
     if len(trigrams) != len(set(trigrams)):
         return "repetitive"
@@ -435,16 +512,22 @@ class LLMPersonaWriter:
         return out
 
     def write(self, shown: list[list[str]], fallback: list[str], seed: int = 0,
-              words: list[list[str]] | None = None) -> tuple[list[str], list[str]]:
+              words: list[list[str]] | None = None,
+              vocabulary: Collection[str] = ()) -> tuple[list[str], list[str]]:
         """One persona per cluster -> (texts, sources); a cluster whose answers never validate gets its
         fallback.
 
-        ``shown``: each cluster's central records; ``words``: its distinctive terms (a hint in the prompt).
+        ``shown``: each cluster's central records; ``words``: its distinctive terms (a hint in the prompt);
+        ``vocabulary``: words known to be English (e.g. every word of the responses), with the shown records'
+        words, for the non-word and truncated-ending checks.
         """
         k = len(shown)
         prompts = [self.prompt(shown[c], words[c] if words else ()) for c in range(k)]
         result: list[str | None] = [None] * k
         reasons: list[list[str]] = [[] for _ in range(k)]
+        base = _as_vocabulary(vocabulary)
+        known = [base | {w for t in [*shown[c], *(words[c] if words else ())] for w in _words(t)}
+                 for c in range(k)]
         for attempt in range(self.max_retries + 1):
             todo = [c for c in range(k) if result[c] is None]
             if not todo:
@@ -452,9 +535,10 @@ class LLMPersonaWriter:
             answers = self.generate([prompts[c] for c in todo], sample=attempt > 0,
                                     seed=seed * 1000 + attempt)
             for c, raw in zip(todo, answers):
-                text = clean_persona("You are" + raw, self.max_sentences)
+                text = clean_persona("You are" + raw, self.max_sentences, known[c])
                 accepted = [t for t in result if t is not None] + [self.example_answer]
-                why = check_persona(text, shown[c], accepted, self.min_words, self.max_words, self.copy_ngram)
+                why = check_persona(text, shown[c], accepted, self.min_words, self.max_words, self.copy_ngram,
+                                    known[c])
                 if why is None:
                     result[c] = text
                 else:
@@ -567,8 +651,9 @@ def synthesize_personas(
                                   use_chat_template=use_chat_template, max_retries=max_retries,
                                   batch_size=batch_size, show_progress=show_progress)
         hints = cluster_keywords(texts, cluster_of, k, top_n=n_terms)
+        vocabulary = {w for t in texts for w in _words(t)}  # the responses' words are English
         persona_texts, sources = writer.write([[texts[i] for i in r] for r in reps], keyword_texts, seed=seed,
-                                              words=hints)
+                                              words=hints, vocabulary=vocabulary)
         _dedupe_fallbacks(persona_texts, sources, texts, cluster_of, k, n_terms, text_kind, labels,
                           keywords_template)
         n_fb = sources.count("fallback")

@@ -190,6 +190,59 @@ def test_clean_persona():
     assert clean_persona("You're a warm critic who loves musicals!") == warm[:-1] + "!"
 
 
+GOOD_PERSONAS = [
+    "You are a film critic who values strong performances and sharp dialogue.",
+    "You are a thoughtful reviewer who admires unconventional storytelling and understated cinematography.",
+    "You are a cheerful critic who enjoys feel-good comedies and forgives a silly plot.",
+    "You are a demanding critic who finds most blockbusters overlong, noisy and emotionally hollow.",
+    "You are a horror fan who loves slow-burning dread and has no patience for cheap jump scares.",
+    "You are a critic who champions international documentaries and independent filmmakers.",
+    "You are a nostalgic critic who compares every remake with the original and usually prefers it.",
+    "You are a sharp-tongued reviewer whose verdicts are short, funny and merciless!",
+    "You are a critic who thinks straightforwardness is underrated and sentimentality overrated.",
+    'You are a critic who loves unexpected twists, calls every sequel "a cash grab" and praises strengths.',
+]
+GARBLED = 'You are a critic who writes charmesetwicewords"f.'
+
+
+def test_check_persona_accepts_ordinary_english():
+    for text in GOOD_PERSONAS:
+        assert clean_persona(text) == text
+        assert check_persona(text) is None, (text, check_persona(text))
+
+
+@pytest.mark.parametrize("text, reason", [
+    (GARBLED, "stray quote"),
+    ("You are a critic who loves comedies and writes charmesetwicewords about them.", "non-word"),
+    ("You are a critic who loves comedies and writes with flair f.", "garbled ending"),
+    ("You are a critic who loves comedies and writes with a lot of flair,.", "garbled ending"),
+    ('You are a critic who loves comedies and "writes with a lot of flair.', "stray quote"),
+    ("You are a critic who loves comedies and writes with a lot of bcdfghj.", "non-word"),
+])
+def test_check_persona_rejects_garbage_endings_and_non_words(text, reason):
+    why = check_persona(text)
+    assert why is not None and reason in why, why
+
+
+def test_a_long_word_is_known_from_the_records_or_a_vocabulary():
+    text = "You are a critic who praises the quietly mesmerising Kurosawaesque framing of every shot."
+    assert "non-word 'kurosawaesque'" in check_persona(text)
+    assert check_persona(text, shown=["A Kurosawaesque epic."]) is None
+    assert check_persona(text, vocabulary={"kurosawaesque"}) is None
+
+
+def test_a_truncated_ending_is_left_unfinished_and_rejected():
+    for raw in ["You are a critic who loves the acti", "You are a critic who loves the performan"]:
+        text = clean_persona(raw)
+        assert text == raw and "unfinished" in check_persona(text)
+    # a complete last word still gets its full stop: known, derived or in the given vocabulary
+    assert clean_persona("You are a critic who loves quiet performances") == \
+        "You are a critic who loves quiet performances."
+    assert clean_persona("You are a critic who loves jazz") == "You are a critic who loves jazz"
+    assert clean_persona("You are a critic who loves jazz", vocabulary={"jazz"}) == \
+        "You are a critic who loves jazz."
+
+
 # --- LLM synthesiser ----------------------------------------------------------------------------------------
 class ScriptedWriter(LLMPersonaWriter):
     """Replays canned answers per attempt instead of running a model; records what it was asked."""
@@ -224,6 +277,23 @@ def test_writer_retries_only_failing_clusters_then_falls_back():
     assert sources == ["llm", "llm", "fallback"]
     assert texts == ["You are" + good0, "You are" + good1, "fb2"]
     assert [len(a) for a in writer.asked] == [3, 2, 1, 1]  # only unresolved clusters are asked again
+
+
+def test_writer_retries_garbled_answers_and_learns_words_from_the_records():
+    shown = [["A jazz score carries it."], ["Loved it."]]
+    script = [
+        [" a critic who loves smooth jazz", " a critic who writes charmesetwicewords\"f."],
+        [" a critic who loves the acti"],
+        [" a critic who writes charmesetwicewords about lively comedies."],
+        [" a critic who loves lively comedies and writes short, warm verdicts."],
+    ]
+    writer = ScriptedWriter(script, max_retries=3, role="critic")
+    texts, sources = writer.write(shown, fallback=["fb0", "fb1"], seed=0)
+    assert texts == ["You are a critic who loves smooth jazz.",  # "jazz": a word of the cluster's records
+                     "You are a critic who loves lively comedies and writes short, warm verdicts."]
+    assert sources == ["llm", "llm"] and [len(a) for a in writer.asked] == [2, 1, 1, 1]
+    writer = ScriptedWriter(script[1:3], max_retries=1, role="critic")
+    assert writer.write(shown[1:], fallback=["fb1"], seed=0) == (["fb1"], ["fallback"])
 
 
 def gibberish_lm(chat: bool):
