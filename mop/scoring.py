@@ -218,6 +218,7 @@ class FrozenLMScorer:
         self.tokens_run = 0
         self.tokens_real = 0
         self.min_shared_tokens = min_shared_tokens
+        self.min_batch_fill = 0.8  # shared path: a batch's shortest run is >= this x its longest (see _pack)
         self.prefix_cache_bytes = int(prefix_cache_mb * 2**20)
         self._store: OrderedDict[tuple[int, ...], _PrefixEntry] = OrderedDict()
         self._store_bytes = 0
@@ -618,15 +619,18 @@ class FrozenLMScorer:
             pending = [i for i in pending if prefixes[i].kv is None]
 
     def _pack(self, units: list[int], slen: list[int], plen: list[int]) -> list[list[int]]:
-        """Longest run first, greedily packed: rows x longest run <= max_batch_tokens (the tokens run) and rows x
-        (longest shared prefix + longest run) <= 4 x max_batch_tokens (the key/values attended to)."""
+        """Longest run first, greedily packed: rows x longest run <= max_batch_tokens (the tokens run), rows x
+        (longest shared prefix + longest run) <= 4 x max_batch_tokens (the key/values attended to), and no run
+        shorter than min_batch_fill x the longest (suffix lengths vary much more than whole sequences: without
+        this, padding would take back a good part of what sharing saves)."""
         batches: list[list[int]] = []
         current: list[int] = []
         width = context = 0
         for i in sorted(units, key=lambda r: -slen[r]):
             ctx = max(context, plen[i])
             if current and ((len(current) + 1) * width > self.max_batch_tokens
-                            or (len(current) + 1) * (ctx + width) > 4 * self.max_batch_tokens):
+                            or (len(current) + 1) * (ctx + width) > 4 * self.max_batch_tokens
+                            or slen[i] < self.min_batch_fill * width):
                 batches.append(current)
                 current, context = [], 0
                 ctx = plen[i]
