@@ -357,7 +357,8 @@ def test_real_models_and_tokenizers_match_the_plain_path(name, chat, bundled_lm)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_real_models_in_float64_are_exact(name, bundled_lm):
-    """float64 end to end removes float32 rounding: the shared and plain paths then agree to ~1e-9."""
+    """float64 removes float32 matmul rounding: the shared and plain paths then agree to ~1e-8 relative (not
+    1e-15: Hugging Face's RMSNorm and rotary embeddings compute in float32 even in a float64 model)."""
     model, tok = bundled_lm(name)
     model64 = copy.deepcopy(model).double()
     shared = FrozenLMScorer(model64, tok, target_prefix=" ", max_batch_tokens=1024)
@@ -368,10 +369,10 @@ def test_real_models_in_float64_are_exact(name, bundled_lm):
     got = shared.score_ids(enc.prompt_ids, enc.target_ids, tau)
     tau_ref = tau.detach().clone().requires_grad_(True)
     want = plain.score_ids(enc.prompt_ids, enc.target_ids, tau_ref)
-    torch.testing.assert_close(got, want, atol=1e-8, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-8, rtol=2e-7)  # float32 here would be ~1e-4 (see above)
     got.sum().backward()
     want.sum().backward()
-    torch.testing.assert_close(tau.grad, tau_ref.grad, atol=1e-8, rtol=0)
+    torch.testing.assert_close(tau.grad, tau_ref.grad, atol=1e-8, rtol=2e-7)
     assert shared.tokens_real < 0.75 * plain.tokens_real
 
 
