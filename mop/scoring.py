@@ -411,8 +411,9 @@ class FrozenLMScorer:
         lengths = [len(p) + len(t) - 1 for p, t in zip(prompt_ids, target_ids)]  # the last token: never input
         scored = [i for i in range(n) if len(target_ids[i]) > 0]
         parts, order = [], []
-        if self.share_prefixes and scored:
-            parts, order = self._score_shared(scored, prompt_ids, target_ids, tau_rows)
+        shared = self._score_shared(scored, prompt_ids, target_ids, tau_rows) if self.share_prefixes else None
+        if shared is not None:
+            parts, order = shared
         else:
             for rows in self._micro_batches(scored, lengths):
                 parts.append(self._score_micro_batch(rows, prompt_ids, target_ids, tau_rows))
@@ -493,7 +494,8 @@ class FrozenLMScorer:
 
     # ------------------------------------------------------------------ prefix sharing
     def _score_shared(self, rows, prompt_ids, target_ids, tau_rows):
-        """Score ``rows`` with shared prefixes; returns (per-batch results, the rows they belong to, in order).
+        """Score ``rows`` with shared prefixes: (per-batch results, the rows they belong to, in order), or None
+        when no prefix is worth sharing (the caller then runs the plain path).
 
         1. Identical (prompt, target) pairs are one sequence (their hidden states are the same; each row keeps its
            own tau). A sequence's shareable part is its prompt minus the last token (positions never scored).
@@ -521,6 +523,8 @@ class FrozenLMScorer:
                     members.append([])
                 members[u].append(i)
             prefixes, use = self._plan_prefixes([s[:c] for s, c in zip(seqs, caps)])
+            if all(p < 0 for p in use):  # nothing worth sharing: the plain path, batch for batch
+                return None
             self._materialise(prefixes)
             plen = [prefixes[p].length if p >= 0 else 0 for p in use]
             slen = [len(s) - q for s, q in zip(seqs, plen)]
@@ -555,9 +559,10 @@ class FrozenLMScorer:
         """Shared prefixes for sequences whose first tokens are ``shareable[u]``: (prefixes, index per sequence).
 
         A token trie of the shareable parts, walked from the root: a node where sequences part or end is a
-        prefix worth running once when >= 2 sequences go through it and it saves >= min_shared_tokens tokens
-        beyond the shared prefix it extends; a node covered by a kept prefix (any kept key going through it) is
-        free. Each sequence uses the deepest prefix on its path (-1: none). Parents come before children.
+        prefix worth running once when >= 2 sequences go through it, it saves >= min_shared_tokens tokens and
+        adds >= min_shared_tokens / 2 tokens to the shared prefix it extends (forks a few tokens apart, as in
+        "You are a critic who | loves ...", would each cost a level of small LM calls); a node covered by a
+        kept prefix (any kept key going through it) is free. Each sequence uses the deepest prefix on its path (-1: none). Parents come before children.
         """
         root: list = [{}, 0, [], None, -1]  # children, sequences through, sequences ending, kept entry, a sequence
         for u, s in enumerate(shareable):
@@ -590,7 +595,8 @@ class FrozenLMScorer:
                     prefixes.append(_Prefix(depth, tuple(shareable[u][:depth]), parent, entry.kv, entry))
                     used_entries[id(entry)] = entry
                     parent, parent_depth = len(prefixes) - 1, depth
-            elif fork and count >= 2 and (count - 1) * (depth - parent_depth) >= self.min_shared_tokens:
+            elif (fork and count >= 2 and (count - 1) * (depth - parent_depth) >= self.min_shared_tokens
+                  and 2 * (depth - parent_depth) >= self.min_shared_tokens):
                 prefixes.append(_Prefix(depth, tuple(shareable[u][:depth]), parent))
                 parent, parent_depth = len(prefixes) - 1, depth
             for s in ends:
@@ -753,9 +759,10 @@ class FrozenLMScorer:
         try:
             tau = torch.ones(4, dtype=_compute_dtype(self.dtype), device=self.device)
             with torch.no_grad():
-                parts, order = self._score_shared(list(range(4)), prompts, targets, tau)
-                if self.num_lm_calls - saved[2] < 2:  # the probe must really have used a shared prefix
+                shared = self._score_shared(list(range(4)), prompts, targets, tau)
+                if shared is None or self.num_lm_calls - saved[2] < 2:  # the probe must really share a prefix
                     return False
+                parts, order = shared
                 got = torch.cat([p.to(tau.device) for p in parts])[torch.argsort(torch.tensor(order))]
                 want = torch.cat([self._score_micro_batch([i], prompts, targets, tau).to(tau.device)
                                   for i in range(4)])

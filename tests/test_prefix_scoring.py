@@ -110,6 +110,7 @@ def test_pairs_without_common_prefixes_run_as_before(tiny_lm):
     torch.testing.assert_close(shared.score_ids(prompts, targets, tau), plain.score_ids(prompts, targets, tau),
                                atol=1e-4, rtol=0)
     assert shared.tokens_real == plain.tokens_real  # nothing shared, nothing lost
+    assert shared.tokens_run == plain.tokens_run and shared.num_lm_calls == plain.num_lm_calls  # same batches
     assert shared.prefix_cache_info["entries"] == 0
 
 
