@@ -249,6 +249,16 @@ def epoch_streams(args) -> tuple[dict, dict]:
     return streams, info
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def trie_tokens(seqs) -> int:
     """Distinct prefixes (nodes of the token trie) of ``seqs``: the tokens a perfectly shared forward runs."""
     root: dict = {}
@@ -264,7 +274,7 @@ def trie_tokens(seqs) -> int:
     return n
 
 
-def run_epoch_model(name: str, args, streams: dict, peak: dict) -> list[dict]:
+def run_epoch_model(name: str, args, streams: dict, peak: dict, on_row=None) -> list[dict]:
     from mop.assets import load_lm
     from mop.scoring import FrozenLMScorer
 
@@ -336,7 +346,10 @@ def run_epoch_model(name: str, args, streams: dict, peak: dict) -> list[dict]:
             row["max_abs_ll_diff_shared_vs_naive"] = float((vals["shared"] - vals["naive"]).abs().max())
             row["max_abs_ll_diff_plain_vs_naive"] = float((vals["plain"] - vals["naive"]).abs().max())
             row["load_average_after"] = os.getloadavg()
+            row["commit"] = _commit()
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
             print(f"done: {name} {threads} thread(s) {gate_name}: shared {row['speedup_shared_vs_naive']:.2f}x "
                   f"naive, {row['speedup_shared_vs_plain']:.2f}x plain (bound {row['flop_bound_speedup_vs_naive']:.2f}x"
                   f" naive); load {row['load_average_after'][0]:.1f}", flush=True)
@@ -372,11 +385,17 @@ def main_epoch(args) -> list[dict]:
         peak[threads] = matmul_peak(torch.float32, args.device, args.peak_size)
     rows = []
     payload = json.loads(args.out.read_text()) if args.out.exists() else {}
-    for name in args.models:
-        rows.extend(run_epoch_model(name, args, streams, peak))
+    done: list[dict] = []
+
+    def save(row: dict) -> None:  # after each row, so a long run keeps what it measured
+        done.append(row)
         payload["prefix_sharing"] = {"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()},
-                                     "workload": info, "results": rows, "complete": name == args.models[-1]}
-        write_json(args.out, payload)  # after each model, so a long run keeps what it measured
+                                     "workload": info, "results": done,
+                                     "complete": len(done) == len(args.models) * len(args.thread_counts) * 2}
+        write_json(args.out, payload)
+
+    for name in args.models:
+        rows.extend(run_epoch_model(name, args, streams, peak, on_row=save))
     print(f"\nFrozen-LM scoring of the first {args.steps} steps of a quickstart epoch ({args.config}), as the gate "
           f"selects pairs (top-M + exploration), tau {TAU}, float32, one score_ids call per step; naive batches of "
           f"{args.naive_batch}, scorer budget {args.max_batch_tokens} tokens, prefix cache {args.prefix_cache_mb} MB")
