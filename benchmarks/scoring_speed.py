@@ -20,6 +20,19 @@ that count over the wall time, against the peak of a square matmul in the same d
 Half-precision rows use ``--half-pairs`` pairs (on a CPU without bf16 instructions bf16 matmuls are emulated and
 ~50x slower than fp32: the row is there to show it).
 Writes benchmarks/results/scoring_speed.json.
+
+``--workload epoch`` (prefix sharing, issue 12): the pair stream of the first ``--steps`` training steps of a
+quickstart epoch, as mop.module selects it (mop.gating.select_candidates: top-M pairs + the exploration pair,
+seeded), from the config's artifacts (``--artifacts-dir``; built with keyword personas if absent), for an untrained
+Gate and a trained-like one (pi ~0.97 on one persona, see _trained_like_gate). One score_ids call per step, as in
+training; naive, plain FrozenLMScorer(share_prefixes=False) and prefix-shared FrozenLMScorer (its prefix cache
+kept across the steps, cold at the start) take turns, the order rotated every step, at each ``--thread-counts``.
+Reports pairs/s, decoder tokens run against all tokens and against the token trie of the whole timed stream (the
+most sharing allows), FLOPs (naive: full head at every position; scorers: head at target positions) against that
+bound, GFLOP/s against a matmul peak measured in the run, and the largest log-likelihood differences. Results go
+under "prefix_sharing" in ``--out`` (other keys kept), after every row.
+
+    python benchmarks/scoring_speed.py --workload epoch --steps 2 --thread-counts 1 2
 """
 
 from __future__ import annotations
