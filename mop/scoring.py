@@ -11,6 +11,13 @@ sections 1-2). This is the hot path of training, so every token counts:
 - the value and its exact derivative in tau are computed together in float32, chunked over target tokens
   (memory ~ 2 x chunk_tokens x V floats), and a custom autograd function hands d/dtau to the gate.
   No gradient ever flows into the LM.
+- token prefixes shared by several pairs (instruction + persona, + exemplar, ...) run through the LM once
+  (``share_prefixes``, the default): a trie over the pairs' token ids picks the shared prefixes, each is run
+  once with ``use_cache`` to get its key/values, and every pair then runs only its own suffix (+ target)
+  against its deepest shared prefix's key/values. Prefix key/values are kept across calls under a memory
+  budget (``prefix_cache_mb``, least recently used first out): the LM is frozen, so they never change.
+  Exact: the same positions, the same attention, only no position is computed twice (see
+  :meth:`FrozenLMScorer._score_shared`).
 
 For a token with logits z (V,) and target y:  value = z_y / tau - logsumexp(z / tau),
 d value / d tau = (E_{softmax(z / tau)}[z] - z_y) / tau^2.
@@ -18,9 +25,11 @@ d value / d tau = (E_{softmax(z / tau)}[z] - z_y) / tau^2.
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -95,6 +104,28 @@ class _TemperedLogLik(torch.autograd.Function):
         return grad_out * dout, None, None, None, None, None
 
 
+@dataclass
+class _PrefixEntry:
+    """Key/values of one token prefix kept across calls: per decoder layer (keys, values), each (H, L, D)."""
+
+    key: tuple[int, ...]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    nbytes: int
+    uses: int = 0
+
+
+@dataclass
+class _Prefix:
+    """A shared prefix of one call: its first ``length`` tokens, the prefix it extends (-1: none), and its
+    key/values (per layer (H, >= length, D); from a kept entry, whose key may be longer, or computed now)."""
+
+    length: int
+    key: tuple[int, ...]
+    parent: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    entry: _PrefixEntry | None = field(default=None, repr=False)
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half-precision models, float64 kept for float64 models (useful for finite differences)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -133,6 +164,15 @@ class FrozenLMScorer:
         chunk_tokens: target tokens whose full-vocabulary logits are held at once (memory ~ 2 x chunk x V).
         check_head: verify once, on a short input, that the decoder-body + output-head shortcut reproduces
             the model's own logits; when it does not (an unknown architecture), fall back to full logits.
+        share_prefixes: run token prefixes shared by several pairs (or kept from earlier calls) through the LM
+            once and reuse their key/values (same values within float rounding). Verified once on a short
+            probe; an architecture where the cached path does not reproduce the plain one falls back to it.
+        prefix_cache_mb: memory budget (on the model's device) of the prefix key/values kept across calls,
+            least recently used dropped first; 0 keeps nothing across calls (prefixes are still shared within
+            a call). Kept key/values are dropped when the model's parameters change (see
+            :meth:`clear_prefix_cache`).
+        min_shared_tokens: a prefix is run on its own only when it saves at least this many tokens
+            ((rows sharing it - 1) x its tokens beyond the shared prefix it extends), or is already kept.
     """
 
     def __init__(
@@ -149,12 +189,18 @@ class FrozenLMScorer:
         max_batch_tokens: int = 8192,
         chunk_tokens: int = 1024,
         check_head: bool = True,
+        share_prefixes: bool = True,
+        prefix_cache_mb: float = 256.0,
+        min_shared_tokens: int = 16,
     ):
         if max_prompt_tokens < 1 or max_target_tokens < 1 or max_batch_tokens < 1 or chunk_tokens < 1:
             raise MopError(
                 "max_prompt_tokens, max_target_tokens, max_batch_tokens and chunk_tokens must be >= 1, got "
                 f"{max_prompt_tokens}, {max_target_tokens}, {max_batch_tokens}, {chunk_tokens}"
             )
+        if min_shared_tokens < 1 or prefix_cache_mb < 0:
+            raise MopError(f"min_shared_tokens must be >= 1 and prefix_cache_mb >= 0, got {min_shared_tokens}, "
+                           f"{prefix_cache_mb}")
         if use_chat_template and (tokenizer is None or not getattr(tokenizer, "chat_template", None)):
             raise MopError("use_chat_template=True but the tokenizer has no chat template (a base model?)")
         self.model = model
@@ -168,6 +214,16 @@ class FrozenLMScorer:
         self.chunk_tokens = chunk_tokens
         self.n_truncated = {"prompt": 0, "target": 0}
         self.num_lm_calls = 0  # micro-batches run so far (for logging and tests)
+        # decoder positions run (padding included) and real tokens among them, so far (benchmarks and tests)
+        self.tokens_run = 0
+        self.tokens_real = 0
+        self.min_shared_tokens = min_shared_tokens
+        self.min_batch_fill = 0.8  # shared path: a batch's shortest run is >= this x its longest (see _pack)
+        self.prefix_cache_bytes = int(prefix_cache_mb * 2**20)
+        self._store: OrderedDict[tuple[int, ...], _PrefixEntry] = OrderedDict()
+        self._store_bytes = 0
+        self._store_fingerprint = None
+        self.prefix_cache_hits = 0  # kept prefixes used (tests, logging)
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft.PeftModel
         self._base = base
@@ -189,6 +245,16 @@ class FrozenLMScorer:
                 stacklevel=2,
             )
             self.mode = "full"
+        self.share_prefixes = bool(share_prefixes) and self.mode == "head"
+        if self.share_prefixes:
+            params = inspect.signature(self._decoder.forward).parameters
+            self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+            if not self._prefix_path_matches():
+                warnings.warn(
+                    f"{type(base).__name__}: scoring with shared-prefix key/values does not reproduce the plain "
+                    "path; prefixes are not shared (correct, but slower)", stacklevel=2,
+                )
+                self.share_prefixes = False
 
     # ------------------------------------------------------------------ model facts
     @property
@@ -345,9 +411,13 @@ class FrozenLMScorer:
         lengths = [len(p) + len(t) - 1 for p, t in zip(prompt_ids, target_ids)]  # the last token: never input
         scored = [i for i in range(n) if len(target_ids[i]) > 0]
         parts, order = [], []
-        for rows in self._micro_batches(scored, lengths):
-            parts.append(self._score_micro_batch(rows, prompt_ids, target_ids, tau_rows))
-            order.extend(rows)
+        shared = self._score_shared(scored, prompt_ids, target_ids, tau_rows) if self.share_prefixes else None
+        if shared is not None:
+            parts, order = shared
+        else:
+            for rows in self._micro_batches(scored, lengths):
+                parts.append(self._score_micro_batch(rows, prompt_ids, target_ids, tau_rows))
+                order.extend(rows)
         empty = [i for i in range(n) if len(target_ids[i]) == 0]
         if empty:  # an empty target has probability 1 under any tau
             parts.append(torch.zeros(len(empty), dtype=cdtype, device=tau_rows.device))
@@ -399,6 +469,8 @@ class FrozenLMScorer:
         pos_t = torch.tensor(pos_of, dtype=torch.long)
 
         self.num_lm_calls += 1
+        self.tokens_run += ids.numel()
+        self.tokens_real += sum(len(s) for s in seqs)
         with torch.no_grad():
             if self.mode == "head":
                 hidden = self._hidden_states(ids, mask)  # (B, L, H)
@@ -419,6 +491,290 @@ class FrozenLMScorer:
             tau_b, logits_fn, torch.tensor(tgt, dtype=torch.long, device=out_dev), row_t.to(out_dev),
             self.chunk_tokens, torch.is_grad_enabled() and tau_b.requires_grad,
         )
+
+    # ------------------------------------------------------------------ prefix sharing
+    def _score_shared(self, rows, prompt_ids, target_ids, tau_rows):
+        """Score ``rows`` with shared prefixes: (per-batch results, the rows they belong to, in order), or None
+        when no prefix is worth sharing (the caller then runs the plain path).
+
+        1. Identical (prompt, target) pairs are one sequence (their hidden states are the same; each row keeps its
+           own tau). A sequence's shareable part is its prompt minus the last token (positions never scored).
+        2. :meth:`_plan_prefixes` picks the prefixes worth sharing from a trie of the shareable parts and the
+           prefixes kept from earlier calls; :meth:`_materialise` runs the new ones (each extending the longest
+           shared prefix below it), level by level, in batches.
+        3. Each sequence then runs only its tokens after its deepest shared prefix, in length-sorted batches under
+           the token budget, against the prefixes' key/values left-padded to a common length (the attention mask
+           hides the padding; position ids are the true positions; index distances between a query and the real
+           keys are the true ones, so sliding windows see what they would see without sharing).
+        """
+        with torch.no_grad():
+            self._check_store()
+            index: dict[tuple, int] = {}
+            seqs: list[list[int]] = []
+            caps: list[int] = []
+            members: list[list[int]] = []
+            for i in rows:
+                key = (tuple(prompt_ids[i]), tuple(target_ids[i]))
+                u = index.get(key)
+                if u is None:
+                    u = index[key] = len(seqs)
+                    seqs.append(list(prompt_ids[i]) + list(target_ids[i])[:-1])
+                    caps.append(len(prompt_ids[i]) - 1)
+                    members.append([])
+                members[u].append(i)
+            prefixes, use = self._plan_prefixes([s[:c] for s, c in zip(seqs, caps)])
+            if all(p < 0 for p in use):  # nothing worth sharing: the plain path, batch for batch
+                return None
+            self._materialise(prefixes)
+            plen = [prefixes[p].length if p >= 0 else 0 for p in use]
+            slen = [len(s) - q for s, q in zip(seqs, plen)]
+            batches = self._pack(list(range(len(seqs))), slen, plen)
+        parts, order = [], []
+        for batch in batches:
+            with torch.no_grad():
+                hidden, _ = self._run([(use[u], seqs[u][plen[u]:]) for u in batch], prefixes, want_kv=False)
+            tgt, row_of, b_of, pos_of, batch_rows = [], [], [], [], []
+            for b, u in enumerate(batch):
+                start = caps[u] - plen[u]  # hidden state at prompt length - 1 predicts the first target token
+                for i in members[u]:
+                    t = target_ids[i]
+                    tgt.extend(t)
+                    row_of.extend([len(batch_rows)] * len(t))
+                    b_of.extend([b] * len(t))
+                    pos_of.extend(range(start, start + len(t)))
+                    batch_rows.append(i)
+            dev = hidden.device
+            selected = hidden[torch.tensor(b_of, device=dev), torch.tensor(pos_of, device=dev)]  # (T, H)
+            del hidden
+            tau_b = tau_rows.to(dev)[torch.tensor(batch_rows, device=dev)]
+            parts.append(_TemperedLogLik.apply(
+                tau_b, self._head_logits_fn(selected), torch.tensor(tgt, dtype=torch.long, device=dev),
+                torch.tensor(row_of, dtype=torch.long, device=dev), self.chunk_tokens,
+                torch.is_grad_enabled() and tau_b.requires_grad,
+            ))
+            order.extend(batch_rows)
+        return parts, order
+
+    def _plan_prefixes(self, shareable: list[list[int]]) -> tuple[list[_Prefix], list[int]]:
+        """Shared prefixes for sequences whose first tokens are ``shareable[u]``: (prefixes, index per sequence).
+
+        A token trie of the shareable parts, walked from the root: a node where sequences part or end is a
+        prefix worth running once when >= 2 sequences go through it, it saves >= min_shared_tokens tokens and
+        adds >= min_shared_tokens / 2 tokens to the shared prefix it extends (forks a few tokens apart, as in
+        "You are a critic who | loves ...", would each cost a level of small LM calls); a node covered by a
+        kept prefix (any kept key going through it) is free. Each sequence uses the deepest prefix on its path (-1: none). Parents come before children.
+        """
+        root: list = [{}, 0, [], None, -1]  # children, sequences through, sequences ending, kept entry, a sequence
+        for u, s in enumerate(shareable):
+            node = root
+            node[1] += 1
+            for t in s:
+                child = node[0].get(t)
+                if child is None:
+                    child = node[0][t] = [{}, 0, [], None, u]
+                child[1] += 1
+                node = child
+            node[2].append(u)
+        for entry in self._store.values():  # oldest first: the most recently used entry covering a node wins
+            node = root
+            for t in entry.key:
+                node = node[0].get(t)
+                if node is None:
+                    break
+                node[3] = entry
+        prefixes: list[_Prefix] = []
+        use = [-1] * len(shareable)
+        used_entries: dict[int, _PrefixEntry] = {}
+        stack = [(child, 1, -1, 0) for child in root[0].values()]
+        while stack:
+            node, depth, parent, parent_depth = stack.pop()
+            children, count, ends, entry, u = node
+            fork = len(children) != 1 or bool(ends)
+            if entry is not None:
+                if fork or any(c[3] is None for c in children.values()):  # deepest kept node on this branch
+                    prefixes.append(_Prefix(depth, tuple(shareable[u][:depth]), parent, entry.kv, entry))
+                    used_entries[id(entry)] = entry
+                    parent, parent_depth = len(prefixes) - 1, depth
+            elif (fork and count >= 2 and (count - 1) * (depth - parent_depth) >= self.min_shared_tokens
+                  and 2 * (depth - parent_depth) >= self.min_shared_tokens):
+                prefixes.append(_Prefix(depth, tuple(shareable[u][:depth]), parent))
+                parent, parent_depth = len(prefixes) - 1, depth
+            for s in ends:
+                use[s] = parent
+            stack.extend((c, depth + 1, parent, parent_depth) for c in children.values())
+        for entry in used_entries.values():
+            entry.uses += 1
+            self._store.move_to_end(entry.key)
+        self.prefix_cache_hits += len(used_entries)
+        return prefixes, use
+
+    def _materialise(self, prefixes: list[_Prefix]) -> None:
+        """Compute the key/values of the prefixes that have none, parents first, in batches; keep them."""
+        pending = [i for i, p in enumerate(prefixes) if p.kv is None]
+        while pending:
+            ready = [i for i in pending if prefixes[i].parent < 0 or prefixes[prefixes[i].parent].kv is not None]
+            base = [prefixes[prefixes[i].parent].length if prefixes[i].parent >= 0 else 0 for i in ready]
+            seg = [prefixes[i].length - b for i, b in zip(ready, base)]
+            for batch in self._pack(list(range(len(ready))), seg, base):
+                items = [(prefixes[ready[j]].parent, list(prefixes[ready[j]].key[base[j]:])) for j in batch]
+                _, kvs = self._run(items, prefixes, want_kv=True)
+                for j, kv in zip(batch, kvs):
+                    prefix = prefixes[ready[j]]
+                    prefix.kv = kv
+                    self._keep(prefix, prefixes[prefix.parent] if prefix.parent >= 0 else None)
+            pending = [i for i in pending if prefixes[i].kv is None]
+
+    def _pack(self, units: list[int], slen: list[int], plen: list[int]) -> list[list[int]]:
+        """Longest run first, greedily packed: rows x longest run <= max_batch_tokens (the tokens run), rows x
+        (longest shared prefix + longest run) <= 4 x max_batch_tokens (the key/values attended to), and no run
+        shorter than min_batch_fill x the longest (suffix lengths vary much more than whole sequences: without
+        this, padding would take back a good part of what sharing saves)."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        width = context = 0
+        for i in sorted(units, key=lambda r: -slen[r]):
+            ctx = max(context, plen[i])
+            if current and ((len(current) + 1) * width > self.max_batch_tokens
+                            or (len(current) + 1) * (ctx + width) > 4 * self.max_batch_tokens
+                            or slen[i] < self.min_batch_fill * width):
+                batches.append(current)
+                current, context = [], 0
+                ctx = plen[i]
+            if not current:
+                width = slen[i]
+            current.append(i)
+            context = ctx
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run(self, items, prefixes: list[_Prefix], want_kv: bool):
+        """Run each item's tokens after its prefix (index into ``prefixes``, -1: none) through the decoder body.
+
+        Returns hidden states (B, longest run, H) of the run tokens (right-padded) and, with ``want_kv``, per item
+        the key/values of its whole sequence (prefix + run tokens), per layer (H, L, D).
+        """
+        from transformers import DynamicCache
+
+        device = self.device
+        plen = [prefixes[p].length if p >= 0 else 0 for p, _ in items]
+        slen = [len(t) for _, t in items]
+        pm, sm, n = max(plen), max(slen), len(items)
+        ids = torch.zeros((n, sm), dtype=torch.long)
+        mask = torch.zeros((n, pm + sm), dtype=torch.long)
+        pos = torch.zeros((n, sm), dtype=torch.long)
+        for b, (_, toks) in enumerate(items):
+            ids[b, : slen[b]] = torch.tensor(toks, dtype=torch.long)
+            mask[b, pm - plen[b]: pm + slen[b]] = 1  # left-padded prefix, right-padded run
+            pos[b] = torch.arange(plen[b], plen[b] + sm)
+        cache = None
+        if pm > 0:
+            first = next(prefixes[p].kv for p, _ in items if p >= 0)
+            layers = []
+            for layer in range(len(first)):
+                padded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+                for p, _ in items:
+                    if p not in padded:
+                        if p < 0:
+                            k0, v0 = first[layer]
+                            shape = (k0.shape[0], pm, k0.shape[2]), (v0.shape[0], pm, v0.shape[2])
+                            padded[p] = (k0.new_zeros(shape[0]), v0.new_zeros(shape[1]))
+                        else:
+                            k, v = prefixes[p].kv[layer]
+                            cut, pad = prefixes[p].length, pm - prefixes[p].length
+                            padded[p] = (torch.nn.functional.pad(k[:, :cut], (0, 0, pad, 0)),
+                                         torch.nn.functional.pad(v[:, :cut], (0, 0, pad, 0)))
+                layers.append((torch.stack([padded[p][0] for p, _ in items]),
+                               torch.stack([padded[p][1] for p, _ in items])))
+            cache = DynamicCache(ddp_cache_data=layers)
+        elif want_kv:
+            cache = DynamicCache()
+        kwargs = {self._cache_kwarg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+        self.num_lm_calls += 1
+        self.tokens_run += n * sm
+        self.tokens_real += sum(slen)
+        out = self._decoder(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if not want_kv:
+            return hidden, None
+        kvs = [[(lay.keys[b, :, pm - plen[b]: pm + slen[b]].clone(), lay.values[b, :, pm - plen[b]: pm + slen[b]]
+                 .clone()) for lay in cache.layers] for b in range(n)]
+        return hidden, kvs
+
+    def _keep(self, prefix: _Prefix, parent: _Prefix | None) -> None:
+        """Keep a computed prefix across calls (within the budget, least recently used dropped first). A kept
+        prefix this one extends is dropped: this one's key/values start with its."""
+        if self.prefix_cache_bytes <= 0 or prefix.key in self._store:
+            return
+        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in prefix.kv)
+        if nbytes > self.prefix_cache_bytes:
+            return
+        if parent is not None and parent.entry is not None and parent.entry.key == parent.key:
+            self._drop(parent.key)
+        entry = _PrefixEntry(prefix.key, prefix.kv, nbytes, uses=1)
+        prefix.entry = entry
+        self._store[prefix.key] = entry
+        self._store_bytes += nbytes
+        while self._store_bytes > self.prefix_cache_bytes:
+            self._drop(next(iter(self._store)))
+
+    def _drop(self, key) -> None:
+        entry = self._store.pop(key, None)
+        if entry is not None:
+            self._store_bytes -= entry.nbytes
+
+    def clear_prefix_cache(self) -> None:
+        """Forget all prefix key/values kept across calls (e.g. after changing the model's weights in place)."""
+        self._store.clear()
+        self._store_bytes = 0
+
+    @property
+    def prefix_cache_info(self) -> dict:
+        """Kept prefixes: how many, their bytes and the budget, and their token lengths."""
+        return {"entries": len(self._store), "bytes": self._store_bytes, "budget_bytes": self.prefix_cache_bytes,
+                "lengths": [len(k) for k in self._store], "hits": self.prefix_cache_hits}
+
+    def _fingerprint(self):
+        """Changes when the model object, its device or dtype, or any parameter (replaced or edited in place)
+        changes: kept key/values are then stale."""
+        params = tuple((p.data_ptr(), p._version) for p in self._base.parameters())
+        return id(self.model), id(self._base), str(self.device), self.dtype, hash(params)
+
+    def _check_store(self) -> None:
+        fingerprint = self._fingerprint()
+        if fingerprint != self._store_fingerprint:
+            self.clear_prefix_cache()
+            self._store_fingerprint = fingerprint
+
+    def _prefix_path_matches(self) -> bool:
+        """Score a small probe (rows sharing prefixes, one not, ragged) with and without sharing; compare."""
+        v = self.vocab_size
+        shared = [(7 * i + 2) % v for i in range(10)]
+        prompts = [shared + [(3 * i + 1) % v for i in range(k)] for k in (3, 5, 1)] + [[5 % v, 6 % v, 7 % v]]
+        targets = [[(11 * i + 4 + m) % v for i in range(m)] for m in (3, 2, 4, 2)]
+        saved = (self.min_shared_tokens, self.prefix_cache_bytes, self.num_lm_calls, self.tokens_run,
+                 self.tokens_real)
+        self.min_shared_tokens, self.prefix_cache_bytes = 1, 0
+        try:
+            tau = torch.ones(4, dtype=_compute_dtype(self.dtype), device=self.device)
+            with torch.no_grad():
+                shared = self._score_shared(list(range(4)), prompts, targets, tau)
+                if shared is None or self.num_lm_calls - saved[2] < 2:  # the probe must really share a prefix
+                    return False
+                parts, order = shared
+                got = torch.cat([p.to(tau.device) for p in parts])[torch.argsort(torch.tensor(order))]
+                want = torch.cat([self._score_micro_batch([i], prompts, targets, tau).to(tau.device)
+                                  for i in range(4)])
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, KeyError):
+            return False
+        finally:
+            (self.min_shared_tokens, self.prefix_cache_bytes, self.num_lm_calls, self.tokens_run,
+             self.tokens_real) = saved
+            self.clear_prefix_cache()
+        n_tok = torch.tensor([len(t) for t in targets], dtype=got.dtype, device=got.device)
+        tol = 1e-3 if self.dtype in (torch.float32, torch.float64) else 5e-2
+        return bool(((got - want).abs() <= tol * n_tok).all())
 
     def _hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self._decoder(input_ids=ids, attention_mask=mask, use_cache=False)
