@@ -52,6 +52,8 @@ class MixtureOfPersonas(pl.LightningModule):
         max_prompt_tokens: PositiveInt = 384,
         max_target_tokens: PositiveInt = 96,
         max_batch_tokens: PositiveInt = 4096,
+        share_prefixes: bool = True,
+        prefix_cache_mb: NonNegativeFloat = 256.0,
         score_cache: bool = True,
         gate_seed: int = 0,
         export_dir: str | None = None,
@@ -79,6 +81,10 @@ class MixtureOfPersonas(pl.LightningModule):
             max_prompt_tokens: prompts are truncated from the left beyond this.
             max_target_tokens: responses are truncated beyond this.
             max_batch_tokens: token budget of one LM micro-batch (padding included).
+            share_prefixes: run token prefixes shared by several scored pairs (instruction + persona,
+                + exemplar) through the LM once and reuse their keys/values (exact; mop.scoring).
+            prefix_cache_mb: memory budget of the prefix keys/values kept across steps (the LM is frozen);
+                0 keeps none across steps.
             score_cache: with frozen temperatures (learn_tau false), cache each (record, persona, exemplar)
                 LM log-likelihood and reuse it in later epochs; no effect while tau is learned.
             gate_seed: seed of the gate's initialisation.
@@ -147,7 +153,8 @@ class MixtureOfPersonas(pl.LightningModule):
                 model, tokenizer, use_chat_template=self.hparams.use_chat_template,
                 target_prefix="" if self.hparams.use_chat_template else self.hparams.target_prefix,
                 max_prompt_tokens=self.hparams.max_prompt_tokens, max_target_tokens=self.hparams.max_target_tokens,
-                max_batch_tokens=self.hparams.max_batch_tokens))
+                max_batch_tokens=self.hparams.max_batch_tokens, share_prefixes=self.hparams.share_prefixes,
+                prefix_cache_mb=self.hparams.prefix_cache_mb))
         for split in ("train", "val", "test"):  # tokenise every target once, not every step
             if split not in self._targets:
                 self._targets[split] = self._scorer.encode_targets([r.response for r in art.population[split]])

@@ -287,24 +287,15 @@ class FrozenLMScorer:
             eos = getattr(self._base.config, "eos_token_id", None)
             eos = eos[0] if isinstance(eos, (list, tuple)) else eos
         elif self.use_chat_template:
-            eos = self._end_of_turn_id()
+            from mop.prompts import end_of_turn_id
+
+            eos = end_of_turn_id(tok)
+            eos = tok.eos_token_id if eos is None else eos
         else:
             eos = tok.eos_token_id
         if eos is None and self.append_eos:
             raise MopError("append_eos=True but the tokenizer has no eos token; pass eos_token_id=...")
         return eos
-
-    def _end_of_turn_id(self) -> int | None:
-        """The token that closes an assistant turn in the chat template (e.g. <|im_end|>, <end_of_turn>)."""
-        tok = self.tokenizer
-        sentinel = "MOPSENTINEL"
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False
-        )
-        after = text[text.rfind(sentinel) + len(sentinel):] if sentinel in text else ""
-        ids = tok(after, add_special_tokens=False)["input_ids"] if after.strip() else []
-        special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
-        return next((int(i) for i in ids if i in special), tok.eos_token_id)
 
     def _special_prefix(self) -> list[int]:
         """Special tokens the tokenizer puts before a text (BOS for most models, nothing for SmolLM2)."""

@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from helpers import make_tiny_lm
 
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
 
@@ -15,9 +16,7 @@ VOCAB = 97
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _freeze(model):
-    model.eval()
-    model.requires_grad_(False)
+def _peaked(model):
     with torch.no_grad():
         model.lm_head.weight.mul_(12.0)  # random init gives near-uniform logits; make them peaked
     return model
@@ -25,25 +24,15 @@ def _freeze(model):
 
 @pytest.fixture(scope="module")
 def llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return _freeze(LlamaForCausalLM(cfg))
+    return _peaked(make_tiny_lm("llama", tokenizer=None, vocab_size=VOCAB, seed=0, max_positions=None)[0])
 
 
 @pytest.fixture(scope="module")
 def gemma3():
     """Sliding window 3 (much shorter than the shared prefixes) and logit softcapping on."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(1)
-    cfg = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
-                           sliding_window=3, layer_types=["sliding_attention", "full_attention"],
-                           final_logit_softcapping=5.0, tie_word_embeddings=False)
-    return _freeze(Gemma3ForCausalLM(cfg))
+    return _peaked(make_tiny_lm("gemma3", tokenizer=None, vocab_size=VOCAB, seed=1, max_positions=None,
+                                sliding_window=3, layer_types=["sliding_attention", "full_attention"],
+                                final_logit_softcapping=5.0)[0])
 
 
 @pytest.fixture(params=["llama", "gemma3"])
