@@ -141,7 +141,9 @@ class MixtureOfPersonas(pl.LightningModule):
                              self.hparams.init_tau, seed=self.hparams.gate_seed)
             self.gate.log_tau.requires_grad_(self.hparams.learn_tau)
         self.register_buffer("persona_emb", torch.as_tensor(art.persona_emb), persistent=False)
-        self.register_buffer("pool_emb", torch.as_tensor(art.pool_emb), persistent=False)
+        with warnings.catch_warnings():  # the index's array is read-only by design; the buffer is never written
+            warnings.simplefilter("ignore", UserWarning)
+            self.register_buffer("pool_emb", torch.as_tensor(art.pool_emb), persistent=False)
         for split, emb in art.context_emb.items():
             self.register_buffer(f"context_emb_{split}", torch.as_tensor(emb), persistent=False)
         if self._scorer is None:
