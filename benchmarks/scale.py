@@ -27,14 +27,18 @@ from common import RESULTS, SHARED_NOTE, hardware, hardware_line, markdown_table
 from index_search import RANK, make_vectors
 
 
-def time_batches(fn, repeats: int) -> float:
+def time_batches(fn, repeats: int, after_warm_up=None) -> tuple[float, float]:
+    """(median seconds per call, total seconds of the timed calls); the warm-up call is not timed, and
+    ``after_warm_up()`` runs after it (to reset counters)."""
     fn()  # warm-up
+    if after_warm_up is not None:
+        after_warm_up()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), sum(times)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -109,9 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             gate.zero_grad()
             return cand
 
-        searches["s"] = 0.0
-        seconds = time_batches(step, args.repeats)
-        search_share = searches["s"] / (args.repeats + 1) / seconds
+        seconds, total = time_batches(step, args.repeats, after_warm_up=lambda: searches.update(s=0.0))
+        search_share = searches["s"] / total  # of the timed calls only
         cand = step()
         assert cand.approximate != exact and cand.persona.shape == (batch, args.num_candidates + 1)
         assert all(int(e) not in ex for row, ex in zip(cand.exemplar.tolist(), exclude) for e in row)
