@@ -4,33 +4,34 @@
     python benchmarks/scoring_speed.py --pairs 400 --half-pairs 400 --device cuda --dtypes bfloat16
 
 The (prompt, target) pairs are Rotten Tomatoes training records rendered as in training (persona + exemplar +
-context, the config's prompt template; see common.training_pairs), tau = 0.6. Both scorers get the same token ids
-and are timed from ids (tokenisation excluded), alternately, ``--step`` pairs at a time (default 20, half of a
-quickstart training step of 8 records x (M + 1)), the first of the two swapped at every chunk, so that noise
-from other jobs hits both alike.
+context, the config's prompt template; see common.training_pairs), tau = 0.6. Both scorers get the same token
+ids and are timed from ids (tokenisation excluded), alternately, ``--step`` pairs at a time (default 20, half
+of a quickstart training step of 8 records x (M + 1)), the first of the two swapped at every chunk, so that
+noise from other jobs hits both alike.
 
 - naive: a plain forward over right-padded batches of ``--naive-batch`` pairs in input order (unsorted),
   full-vocabulary logits, log_softmax(z / tau) in float32, gather at the target positions;
-- scorer: mop.scoring.FrozenLMScorer.score_ids (length-sorted micro-batches under a token budget, output head on
-  the target positions only, tempered log-likelihood in float32 chunks).
+- scorer: mop.scoring.FrozenLMScorer.score_ids (length-sorted micro-batches under a token budget, output head
+  on the target positions only, tempered log-likelihood in float32 chunks).
 
-Model FLOPs (the "useful" work both must do): 2 x body params x all real tokens + 2 x head params x scored target
-tokens; body = all parameters but the input embedding (and the head), attention's L^2 term ignored. GFLOP/s is
-that count over the wall time, against the peak of a square matmul in the same dtype measured in the same run.
-Half-precision rows use ``--half-pairs`` pairs (on a CPU without bf16 instructions bf16 matmuls are emulated and
-~50x slower than fp32: the row is there to show it).
+Model FLOPs (the "useful" work both must do): 2 x body params x all real tokens + 2 x head params x scored
+target tokens; body = all parameters but the input embedding (and the head), attention's L^2 term ignored.
+GFLOP/s is that count over the wall time, against the peak of a square matmul in the same dtype measured in
+the same run.
+Half-precision rows use ``--half-pairs`` pairs (on a CPU without bf16 instructions bf16 matmuls are emulated
+and ~50x slower than fp32: the row is there to show it).
 Writes benchmarks/results/scoring_speed.json.
 
 ``--workload epoch`` (prefix sharing, issue 12): the pair stream of the first ``--steps`` training steps of a
 quickstart epoch, as mop.module selects it (mop.gating.select_candidates: top-M pairs + the exploration pair,
-seeded), from the config's artifacts (``--artifacts-dir``; built with keyword personas if absent), for an untrained
-Gate and a trained-like one (pi ~0.97 on one persona, see _trained_like_gate). One score_ids call per step, as in
-training; naive, plain FrozenLMScorer(share_prefixes=False) and prefix-shared FrozenLMScorer (its prefix cache
-kept across the steps, cold at the start) take turns, the order rotated every step, at each ``--thread-counts``.
-Reports pairs/s, decoder tokens run against all tokens and against the token trie of the whole timed stream (the
-most sharing allows), FLOPs (naive: full head at every position; scorers: head at target positions) against that
-bound, GFLOP/s against a matmul peak measured in the run, and the largest log-likelihood differences. Results go
-under "prefix_sharing" in ``--out`` (other keys kept), after every row.
+seeded), from the config's artifacts (``--artifacts-dir``; built with keyword personas if absent), for an
+untrained Gate and a trained-like one (pi ~0.97 on one persona, see _trained_like_gate). One score_ids call
+per step, as in training; naive, plain FrozenLMScorer(share_prefixes=False) and prefix-shared FrozenLMScorer
+(its prefix cache kept across the steps, cold at the start) take turns, the order rotated every step, at each
+``--thread-counts``. Reports pairs/s, decoder tokens run against all tokens and against the token trie of the
+whole timed stream (the most sharing allows), FLOPs (naive: full head at every position; scorers: head at
+target positions) against that bound, GFLOP/s against a matmul peak measured in the run, and the largest
+log-likelihood differences. Results go under "prefix_sharing" in ``--out`` (other keys kept), after every row.
 
     python benchmarks/scoring_speed.py --workload epoch --steps 2 --thread-counts 1 2
 """
@@ -60,7 +61,8 @@ TAU = 0.6
 
 
 def naive_score(model, prompt_ids, target_ids, tau: float, batch_size: int, device: str):
-    """Per-pair log p^tau(target | prompt) the plain way; returns (values (N,), padded positions, real tokens)."""
+    """Per-pair log p^tau(target | prompt) the plain way; returns (values (N,), padded positions, real
+    tokens)."""
     out, padded, real = [], 0, 0
     pad = 0
     with torch.no_grad():
@@ -83,7 +85,8 @@ def naive_score(model, prompt_ids, target_ids, tau: float, batch_size: int, devi
 
 
 def scorer_padding(scorer, prompt_ids, target_ids, step: int) -> tuple[int, int]:
-    """Padded positions and real tokens of the scorer's micro-batches (one call per step of ``step`` pairs)."""
+    """Padded positions and real tokens of the scorer's micro-batches (one call per step of ``step``
+    pairs)."""
     padded = real = 0
     for start in range(0, len(prompt_ids), step):
         p, t = prompt_ids[start:start + step], target_ids[start:start + step]
@@ -117,7 +120,8 @@ def run_model(name: str, dtype_name: str, args, prompts, targets, reference: dic
         for which in (("naive", "scorer") if k % 2 == 0 else ("scorer", "naive")):
             if which == "naive":
                 with t_naive:
-                    vals, padded, real = naive_score(model, pids[sl], tids[sl], TAU, args.naive_batch, args.device)
+                    vals, padded, real = naive_score(model, pids[sl], tids[sl], TAU, args.naive_batch,
+                                                     args.device)
                 naive_vals.append(vals)
                 naive_pad, naive_real = naive_pad + padded, naive_real + real
             else:
@@ -131,10 +135,13 @@ def run_model(name: str, dtype_name: str, args, prompts, targets, reference: dic
     flops = 2 * counts["body"] * naive_real + 2 * counts["head"] * target_tokens
     peak = matmul_peak(dtype, args.device, args.peak_size)
     row = {
-        "model": name, "dtype": dtype_name, "pairs": n, "target_tokens": target_tokens, "total_tokens": naive_real,
+        "model": name, "dtype": dtype_name, "pairs": n, "target_tokens": target_tokens,
+        "total_tokens": naive_real,
         "params": counts, "naive_s": t_naive.seconds, "scorer_s": t_scorer.seconds,
-        "naive_target_tok_s": target_tokens / t_naive.seconds, "scorer_target_tok_s": target_tokens / t_scorer.seconds,
-        "naive_total_tok_s": naive_real / t_naive.seconds, "scorer_total_tok_s": naive_real / t_scorer.seconds,
+        "naive_target_tok_s": target_tokens / t_naive.seconds,
+        "scorer_target_tok_s": target_tokens / t_scorer.seconds,
+        "naive_total_tok_s": naive_real / t_naive.seconds,
+        "scorer_total_tok_s": naive_real / t_scorer.seconds,
         "speedup": t_naive.seconds / t_scorer.seconds,
         "naive_pad_pct": 100 * (1 - naive_real / naive_pad), "scorer_pad_pct": 100 * (1 - s_real / s_pad),
         "max_abs_ll_diff": float((naive_ll - scorer_ll).abs().max()),
@@ -172,8 +179,9 @@ def table(rows: list[dict]) -> str:
     return markdown_table(head, out)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# --workload epoch: the pair stream of a quickstart training epoch, naive vs plain scorer vs prefix-shared scorer
+# ------------------------------------------------------------------------------------------------------------
+# --workload epoch: the pair stream of a quickstart training epoch, naive vs plain scorer vs prefix-shared
+# scorer
 def _trained_like_gate(gate, hx, hg, target_pi: float = 0.97):
     """Rank-1 additions that put pi on one persona k* for every context, as training does today: W_x += v m^T,
     W_g += a v g*^T (m: mean context embedding, g*: persona k*'s embedding, v: a fixed unit vector), with a
@@ -202,8 +210,9 @@ def _trained_like_gate(gate, hx, hg, target_pi: float = 0.97):
 
 
 def epoch_streams(args) -> tuple[dict, dict]:
-    """Per gate ("untrained", "trained"): the steps of a quickstart epoch, each a list of (prompt, target) pairs
-    as mop.module.MixtureOfPersonas.mixture_loss selects them (select_candidates: top-M + exploration pair)."""
+    """Per gate ("untrained", "trained"): the steps of a quickstart epoch, each a list of (prompt, target)
+    pairs as mop.module.MixtureOfPersonas.mixture_loss selects them (select_candidates: top-M + exploration
+    pair)."""
     from common import datamodule_from_config, load_config
 
     from mop.gating import Gate, select_candidates
@@ -233,8 +242,8 @@ def epoch_streams(args) -> tuple[dict, dict]:
     trained, trained_info = _trained_like_gate(gate, hx_all, hg)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
     streams, info = {}, {"artifacts": str(dm.artifact_path), "personas": built_personas,
-                         "num_personas": len(art.persona_texts), "pool": len(art.pool), "M": M, "batch": batch,
-                         "trained_gate": trained_info}
+                         "num_personas": len(art.persona_texts), "pool": len(art.pool), "M": M,
+                         "batch": batch, "trained_gate": trained_info}
     for name, g in (("untrained", gate), ("trained", trained)):
         steps, pis = [], []
         gen = torch.Generator().manual_seed(0)
@@ -242,7 +251,8 @@ def epoch_streams(args) -> tuple[dict, dict]:
             rows = order[s * batch:(s + 1) * batch]
             idx = torch.tensor(rows)
             with torch.no_grad():
-                cand = select_candidates(g, hx_all[idx], hg, pool, art.index, [dm.exclude["train"][r] for r in rows],
+                cand = select_candidates(g, hx_all[idx], hg, pool, art.index,
+                                         [dm.exclude["train"][r] for r in rows],
                                          M, explore=True, generator=gen)
             pis.append(float(cand.log_pi.exp().max(-1).values.mean()))
             pairs = []
@@ -293,8 +303,8 @@ def run_epoch_model(name: str, args, streams: dict, peak: dict, on_row=None) -> 
 
     model, tok = load_lm(name, dtype="float32", device=args.device)
     counts = param_counts(model)
-    kw = dict(target_prefix=" ", max_prompt_tokens=args.max_prompt_tokens, max_target_tokens=args.max_target_tokens,
-              max_batch_tokens=args.max_batch_tokens)
+    kw = dict(target_prefix=" ", max_prompt_tokens=args.max_prompt_tokens,
+              max_target_tokens=args.max_target_tokens, max_batch_tokens=args.max_batch_tokens)
     encoder = FrozenLMScorer(model, tok, share_prefixes=False, **kw)
     rows = []
     for threads in args.thread_counts:
@@ -302,7 +312,8 @@ def run_epoch_model(name: str, args, streams: dict, peak: dict, on_row=None) -> 
         for gate_name, steps in streams.items():
             enc = [encoder.encode([p for p, _ in st], [t for _, t in st]) for st in steps]
             plain = FrozenLMScorer(model, tok, share_prefixes=False, **kw)
-            shared = FrozenLMScorer(model, tok, share_prefixes=True, prefix_cache_mb=args.prefix_cache_mb, **kw)
+            shared = FrozenLMScorer(model, tok, share_prefixes=True, prefix_cache_mb=args.prefix_cache_mb,
+                                    **kw)
             # warm-up (allocator, kernels) on 2 pairs of another step's records, untimed; the shared scorer's
             # prefix cache is then cleared so that the timed stream starts cold, as a training run does
             wp, wt = enc[0].prompt_ids[:2], enc[0].target_ids[:2]
@@ -320,9 +331,11 @@ def run_epoch_model(name: str, args, streams: dict, peak: dict, on_row=None) -> 
                 for which in names:
                     with timers[which]:
                         if which == "naive":
-                            v = naive_score(model, e.prompt_ids, e.target_ids, TAU, args.naive_batch, args.device)[0]
+                            v = naive_score(model, e.prompt_ids, e.target_ids, TAU, args.naive_batch,
+                                            args.device)[0]
                         else:
-                            v = (plain if which == "plain" else shared).score_ids(e.prompt_ids, e.target_ids, TAU)
+                            v = (plain if which == "plain" else shared).score_ids(e.prompt_ids, e.target_ids,
+                                                                                   TAU)
                     values[which].append(v.detach().cpu().double())
             vals = {k: torch.cat(v) for k, v in values.items()}
             seqs = [list(p) + list(t)[:-1] for e in enc for p, t in zip(e.prompt_ids, e.target_ids)]
@@ -354,7 +367,8 @@ def run_epoch_model(name: str, args, streams: dict, peak: dict, on_row=None) -> 
             row["speedup_plain_vs_naive"] = timers["naive"].seconds / timers["plain"].seconds
             row["flop_bound_speedup_vs_naive"] = flops["naive"] / flops["bound"]
             row["flop_efficiency_shared"] = flops["bound"] / flops["shared"]  # 1 = no position run in vain
-            row["time_efficiency_shared"] = row["speedup_shared_vs_naive"] / row["flop_bound_speedup_vs_naive"]
+            row["time_efficiency_shared"] = (row["speedup_shared_vs_naive"]
+                                             / row["flop_bound_speedup_vs_naive"])
             row["max_abs_ll_diff_shared_vs_plain"] = float((vals["shared"] - vals["plain"]).abs().max())
             row["max_abs_ll_diff_shared_vs_naive"] = float((vals["shared"] - vals["naive"]).abs().max())
             row["max_abs_ll_diff_plain_vs_naive"] = float((vals["plain"] - vals["naive"]).abs().max())
@@ -363,9 +377,10 @@ def run_epoch_model(name: str, args, streams: dict, peak: dict, on_row=None) -> 
             rows.append(row)
             if on_row is not None:
                 on_row(row)
-            print(f"done: {name} {threads} thread(s) {gate_name}: shared {row['speedup_shared_vs_naive']:.2f}x "
-                  f"naive, {row['speedup_shared_vs_plain']:.2f}x plain (bound {row['flop_bound_speedup_vs_naive']:.2f}x"
-                  f" naive); load {row['load_average_after'][0]:.1f}", flush=True)
+            print(f"done: {name} {threads} thread(s) {gate_name}: shared "
+                  f"{row['speedup_shared_vs_naive']:.2f}x naive, {row['speedup_shared_vs_plain']:.2f}x plain "
+                  f"(bound {row['flop_bound_speedup_vs_naive']:.2f}x naive); load "
+                  f"{row['load_average_after'][0]:.1f}", flush=True)
     del model
     return rows
 
@@ -385,7 +400,8 @@ def epoch_table(rows: list[dict]) -> str:
                     f"{100 * r['flop_efficiency_shared']:.0f}%", f"{100 * r['time_efficiency_shared']:.0f}%",
                     f"{r['naive_gflops']:.1f} / {r['plain_gflops']:.1f} / {r['shared_gflops']:.1f} "
                     f"({r['matmul_peak_gflops']:.1f})",
-                    f"{r['max_abs_ll_diff_shared_vs_plain']:.1e} / {r['max_abs_ll_diff_shared_vs_naive']:.1e}"])
+                    f"{r['max_abs_ll_diff_shared_vs_plain']:.1e} / "
+                    f"{r['max_abs_ll_diff_shared_vs_naive']:.1e}"])
     return markdown_table(head, out)
 
 
@@ -409,9 +425,10 @@ def main_epoch(args) -> list[dict]:
 
     for name in args.models:
         rows.extend(run_epoch_model(name, args, streams, peak, on_row=save))
-    print(f"\nFrozen-LM scoring of the first {args.steps} steps of a quickstart epoch ({args.config}), as the gate "
-          f"selects pairs (top-M + exploration), tau {TAU}, float32, one score_ids call per step; naive batches of "
-          f"{args.naive_batch}, scorer budget {args.max_batch_tokens} tokens, prefix cache {args.prefix_cache_mb} MB")
+    print(f"\nFrozen-LM scoring of the first {args.steps} steps of a quickstart epoch ({args.config}), as "
+          f"the gate selects pairs (top-M + exploration), tau {TAU}, float32, one score_ids call per step; "
+          f"naive batches of {args.naive_batch}, scorer budget {args.max_batch_tokens} tokens, prefix cache "
+          f"{args.prefix_cache_mb} MB")
     print(hardware_line(hw) + (f"; {SHARED_NOTE}" if args.device == "cpu" else "") + "\n")
     print(epoch_table(rows))
     print(f"\nwrote {args.out}")
@@ -423,7 +440,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"],
                         help="bundled names or local model folders")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--config", default="configs/quickstart.yaml", help="config whose data and prompts to use")
+    parser.add_argument("--config", default="configs/quickstart.yaml",
+                        help="config whose data and prompts to use")
     parser.add_argument("--pairs", type=int, default=40, help="(prompt, target) pairs per model (fp32)")
     parser.add_argument("--half-pairs", type=int, default=None,
                         help="pairs for bf16/fp16 rows (default: 5 on CPU, --pairs on cuda)")
@@ -433,20 +451,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-batch-tokens", type=int, default=4096, help="scorer micro-batch token budget")
     parser.add_argument("--max-prompt-tokens", type=int, default=192)
     parser.add_argument("--max-target-tokens", type=int, default=64)
-    parser.add_argument("--peak-size", type=int, default=None, help="matmul size of the peak (1024 CPU, 8192 cuda)")
+    parser.add_argument("--peak-size", type=int, default=None,
+                        help="matmul size of the peak (1024 CPU, 8192 cuda)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "scoring_speed.json")
     parser.add_argument("--workload", choices=["pairs", "epoch"], default="pairs",
-                        help="pairs: --pairs random training pairs, fp32 + bf16 (the original rows); epoch: the "
-                             "quickstart epoch's pair stream, naive vs plain vs prefix-shared (written under "
-                             "'prefix_sharing' in --out)")
+                        help="pairs: --pairs random training pairs, fp32 + bf16 (the original rows); epoch: "
+                             "the quickstart epoch's pair stream, naive vs plain vs prefix-shared (written "
+                             "under 'prefix_sharing' in --out)")
     parser.add_argument("--steps", type=int, default=2, help="epoch: training steps (score_ids calls) timed")
     parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2], help="epoch: torch threads")
     parser.add_argument("--artifacts-dir", default=None,
-                        help="epoch: artifacts folder of the config (default: the config's); built with keyword "
-                             "personas when the config's are not there")
-    parser.add_argument("--prefix-cache-mb", type=float, default=256.0, help="epoch: the shared scorer's budget")
+                        help="epoch: artifacts folder of the config (default: the config's); built with "
+                             "keyword personas when the config's are not there")
+    parser.add_argument("--prefix-cache-mb", type=float, default=256.0,
+                        help="epoch: the shared scorer's budget")
     args = parser.parse_args(argv)
     if args.workload == "epoch":
         return main_epoch(args)

@@ -199,8 +199,8 @@ class FrozenLMScorer:
                 f"{max_prompt_tokens}, {max_target_tokens}, {max_batch_tokens}, {chunk_tokens}"
             )
         if min_shared_tokens < 1 or prefix_cache_mb < 0:
-            raise MopError(f"min_shared_tokens must be >= 1 and prefix_cache_mb >= 0, got {min_shared_tokens}, "
-                           f"{prefix_cache_mb}")
+            raise MopError(f"min_shared_tokens must be >= 1 and prefix_cache_mb >= 0, got "
+                           f"{min_shared_tokens}, {prefix_cache_mb}")
         if use_chat_template and (tokenizer is None or not getattr(tokenizer, "chat_template", None)):
             raise MopError("use_chat_template=True but the tokenizer has no chat template (a base model?)")
         self.model = model
@@ -251,8 +251,8 @@ class FrozenLMScorer:
             self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
             if not self._prefix_path_matches():
                 warnings.warn(
-                    f"{type(base).__name__}: scoring with shared-prefix key/values does not reproduce the plain "
-                    "path; prefixes are not shared (correct, but slower)", stacklevel=2,
+                    f"{type(base).__name__}: scoring with shared-prefix key/values does not reproduce "
+                    "the plain path; prefixes are not shared (correct, but slower)", stacklevel=2,
                 )
                 self.share_prefixes = False
 
@@ -485,18 +485,20 @@ class FrozenLMScorer:
 
     # ------------------------------------------------------------------ prefix sharing
     def _score_shared(self, rows, prompt_ids, target_ids, tau_rows):
-        """Score ``rows`` with shared prefixes: (per-batch results, the rows they belong to, in order), or None
-        when no prefix is worth sharing (the caller then runs the plain path).
+        """Score ``rows`` with shared prefixes: (per-batch results, the rows they belong to, in order), or
+        None when no prefix is worth sharing (the caller then runs the plain path).
 
-        1. Identical (prompt, target) pairs are one sequence (their hidden states are the same; each row keeps its
-           own tau). A sequence's shareable part is its prompt minus the last token (positions never scored).
+        1. Identical (prompt, target) pairs are one sequence (their hidden states are the same; each row keeps
+           its own tau). A sequence's shareable part is its prompt minus the last token (positions never
+           scored).
         2. :meth:`_plan_prefixes` picks the prefixes worth sharing from a trie of the shareable parts and the
-           prefixes kept from earlier calls; :meth:`_materialise` runs the new ones (each extending the longest
-           shared prefix below it), level by level, in batches.
-        3. Each sequence then runs only its tokens after its deepest shared prefix, in length-sorted batches under
-           the token budget, against the prefixes' key/values left-padded to a common length (the attention mask
-           hides the padding; position ids are the true positions; index distances between a query and the real
-           keys are the true ones, so sliding windows see what they would see without sharing).
+           prefixes kept from earlier calls; :meth:`_materialise` runs the new ones (each extending the
+           longest shared prefix below it), level by level, in batches.
+        3. Each sequence then runs only its tokens after its deepest shared prefix, in length-sorted batches
+           under the token budget, against the prefixes' key/values left-padded to a common length (the
+           attention mask hides the padding; position ids are the true positions; index distances between a
+           query and the real keys are the true ones, so sliding windows see what they would see without
+           sharing).
         """
         with torch.no_grad():
             self._check_store()
@@ -547,15 +549,18 @@ class FrozenLMScorer:
         return parts, order
 
     def _plan_prefixes(self, shareable: list[list[int]]) -> tuple[list[_Prefix], list[int]]:
-        """Shared prefixes for sequences whose first tokens are ``shareable[u]``: (prefixes, index per sequence).
+        """Shared prefixes for sequences whose first tokens are ``shareable[u]``: (prefixes, index per
+        sequence).
 
         A token trie of the shareable parts, walked from the root: a node where sequences part or end is a
         prefix worth running once when >= 2 sequences go through it, it saves >= min_shared_tokens tokens and
         adds >= min_shared_tokens / 2 tokens to the shared prefix it extends (forks a few tokens apart, as in
         "You are a critic who | loves ...", would each cost a level of small LM calls); a node covered by a
-        kept prefix (any kept key going through it) is free. Each sequence uses the deepest prefix on its path (-1: none). Parents come before children.
+        kept prefix (any kept key going through it) is free. Each sequence uses the deepest prefix on its path
+        (-1: none). Parents come before children.
         """
-        root: list = [{}, 0, [], None, -1]  # children, sequences through, sequences ending, kept entry, a sequence
+        # children, sequences through, sequences ending, kept entry, a sequence
+        root: list = [{}, 0, [], None, -1]
         for u, s in enumerate(shareable):
             node = root
             node[1] += 1
@@ -603,7 +608,8 @@ class FrozenLMScorer:
         """Compute the key/values of the prefixes that have none, parents first, in batches; keep them."""
         pending = [i for i, p in enumerate(prefixes) if p.kv is None]
         while pending:
-            ready = [i for i in pending if prefixes[i].parent < 0 or prefixes[prefixes[i].parent].kv is not None]
+            ready = [i for i in pending
+                     if prefixes[i].parent < 0 or prefixes[prefixes[i].parent].kv is not None]
             base = [prefixes[prefixes[i].parent].length if prefixes[i].parent >= 0 else 0 for i in ready]
             seg = [prefixes[i].length - b for i, b in zip(ready, base)]
             for batch in self._pack(list(range(len(ready))), seg, base):
@@ -640,10 +646,11 @@ class FrozenLMScorer:
         return batches
 
     def _run(self, items, prefixes: list[_Prefix], want_kv: bool):
-        """Run each item's tokens after its prefix (index into ``prefixes``, -1: none) through the decoder body.
+        """Run each item's tokens after its prefix (index into ``prefixes``, -1: none) through the decoder
+        body.
 
-        Returns hidden states (B, longest run, H) of the run tokens (right-padded) and, with ``want_kv``, per item
-        the key/values of its whole sequence (prefix + run tokens), per layer (H, L, D).
+        Returns hidden states (B, longest run, H) of the run tokens (right-padded) and, with ``want_kv``, per
+        item the key/values of its whole sequence (prefix + run tokens), per layer (H, L, D).
         """
         from transformers import DynamicCache
 
@@ -689,8 +696,9 @@ class FrozenLMScorer:
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         if not want_kv:
             return hidden, None
-        kvs = [[(lay.keys[b, :, pm - plen[b]: pm + slen[b]].clone(), lay.values[b, :, pm - plen[b]: pm + slen[b]]
-                 .clone()) for lay in cache.layers] for b in range(n)]
+        kvs = [[(lay.keys[b, :, pm - plen[b]: pm + slen[b]].clone(),
+                 lay.values[b, :, pm - plen[b]: pm + slen[b]].clone()) for lay in cache.layers]
+               for b in range(n)]
         return hidden, kvs
 
     def _keep(self, prefix: _Prefix, parent: _Prefix | None) -> None:
@@ -716,14 +724,16 @@ class FrozenLMScorer:
             self._store_bytes -= entry.nbytes
 
     def clear_prefix_cache(self) -> None:
-        """Forget all prefix key/values kept across calls (e.g. after changing the model's weights in place)."""
+        """Forget all prefix key/values kept across calls (e.g. after changing the model's weights in
+        place)."""
         self._store.clear()
         self._store_bytes = 0
 
     @property
     def prefix_cache_info(self) -> dict:
         """Kept prefixes: how many, their bytes and the budget, and their token lengths."""
-        return {"entries": len(self._store), "bytes": self._store_bytes, "budget_bytes": self.prefix_cache_bytes,
+        return {"entries": len(self._store), "bytes": self._store_bytes,
+                "budget_bytes": self.prefix_cache_bytes,
                 "lengths": [len(k) for k in self._store], "hits": self.prefix_cache_hits}
 
     def _fingerprint(self):

@@ -1,4 +1,5 @@
-"""Prefix-shared scoring (FrozenLMScorer(share_prefixes=True)): the same numbers as the plain path, fewer tokens."""
+"""Prefix-shared scoring (FrozenLMScorer(share_prefixes=True)): the same numbers as the plain path, fewer
+tokens."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def _toks(rng, lo, hi):
 
 def _template_pairs(n: int, seed: int = 0, heads: int = 3, mids: int = 4):
     """Prompts like the training template: a shared head (instruction + persona), often a shared middle
-    (exemplar), then a row's own tail (context); ragged targets. Includes a duplicate pair and a prompt that is
-    exactly a shared head (a prefix equal to a whole prompt)."""
+    (exemplar), then a row's own tail (context); ragged targets. Includes a duplicate pair and a prompt that
+    is exactly a shared head (a prefix equal to a whole prompt)."""
     rng = random.Random(seed)
     head = [_toks(rng, 18, 30) for _ in range(heads)]
     mid = [_toks(rng, 0, 20) for _ in range(mids)]
@@ -96,8 +97,8 @@ def test_pairs_without_common_prefixes_run_as_before(tiny_lm):
     tau = _tau(8)
     shared = FrozenLMScorer(tiny_lm, max_batch_tokens=10_000, min_shared_tokens=1)
     plain = _plain(tiny_lm, max_batch_tokens=10_000)
-    torch.testing.assert_close(shared.score_ids(prompts, targets, tau), plain.score_ids(prompts, targets, tau),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(shared.score_ids(prompts, targets, tau),
+                               plain.score_ids(prompts, targets, tau), atol=1e-4, rtol=0)
     assert shared.tokens_real == plain.tokens_real  # nothing shared, nothing lost
     assert shared.tokens_run == plain.tokens_run and shared.num_lm_calls == plain.num_lm_calls  # same batches
     assert shared.prefix_cache_info["entries"] == 0
@@ -111,7 +112,8 @@ def test_duplicate_pairs_run_once_and_keep_their_own_tau(llama):
     got = shared.score_ids(prompts, targets, tau)
     torch.testing.assert_close(got, naive_log_likelihood(llama, prompts, targets, tau), atol=1e-4, rtol=0)
     assert len(set(got.tolist())) == 4  # same text, different tau, different values
-    # the three copies run once: one sequence of 20 + 3 tokens and the short one's 12 + 1, nothing shared twice
+    # the three copies run once: one sequence of 20 + 3 tokens and the short one's 12 + 1, nothing shared
+    # twice
     assert shared.tokens_real <= 20 + 3 + 12 + 1
 
 
@@ -152,7 +154,8 @@ def test_prefixes_are_kept_and_reused_across_calls(tiny_lm):
     assert scorer.tokens_real - before <= sum(len(p) + len(t) - 1 - 18 for p, t in zip(lone, lone_t))
     fresh = FrozenLMScorer(tiny_lm, min_shared_tokens=4, prefix_cache_mb=0)
     fresh.score_ids(lone, lone_t, 0.8)
-    assert fresh.tokens_real == sum(len(p) + len(t) - 1 for p, t in zip(lone, lone_t))  # nothing kept: all run
+    # nothing kept: all run
+    assert fresh.tokens_real == sum(len(p) + len(t) - 1 for p, t in zip(lone, lone_t))
 
 
 def test_tau_gradient_matches_plain_path_and_finite_differences(llama):
@@ -172,7 +175,8 @@ def test_tau_gradient_matches_plain_path_and_finite_differences(llama):
     assert grad.abs().min() > 1e-3
     eps = 1e-5
     with torch.no_grad():
-        fd = (scorer.score_ids(prompts, targets, tau + eps) - scorer.score_ids(prompts, targets, tau - eps)) / (2 * eps)
+        fd = (scorer.score_ids(prompts, targets, tau + eps)
+              - scorer.score_ids(prompts, targets, tau - eps)) / (2 * eps)
     torch.testing.assert_close(grad, weights * fd, atol=1e-6, rtol=1e-6)
 
 
@@ -300,7 +304,8 @@ def _real_prompts(n: int, seed: int = 0):
     rng = random.Random(seed)
     prompts, targets = [], []
     for _ in range(n):
-        prompts.append(TEMPLATE.format(persona=rng.choice(PERSONAS), elabel=rng.choice(["positive", "negative"]),
+        prompts.append(TEMPLATE.format(persona=rng.choice(PERSONAS),
+                                       elabel=rng.choice(["positive", "negative"]),
                                        emovie=rng.choice(MOVIES), eresp=rng.choice(RESPONSES),
                                        label=rng.choice(["positive", "negative"]), movie=rng.choice(MOVIES)))
         targets.append(rng.choice(RESPONSES))
