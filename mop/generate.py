@@ -324,8 +324,8 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     and every row then runs only its own remaining tokens. Row layout: [padding][prefix][padding][rest], the
     attention mask hiding the padding and the position ids the true positions, so every row attends to what
     it would attend to alone. Not used where a sliding window could then hide a real key (the padding widens
-    index distances): beyond the model's ``sliding_window`` the plain left-padded batch runs instead, and so it
-    does where sharing would not run fewer positions (padding included) than the plain batch.
+    index distances): beyond the model's ``sliding_window`` the plain left-padded batch runs instead, and so
+    it does where sharing would not run fewer positions (padding included) than the plain batch.
     """
     import torch
     from transformers import DynamicCache
@@ -335,7 +335,8 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     shared = [0] * n
     if share_prefixes and n > 1:
         order = sorted(range(n), key=lambda r: prompt_ids[r])
-        for a, b in zip(order, order[1:]):  # the longest prefix a row shares is with a neighbour in sorted order
+        # the longest prefix a row shares with another is the one it shares with a neighbour in sorted order
+        for a, b in zip(order, order[1:]):
             p, q = prompt_ids[a], prompt_ids[b]
             common = next((i for i, (x, y) in enumerate(zip(p, q)) if x != y), min(len(p), len(q)))
             shared[a], shared[b] = max(shared[a], common), max(shared[b], common)
@@ -346,7 +347,8 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     keys = sorted({tuple(p[:d]) for p, d in zip(prompt_ids, shared) if d})
     # positions run, padding included: the shared prefixes once + every row's rest, against the plain batch
     cost = len(keys) * max(shared) + n * max(rest)
-    if (window and max(shared) + max(rest) + max_new_tokens > window) or cost >= n * max(map(len, prompt_ids)):
+    too_wide = window and max(shared) + max(rest) + max_new_tokens > window
+    if too_wide or cost >= n * max(map(len, prompt_ids)):
         shared = [0] * n
     if not any(shared):
         ids, mask = _left_padded(prompt_ids, device)

@@ -233,7 +233,8 @@ def test_decode_loop_equals_hf_generate_where_no_stop_applies(arch):
 
 @pytest.mark.parametrize("arch,config", [("llama", {}), ("gemma3", {}), ("gemma3", {"sliding_window": 48})])
 def test_shared_prompt_prefixes_run_once_and_change_nothing(arch, config):
-    """Prompts sharing a long prefix (instruction + persona): the same samples with and without prefix sharing;
+    """Prompts sharing a long prefix (instruction + persona): the same samples with and without prefix
+    sharing;
     with it, fewer prompt tokens go through the LM (none saved where a sliding window forbids sharing)."""
     model, tok = make_tiny_lm(arch, seed=5, **config)
     head = "You embody the persona in the description to complete the task. Persona: "
@@ -254,7 +255,8 @@ def test_shared_prompt_prefixes_run_once_and_change_nothing(arch, config):
     if config.get("sliding_window"):
         assert runs[True, "prefill"] == runs[False, "prefill"]  # the window: not shared
     else:
-        assert runs[True, "prefill"] < 0.75 * runs[False, "prefill"], (runs[True, "prefill"], runs[False, "prefill"])
+        assert runs[True, "prefill"] < 0.75 * runs[False, "prefill"], (runs[True, "prefill"],
+                                                                       runs[False, "prefill"])
 
 
 def test_a_stop_string_ends_its_row_and_the_rest_of_the_batch_continues_unchanged():
