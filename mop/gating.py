@@ -83,7 +83,7 @@ class Gate(nn.Module):
 def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor, index,
                       exclude: list[list[int]], num_candidates: int, exact_max_pool: int = 20_000,
                       approx_topk: int = 256, explore: bool = False,
-                      generator: torch.Generator | None = None) -> Candidates:
+                      generator: torch.Generator | None = None, explore_samples: int = 1) -> Candidates:
     """Top-M (persona, exemplar) pairs by log pi + log Omega, with target masking (DESIGN.md section 2).
 
     The top min(K, M) personas by pi are taken; for each, the index retrieves its best exemplars with the
@@ -138,11 +138,17 @@ def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torc
     persona = top_p.gather(1, best // per_persona)
     exemplar = pos.reshape(B, -1).gather(1, best)
     if explore:
-        persona, exemplar, log_weight = _add_exploration_pair(
-            log_pi, q, pool, index, exclude, mask if exact else None, per_persona, persona, exemplar, log_weight,
-            usable=((~mask).sum(-1, keepdim=True).expand(-1, M) if exact
-                    else valid.sum(-1).gather(1, best // per_persona)).float(),
-            generator=generator)
+        # explore_samples > 1: S independent draws outside S, each weighted 1/S (an importance-weighted bound
+        # with S samples of the out-of-S mass, tighter than one; opt-in, diagnosis of the gate collapse)
+        usable = ((~mask).sum(-1, keepdim=True).expand(-1, M) if exact
+                  else valid.sum(-1).gather(1, best // per_persona)).float()
+        extra = [_add_exploration_pair(log_pi, q, pool, index, exclude, mask if exact else None, per_persona,
+                                       persona, exemplar, log_weight, usable=usable, generator=generator)
+                 for _ in range(max(1, explore_samples))]
+        scale = math.log(len(extra))
+        persona = torch.cat([persona, *[e[0][:, M:] for e in extra]], 1)
+        exemplar = torch.cat([exemplar, *[e[1][:, M:] for e in extra]], 1)
+        log_weight = torch.cat([log_weight, *[e[2][:, M:] - scale for e in extra]], 1)
     return Candidates(persona=persona, exemplar=exemplar, log_weight=log_weight, log_pi=log_pi,
                       approximate=not exact)
 

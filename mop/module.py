@@ -42,6 +42,7 @@ class MixtureOfPersonas(pl.LightningModule):
         learn_tau: bool = True,
         num_candidates: int = 4,
         explore: bool = True,
+        explore_samples: int = 1,
         exact_omega_max_pool: int = 20_000,
         omega_topk: int = 256,
         lr: float = 1e-3,
@@ -68,6 +69,8 @@ class MixtureOfPersonas(pl.LightningModule):
                 importance weight (M + 1 LM calls per record): the loss is then an estimate of the full mixture
                 NLL, not only of its top-M part, which otherwise collapses the gate (mop.gating). Validation
                 uses it too, with a fixed seed, so val/nll compares gates of any sharpness fairly.
+            explore_samples: exploration pairs per record (S >= 1, each weighted 1/S; M + S LM calls);
+                training only: validation keeps one, so val/nll stays the same estimator.
             exact_omega_max_pool: normalise Omega exactly (dense) up to this pool size; top-k beyond it.
             omega_topk: exemplars per persona Omega is normalised over when the pool is larger.
             lr: AdamW learning rate of the gate.
@@ -185,7 +188,8 @@ class MixtureOfPersonas(pl.LightningModule):
         cand = select_candidates(self.gate, hx, self.persona_emb, self.pool_emb, art.index,
                                  [dm.exclude[split][r] for r in rows], self.hparams.num_candidates,
                                  self.hparams.exact_omega_max_pool, self.hparams.omega_topk,
-                                 explore=self.hparams.explore, generator=self._explore_generator(split, idx))
+                                 explore=self.hparams.explore, generator=self._explore_generator(split, idx),
+                                 explore_samples=self.hparams.get("explore_samples", 1) if split == "train" else 1)
         B, M = cand.persona.shape
         valid = cand.exemplar >= 0  # False where target masking left a record fewer than M pairs
         if not bool(valid.any(-1).all()):
