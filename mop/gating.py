@@ -56,6 +56,22 @@ class Gate(nn.Module):
             with torch.no_grad():
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * std)
 
+    @torch.no_grad()
+    def init_retrieval_prior(self, pool: torch.Tensor, scale: float) -> None:
+        """Opt-in start (diagnosis of the gate collapse): W_x = W_e = sqrt(scale) P, P the top-d principal
+        directions of the pool's embeddings, so W_e^T W_x = scale P^T P and Omega_k(x) starts as a retrieval
+        softmax_j(scale h(x)^T P^T P h(e_j)) (plus the small random persona term); W_g stays random."""
+        d, D = self.hidden_dim, self.embed_dim
+        x = pool.float()
+        _, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+        rows = vh[:d]
+        if rows.shape[0] < d:  # fewer principal directions than d: complete with random orthonormal rows
+            extra = torch.randn(d - rows.shape[0], D, generator=torch.Generator().manual_seed(0))
+            extra = extra - extra @ rows.T @ rows
+            rows = torch.cat([rows, torch.linalg.qr(extra.T).Q.T], 0)
+        self.W_x.weight.copy_(rows * math.sqrt(scale))
+        self.W_e.weight.copy_(rows * math.sqrt(scale))
+
     @property
     def tau(self) -> torch.Tensor:
         return self.log_tau.exp()

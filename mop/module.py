@@ -53,6 +53,7 @@ class MixtureOfPersonas(pl.LightningModule):
         max_batch_tokens: int = 4096,
         score_cache: bool = True,
         gate_seed: int = 0,
+        omega_init_scale: float = 0.0,
         export_dir: str | None = None,
     ):
         """
@@ -83,6 +84,8 @@ class MixtureOfPersonas(pl.LightningModule):
             score_cache: with frozen temperatures (learn_tau false), cache each (record, persona, exemplar)
                 LM log-likelihood and reuse it in later epochs; no effect while tau is learned.
             gate_seed: seed of the gate's initialisation.
+            omega_init_scale: > 0 starts Omega as a retrieval prior (Gate.init_retrieval_prior, W_e^T W_x = scale
+                times the projection on the pool's top-d principal directions); 0 (default): random start.
             export_dir: where the trained gate is exported at the end of fit (default: the log dir).
         """
         super().__init__()
@@ -135,6 +138,8 @@ class MixtureOfPersonas(pl.LightningModule):
             self.gate = Gate(art.embed_dim, len(art.persona_texts), self.hparams.hidden_dim,
                              self.hparams.init_tau, seed=self.hparams.gate_seed)
             self.gate.log_tau.requires_grad_(self.hparams.learn_tau)
+            if self.hparams.get("omega_init_scale", 0.0) > 0:
+                self.gate.init_retrieval_prior(torch.as_tensor(art.pool_emb), self.hparams.omega_init_scale)
         self.register_buffer("persona_emb", torch.as_tensor(art.persona_emb), persistent=False)
         self.register_buffer("pool_emb", torch.as_tensor(art.pool_emb), persistent=False)
         for split, emb in art.context_emb.items():
