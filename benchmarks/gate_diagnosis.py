@@ -121,7 +121,38 @@ def diagnose_gate(gate: Gate, art, exclude: dict, splits) -> dict:
         om = gate.log_omega(hx, hg, pool_emb, mask).exp()  # (B, K, N)
         marg = (pi[..., None] * om).sum(1)
         res[split] = split_stats(marg, pi, art.population[split], art.pool, split)
+        res[split].update(logit_context_share(gate, art, split))
     return res
+
+
+@torch.no_grad()
+def geometry(art, splits) -> dict:
+    """How alike the frozen context embeddings are: mean pairwise cosine, and the share of sum ||h(x)||^2 on
+    the split's mean direction (a gate linear in h(x) sees mostly this common part)."""
+    out = {}
+    for name, h in [*((s, art.context_emb[s]) for s in splits), ("pool", art.pool_emb)]:
+        h = torch.as_tensor(h, dtype=torch.float64)
+        n = h.shape[0]
+        cos = h @ h.T
+        mean = h.mean(0)
+        u = mean / mean.norm()
+        out[name] = {"mean_pairwise_cos": float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1))),
+                     "mean_direction_share": float(((h @ u) ** 2).sum() / (h ** 2).sum()),
+                     "distinct": int(torch.unique(h.round(decimals=5), dim=0).shape[0])}
+    return out
+
+
+@torch.no_grad()
+def logit_context_share(gate: Gate, art, split: str) -> dict:
+    """Share of the variance of the pi logits (and of the Omega-marginal log) that varies with x: 0 = the same
+    ranking for every context."""
+    hx = torch.as_tensor(art.context_emb[split])
+    hg = torch.as_tensor(art.persona_emb)
+    lg = gate.W_x(hx) @ gate.W_g(hg).T  # (B, K)
+    lg = lg - lg.mean(1, keepdim=True)
+    dev = lg - lg.mean(0, keepdim=True)
+    return {"pi_logit_ctx_share": float(dev.var() / lg.var()) if lg.var() > 0 else float("nan"),
+            "pi_logit_std": float(lg.std())}
 
 
 @torch.no_grad()
@@ -168,6 +199,44 @@ def markdown(results: dict, splits) -> str:
     return "\n".join(lines)
 
 
+def parse_log(path: Path) -> dict:
+    """val NLL per token (untrained / trained) and fit wall time printed by train.py at the end of fit."""
+    import re
+
+    if not path.exists():
+        return {}
+    text = path.read_text(errors="replace")
+    out = {}
+    for key, pat in (("val_nll_untrained", r"untrained gate:\s+([\d.]+)"), ("val_nll_trained", r"trained gate:\s+([\d.]+)"),
+                     ("fit_wall_s", r"fit wall time: (\d+) s")):
+        m = re.search(pat, text)
+        if m:
+            out[key] = float(m.group(1))
+    return out
+
+
+def variant_table(results: dict, logs: dict) -> str:
+    head = ["variant", "val NLL/tok untrained → trained", "fit wall s", "tau min–max",
+            "val eff. personas", "val top-persona", "val eff. exemplars / x", "val label-match",
+            "val eff. exemplars (split)", "test eff. personas", "test eff. exemplars / x", "test label-match",
+            "train own-movie mass", "train label-match", "val pi-logit x-share", "val TV(m(x), mean m)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, r in results.items():
+        lg = logs.get(name, {})
+        nll = (f"{lg['val_nll_untrained']:.4f} → {lg['val_nll_trained']:.4f}"
+               if "val_nll_trained" in lg and "val_nll_untrained" in lg else "–")
+        v, t, tr = r.get("val", {}), r.get("test", {}), r.get("train", {})
+        f = lambda s, k: f"{s[k]['mean']:.3f}" if k in s else "–"  # noqa: E731
+        tau = f"{r['tau']['min']:.2f}–{r['tau']['max']:.2f}" if "tau" in r else "–"
+        cells = [name, nll, f"{lg['fit_wall_s']:.0f}" if "fit_wall_s" in lg else "–", tau,
+                 f(v, "eff_personas"), f(v, "top_persona"), f(v, "eff_exemplars"), f(v, "label_match"),
+                 f"{v['eff_exemplars_global']:.1f}" if v else "–", f(t, "eff_personas"), f(t, "eff_exemplars"),
+                 f(t, "label_match"), f(tr, "own_group"), f(tr, "label_match"),
+                 f"{v['pi_logit_ctx_share']:.3f}" if "pi_logit_ctx_share" in v else "–", f(v, "ctx_tv")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--config", default=str(ROOT / "configs/quickstart.yaml"))
@@ -177,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--retrieval-T", type=float, action="append", default=[])
     ap.add_argument("--splits", default="train,val,test")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    ap.add_argument("--logs-dir", default=None, help="read NAME.log (train.py output) of every gate NAME there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     dm, cfg = load_datamodule(args.config, json.loads(args.max_records) if args.max_records else None)
@@ -194,13 +264,21 @@ def main(argv=None) -> int:
     for T in args.retrieval_T:
         results[f"retrieval@{T:g}"] = diagnose_retrieval(T, art, exclude, splits)
     md = markdown(results, splits)
+    geo = geometry(art, splits)
+    md += "\n\n### Frozen embeddings\n\n| set | distinct | mean pairwise cos | share of ||h||^2 on the mean direction |\n" \
+          "| --- | --- | --- | --- |\n" + "\n".join(f"| {k} | {v['distinct']} | {v['mean_pairwise_cos']:.3f} | "
+                                                  f"{v['mean_direction_share']:.3f} |" for k, v in geo.items())
+    logs = {}
+    if args.logs_dir:
+        logs = {name: parse_log(Path(args.logs_dir) / f"{name}.log") for name in results}
+        md = "## Variants (means over contexts)\n\n" + variant_table(results, logs) + "\n\n## Per split (mean / median)\n" + md
     print(md)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"config": args.config, "gates": gates, "mask_same_group_train": args.mask_same_group,
+        meta = {"geometry": geo, "config": args.config, "gates": gates, "mask_same_group_train": args.mask_same_group,
                 "pool": len(art.pool), "K": len(art.persona_texts), "seconds": round(time.perf_counter() - t0, 1)}
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "logs": logs, "results": results}, indent=1))
         out.with_suffix(".md").write_text(md + "\n")
     return 0
 
