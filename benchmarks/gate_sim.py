@@ -1,0 +1,164 @@
+"""The gate's training dynamics on the real quickstart data with a stand-in LM of known preferences (seconds, no LM).
+
+    python benchmarks/gate_sim.py --out benchmarks/results/gate_sim
+
+Same artifacts (MiniLM embeddings of the 160 training / 24 val / test contexts, the 20 synthesised personas,
+the 160-exemplar pool), same module, trainer, batch size, M, seed and step seeding as ``train.py fit -c
+configs/quickstart.yaml``; only the scorer differs. It reads the rendered prompt and returns a log-likelihood
+whose optimum is known:
+
+    null          every prompt the same log-lik: the full-mixture likelihood does not depend on the gate, so any
+                  concentration the gate acquires is made by the estimator / optimiser, not asked for
+    label         + BONUS nats when the exemplar's label equals the target's (context-dependent optimum:
+                  Omega(x) on exemplars of x's label; pi indifferent)
+    label+main    label plus a fixed random per-exemplar and per-persona effect (sd MAIN nats), the
+                  "one exemplar / persona is better for everyone" component a real LM also has
+
+Each variant is diagnosed with benchmarks/gate_diagnosis.py's figures (exact, whole pool); ``label-match``
+is the figure that should rise under ``label``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.gate_diagnosis import diagnose_gate, load_datamodule  # noqa: E402
+
+EX_LABEL = re.compile(r"you wrote this (\w+) review")
+TG_LABEL = re.compile(r"Now write a (\w+) review")
+
+
+def _h(text: str, salt: str) -> float:
+    """A fixed number per text, mean 0, sd 1 (sum of 12 uniforms - 6)."""
+    d = hashlib.sha1((salt + text).encode()).digest()
+    return sum(b / 255.0 for b in d[:12]) - 6.0
+
+
+class StandInScorer:
+    def __init__(self, kind: str, bonus: float = 3.0, main: float = 1.0, per_token: float = -4.0):
+        self.kind, self.bonus, self.main, self.per_token = kind, bonus, main, per_token
+        self._prompts: list[float] = []
+
+    def encode_targets(self, targets):
+        return [[0] * max(1, len(t.split())) for t in targets]
+
+    def encode_prompts(self, prompts):
+        ids = []
+        for p in prompts:
+            v = 0.0
+            if self.kind != "null":
+                ex, tg = EX_LABEL.search(p), TG_LABEL.search(p)
+                v += self.bonus * float(ex is not None and tg is not None and ex.group(1) == tg.group(1))
+            if self.kind == "label+main":
+                persona = re.search(r"Persona: (.*)", p)
+                example = re.search(r"Example: (.*)", p)
+                v += self.main * (_h(persona.group(1) if persona else "", "p") +
+                                  _h(example.group(1) if example else "", "e")) / 1.0
+            self._prompts.append(v)
+            ids.append([len(self._prompts) - 1])
+        return ids
+
+    def score_ids(self, prompt_ids, target_ids, tau):
+        v = torch.tensor([self._prompts[p[0]] for p in prompt_ids], dtype=torch.float32)
+        n = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
+        tau = tau if isinstance(tau, torch.Tensor) else torch.tensor(float(tau))
+        return (self.per_token * n + v) + 0.0 * tau
+
+
+def run_variant(cfg: dict, dm, scorer_kind: str, model_over: dict, data_over: dict, epochs: int, bonus: float,
+                main: float, seed: int = 0):
+    import lightning.pytorch as pl
+
+    from mop.datamodule import exclusions
+    from mop.module import MixtureOfPersonas
+    from train import StepSeed
+
+    pl.seed_everything(seed, verbose=False)
+    art = dm.artifacts
+    dm.mask_same_group = bool(data_over.get("mask_same_group", False))
+    dm.exclude = {s: exclusions(art.population[s], art.pool, dm.mask_same_response, dm.mask_same_group)
+                  for s in ("train", "val", "test")}
+    mc = {k: v for k, v in cfg["model"].items() if k != "export_dir"}
+    mc.update(model_over)
+    module = MixtureOfPersonas(**mc)
+    module.attach_scorer(StandInScorer(scorer_kind, bonus=bonus, main=main))
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, callbacks=[StepSeed()])
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    return module.gate.eval(), time.perf_counter() - t0
+
+
+VARIANTS = {  # name: (model overrides, data overrides); "NAME@E" trains E epochs (default 1)
+    "baseline": ({}, {}),
+    "explore4": ({"explore_samples": 4}, {}),
+    "explore16": ({"explore_samples": 16}, {}),
+    "lr3e-4": ({"lr": 3e-4}, {}),
+    "lr3e-3": ({"lr": 3e-3}, {}),
+    "maskgroup": ({}, {"mask_same_group": True}),
+    "retr20": ({"omega_init_scale": 20.0}, {}),
+    "notau": ({"learn_tau": False}, {}),
+    "noexplore": ({"explore": False}, {}),
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-c", "--config", default=str(ROOT / "configs/quickstart.yaml"))
+    ap.add_argument("--scorers", default="null,label,label+main")
+    ap.add_argument("--variants", default="baseline,baseline@2,baseline@5,explore4@2,explore16@2,explore16@5,"
+                    "lr3e-4@2,lr3e-4@5,lr3e-3@2,maskgroup@2,retr20@1,retr20@2,noexplore@2")
+    ap.add_argument("--bonus", type=float, default=3.0)
+    ap.add_argument("--main", type=float, default=1.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    rows = []
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    dm, _ = load_datamodule(args.config)
+    for kind in args.scorers.split(","):
+        for name in args.variants.split(","):
+            base, _, ep = name.partition("@")
+            mo, do = VARIANTS[base]
+            gate, secs = run_variant(cfg, dm, kind, mo, do, int(ep or 1), args.bonus, args.main)
+            d = diagnose_gate(gate, dm.artifacts, dm.exclude, ["train", "val", "test"])
+            row = {"scorer": kind, "variant": name, "seconds": round(secs, 1),
+                   **{f"{s}_{k}": d[s][k]["mean"] for s in ("val", "test", "train")
+                      for k in ("eff_personas", "top_persona", "eff_exemplars", "label_match", "ctx_tv")},
+                   "train_own_group": d["train"]["own_group"]["mean"],
+                   "val_eff_exemplars_split": d["val"]["eff_exemplars_global"],
+                   "val_pi_logit_ctx_share": d["val"]["pi_logit_ctx_share"], "tau_min": d["tau"]["min"],
+                   "tau_max": d["tau"]["max"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.with_suffix(".json").write_text(json.dumps({"meta": vars(args), "rows": rows}, indent=1))
+        head = ["stand-in LM", "variant", "val eff. personas", "val top-persona", "val eff. exemplars / x",
+                "val label-match", "val TV(m(x), mean m)", "test eff. exemplars / x", "test label-match",
+                "train own-movie", "s"]
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for r in rows:
+            lines.append("| " + " | ".join([r["scorer"], r["variant"], f"{r['val_eff_personas']:.2f}",
+                                            f"{r['val_top_persona']:.3f}", f"{r['val_eff_exemplars']:.1f}",
+                                            f"{r['val_label_match']:.3f}", f"{r['val_ctx_tv']:.3f}",
+                                            f"{r['test_eff_exemplars']:.1f}", f"{r['test_label_match']:.3f}",
+                                            f"{r['train_own_group']:.3f}", f"{r['seconds']:.0f}"]) + " |")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
