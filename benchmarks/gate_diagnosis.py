@@ -207,7 +207,7 @@ def parse_log(path: Path) -> dict:
         return {}
     text = path.read_text(errors="replace")
     out = {}
-    for key, pat in (("val_nll_untrained", r"untrained gate:\s+([\d.]+)"), ("val_nll_trained", r"trained gate:\s+([\d.]+)"),
+    for key, pat in (("val_nll_untrained", r"untrained gate:\s+([\d.]+)"), ("val_nll_trained", r"(?<!un)trained gate:\s+([\d.]+)"),
                      ("fit_wall_s", r"fit wall time: (\d+) s")):
         m = re.search(pat, text)
         if m:
