@@ -112,6 +112,10 @@ VARIANTS = {  # name: (model overrides, data overrides); "NAME@E" trains E epoch
     "retr20": ({"omega_init_scale": 20.0}, {}),
     "notau": ({"learn_tau": False}, {}),
     "noexplore": ({"explore": False}, {}),
+    "explore16_lr3e-3": ({"explore_samples": 16, "lr": 3e-3}, {}),
+    "explore4_lr3e-3": ({"explore_samples": 4, "lr": 3e-3}, {}),
+    "retr20_explore16": ({"omega_init_scale": 20.0, "explore_samples": 16}, {}),
+    "maskgroup_explore16": ({"explore_samples": 16}, {"mask_same_group": True}),
 }
 
 
@@ -123,6 +127,7 @@ def main(argv=None) -> int:
                     "lr3e-4@2,lr3e-4@5,lr3e-3@2,maskgroup@2,retr20@1,retr20@2,noexplore@2")
     ap.add_argument("--bonus", type=float, default=3.0)
     ap.add_argument("--main", type=float, default=1.0)
+    ap.add_argument("--seeds", default="0", help="training seeds (exploration draws; the gate init stays gate_seed)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     rows = []
@@ -130,11 +135,12 @@ def main(argv=None) -> int:
     dm, _ = load_datamodule(args.config)
     for kind in args.scorers.split(","):
         for name in args.variants.split(","):
+          for seed in [int(x) for x in args.seeds.split(",")]:
             base, _, ep = name.partition("@")
             mo, do = VARIANTS[base]
-            gate, secs = run_variant(cfg, dm, kind, mo, do, int(ep or 1), args.bonus, args.main)
+            gate, secs = run_variant(cfg, dm, kind, mo, do, int(ep or 1), args.bonus, args.main, seed=seed)
             d = diagnose_gate(gate, dm.artifacts, dm.exclude, ["train", "val", "test"])
-            row = {"scorer": kind, "variant": name, "seconds": round(secs, 1),
+            row = {"scorer": kind, "variant": name, "seed": seed, "seconds": round(secs, 1),
                    **{f"{s}_{k}": d[s][k]["mean"] for s in ("val", "test", "train")
                       for k in ("eff_personas", "top_persona", "eff_exemplars", "label_match", "ctx_tv")},
                    "train_own_group": d["train"]["own_group"]["mean"],
@@ -146,12 +152,12 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.with_suffix(".json").write_text(json.dumps({"meta": vars(args), "rows": rows}, indent=1))
-        head = ["stand-in LM", "variant", "val eff. personas", "val top-persona", "val eff. exemplars / x",
+        head = ["stand-in LM", "variant", "seed", "val eff. personas", "val top-persona", "val eff. exemplars / x",
                 "val label-match", "val TV(m(x), mean m)", "test eff. exemplars / x", "test label-match",
                 "train own-movie", "s"]
         lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in rows:
-            lines.append("| " + " | ".join([r["scorer"], r["variant"], f"{r['val_eff_personas']:.2f}",
+            lines.append("| " + " | ".join([r["scorer"], r["variant"], str(r.get("seed", 0)), f"{r['val_eff_personas']:.2f}",
                                             f"{r['val_top_persona']:.3f}", f"{r['val_eff_exemplars']:.1f}",
                                             f"{r['val_label_match']:.3f}", f"{r['val_ctx_tv']:.3f}",
                                             f"{r['test_eff_exemplars']:.1f}", f"{r['test_label_match']:.3f}",
