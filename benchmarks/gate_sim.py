@@ -13,6 +13,9 @@ whose optimum is known:
                   Omega(x) on exemplars of x's label; pi indifferent)
     label+main    label plus a fixed random per-exemplar and per-persona effect (sd MAIN nats), the
                   "one exemplar / persona is better for everyone" component a real LM also has
+    real-like     no label effect; per-exemplar / per-persona main effects and record x exemplar / record x
+                  persona interactions with the sizes the LM grid measured on SmolLM2 (REAL_LIKE); with
+                  --exact, the exact full-mixture val NLL per token of each trained gate (all K x N pairs)
 
 Each variant is diagnosed with benchmarks/gate_diagnosis.py's figures (exact, whole pool); ``label-match``
 is the figure that should rise under ``label``.
@@ -51,8 +54,8 @@ class StandInScorer:
         self.kind, self.bonus, self.main, self.per_token = kind, bonus, main, per_token
         self._prompts: list[float] = []
 
-    def encode_targets(self, targets):
-        return [[0] * max(1, len(t.split())) for t in targets]
+    def encode_targets(self, targets):  # first id: the record (a hash of its response), length: its word count
+        return [[int(_h(t, "r") * 1e6) % 1_000_003] + [0] * (max(1, len(t.split())) - 1) for t in targets]
 
     def encode_prompts(self, prompts):
         ids = []
@@ -66,15 +69,63 @@ class StandInScorer:
                 example = re.search(r"Example: (.*)", p)
                 v += self.main * (_h(persona.group(1) if persona else "", "p") +
                                   _h(example.group(1) if example else "", "e")) / 1.0
+            if self.kind == "real-like":  # main effects; record interactions are added in score_ids
+                persona = re.search(r"Persona: (.*)", p)
+                example = re.search(r"Example: (.*)", p)
+                pk, ek = (persona.group(1) if persona else ""), (example.group(1) if example else "")
+                v = (pk, ek, REAL_LIKE["main_p"] * _h(pk, "p") + REAL_LIKE["main_e"] * _h(ek, "e"))
             self._prompts.append(v)
             ids.append([len(self._prompts) - 1])
         return ids
 
+    def _value(self, pid: int, target: list[int]) -> float:
+        v = self._prompts[pid]
+        if not isinstance(v, tuple):
+            return v
+        pk, ek, main = v
+        r = str(target[0])
+        return main + REAL_LIKE["int_p"] * _h(pk + r, "rp") + REAL_LIKE["int_e"] * _h(ek + r, "re")
+
     def score_ids(self, prompt_ids, target_ids, tau):
-        v = torch.tensor([self._prompts[p[0]] for p in prompt_ids], dtype=torch.float32)
+        v = torch.tensor([self._value(p[0], t) for p, t in zip(prompt_ids, target_ids)], dtype=torch.float32)
         n = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
         tau = tau if isinstance(tau, torch.Tensor) else torch.tensor(float(tau))
         return (self.per_token * n + v) + 0.0 * tau
+
+
+# sd (nats per record) of the LM grid on the real LM (benchmarks/results/gate_lm_grid.json, 8 val records):
+# per-record sd across exemplars 1.4, 0.18 of it a main effect; across personas 0.86, 0.33 a main effect
+REAL_LIKE = {"main_e": 0.6, "int_e": 1.27, "main_p": 0.5, "int_p": 0.70}
+
+
+@torch.no_grad()
+def exact_nll(gate, dm, scorer: StandInScorer, split: str = "val") -> float:
+    """The exact full-mixture NLL per token under the stand-in: -sum_i log sum_{k,j} pi Omega p / tokens."""
+    from mop.prompts import render_prompt
+
+    art = dm.artifacts
+    recs = art.population[split]
+    hx, hg, pool = (torch.as_tensor(a) for a in (art.context_emb[split], art.persona_emb, art.pool_emb))
+    mask = torch.zeros(len(recs), pool.shape[0], dtype=torch.bool)
+    for b, ex in enumerate(dm.exclude[split]):
+        if ex:
+            mask[b, ex] = True
+    logw = gate.log_pi(hx, hg)[:, :, None] + gate.log_omega(hx, hg, pool, mask)  # (B, K, N)
+    tmpl = TEMPLATE_FOR_EXACT[0]
+    targets = scorer.encode_targets([r.response for r in recs])
+    total, tokens = 0.0, 0
+    K, N = logw.shape[1], logw.shape[2]
+    for b, r in enumerate(recs):
+        prompts = [render_prompt(tmpl, art.population.spec.context_template, r, art.persona_texts[k], art.pool[j])
+                   for k in range(K) for j in range(N)]
+        ll = scorer.score_ids(scorer.encode_prompts(prompts), [targets[b]] * len(prompts), 1.0).reshape(K, N)
+        total += float(torch.logsumexp((logw[b] + ll).flatten(), 0))
+        tokens += len(targets[b])
+        scorer._prompts.clear()
+    return -total / tokens
+
+
+TEMPLATE_FOR_EXACT = [None]
 
 
 def run_variant(cfg: dict, dm, scorer_kind: str, model_over: dict, data_over: dict, epochs: int, bonus: float,
@@ -94,6 +145,7 @@ def run_variant(cfg: dict, dm, scorer_kind: str, model_over: dict, data_over: di
     mc.update(model_over)
     module = MixtureOfPersonas(**mc)
     module.attach_scorer(StandInScorer(scorer_kind, bonus=bonus, main=main))
+    TEMPLATE_FOR_EXACT[0] = mc["prompt_template"]
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          limit_val_batches=0, callbacks=[StepSeed()])
@@ -127,6 +179,7 @@ def main(argv=None) -> int:
                     "lr3e-4@2,lr3e-4@5,lr3e-3@2,maskgroup@2,retr20@1,retr20@2,noexplore@2")
     ap.add_argument("--bonus", type=float, default=3.0)
     ap.add_argument("--main", type=float, default=1.0)
+    ap.add_argument("--exact", action="store_true", help="also the exact full-mixture val NLL/token (slow-ish)")
     ap.add_argument("--seeds", default="0", help="training seeds (exploration draws; the gate init stays gate_seed)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -134,19 +187,30 @@ def main(argv=None) -> int:
     cfg = yaml.safe_load(Path(args.config).read_text())
     dm, _ = load_datamodule(args.config)
     for kind in args.scorers.split(","):
+        exact_ref = {}
         for name in args.variants.split(","):
           for seed in [int(x) for x in args.seeds.split(",")]:
             base, _, ep = name.partition("@")
             mo, do = VARIANTS[base]
             gate, secs = run_variant(cfg, dm, kind, mo, do, int(ep or 1), args.bonus, args.main, seed=seed)
             d = diagnose_gate(gate, dm.artifacts, dm.exclude, ["train", "val", "test"])
+            if args.exact:
+                sc = StandInScorer(kind, bonus=args.bonus, main=args.main)
+                d["val_exact_nll"] = exact_nll(gate, dm, sc, "val")
+                if "untrained" not in exact_ref:
+                    from mop.gating import Gate
+                    g0 = Gate(dm.artifacts.embed_dim, len(dm.artifacts.persona_texts), cfg["model"].get("hidden_dim", 128),
+                              cfg["model"].get("init_tau", 0.6), seed=0).eval()
+                    exact_ref["untrained"] = exact_nll(g0, dm, sc, "val")
+                d["val_exact_nll_untrained"] = exact_ref["untrained"]
             row = {"scorer": kind, "variant": name, "seed": seed, "seconds": round(secs, 1),
                    **{f"{s}_{k}": d[s][k]["mean"] for s in ("val", "test", "train")
                       for k in ("eff_personas", "top_persona", "eff_exemplars", "label_match", "ctx_tv")},
                    "train_own_group": d["train"]["own_group"]["mean"],
                    "val_eff_exemplars_split": d["val"]["eff_exemplars_global"],
                    "val_pi_logit_ctx_share": d["val"]["pi_logit_ctx_share"], "tau_min": d["tau"]["min"],
-                   "tau_max": d["tau"]["max"]}
+                   "tau_max": d["tau"]["max"], "val_exact_nll": d.get("val_exact_nll"),
+                   "val_exact_nll_untrained": d.get("val_exact_nll_untrained")}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
