@@ -151,13 +151,32 @@ def run_variant(cfg: dict, dm, scorer_kind: str, model_over: dict, data_over: di
                          limit_val_batches=0, callbacks=[StepSeed()])
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    return module.gate.eval(), time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    LAST_MODULE[0] = module
+    return module.gate.eval(), secs
+
+
+LAST_MODULE = [None]
+
+
+@torch.no_grad()
+def val_estimate(module, dm) -> float:
+    """val/nll_per_token as validation computes it (top-M + one exploration pair, fixed generator per batch)."""
+    module.eval()
+    tot, tok = 0.0, 0.0
+    for idx in dm.val_dataloader():
+        idx = idx[idx >= 0]
+        out = module.mixture_loss("val", idx)
+        tot += float(out["nll"]) * idx.numel()
+        tok += float(out["tokens"])
+    return tot / tok
 
 
 VARIANTS = {  # name: (model overrides, data overrides); "NAME@E" trains E epochs (default 1)
     "baseline": ({}, {}),
     "explore4": ({"explore_samples": 4}, {}),
     "explore16": ({"explore_samples": 16}, {}),
+    "explore64": ({"explore_samples": 64}, {}),
     "lr3e-4": ({"lr": 3e-4}, {}),
     "lr3e-3": ({"lr": 3e-3}, {}),
     "maskgroup": ({}, {"mask_same_group": True}),
@@ -203,6 +222,7 @@ def main(argv=None) -> int:
                               cfg["model"].get("init_tau", 0.6), seed=0).eval()
                     exact_ref["untrained"] = exact_nll(g0, dm, sc, "val")
                 d["val_exact_nll_untrained"] = exact_ref["untrained"]
+                d["val_estimate_nll"] = val_estimate(LAST_MODULE[0], dm)
             row = {"scorer": kind, "variant": name, "seed": seed, "seconds": round(secs, 1),
                    **{f"{s}_{k}": d[s][k]["mean"] for s in ("val", "test", "train")
                       for k in ("eff_personas", "top_persona", "eff_exemplars", "label_match", "ctx_tv")},
@@ -210,7 +230,8 @@ def main(argv=None) -> int:
                    "val_eff_exemplars_split": d["val"]["eff_exemplars_global"],
                    "val_pi_logit_ctx_share": d["val"]["pi_logit_ctx_share"], "tau_min": d["tau"]["min"],
                    "tau_max": d["tau"]["max"], "val_exact_nll": d.get("val_exact_nll"),
-                   "val_exact_nll_untrained": d.get("val_exact_nll_untrained")}
+                   "val_exact_nll_untrained": d.get("val_exact_nll_untrained"),
+                   "val_estimate_nll": d.get("val_estimate_nll")}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
