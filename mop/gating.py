@@ -56,6 +56,22 @@ class Gate(nn.Module):
             with torch.no_grad():
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * std)
 
+    @torch.no_grad()
+    def init_retrieval_prior(self, pool: torch.Tensor, scale: float) -> None:
+        """Opt-in start (diagnosis of the gate collapse): W_x = W_e = sqrt(scale) P, P the top-d principal
+        directions of the pool's embeddings, so W_e^T W_x = scale P^T P and Omega_k(x) starts as a retrieval
+        softmax_j(scale h(x)^T P^T P h(e_j)) (plus the small random persona term); W_g stays random."""
+        d, D = self.hidden_dim, self.embed_dim
+        x = pool.float()
+        _, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+        rows = vh[:d]
+        if rows.shape[0] < d:  # fewer principal directions than d: complete with random orthonormal rows
+            extra = torch.randn(d - rows.shape[0], D, generator=torch.Generator().manual_seed(0))
+            extra = extra - extra @ rows.T @ rows
+            rows = torch.cat([rows, torch.linalg.qr(extra.T).Q.T], 0)
+        self.W_x.weight.copy_(rows * math.sqrt(scale))
+        self.W_e.weight.copy_(rows * math.sqrt(scale))
+
     @property
     def tau(self) -> torch.Tensor:
         return self.log_tau.exp()
@@ -93,7 +109,7 @@ class Gate(nn.Module):
 def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor, index,
                       exclude: list[list[int]], num_candidates: int, exact_max_pool: int = 20_000,
                       approx_topk: int = 256, explore: bool = False,
-                      generator: torch.Generator | None = None) -> Candidates:
+                      generator: torch.Generator | None = None, explore_samples: int = 1) -> Candidates:
     """Top-M (persona, exemplar) pairs by log pi + log Omega, with target masking (docs/method.md section 2).
 
     The top min(K, M) personas by pi are taken; for each, the index retrieves its best exemplars with the
@@ -146,11 +162,17 @@ def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torc
     persona = top_p.gather(1, best // per_persona)
     exemplar = pos.reshape(B, -1).gather(1, best)
     if explore:
-        persona, exemplar, log_weight = _add_exploration_pair(
-            log_pi, q, pool, index, exclude, mask if exact else None, per_persona, persona, exemplar, log_weight,
-            usable=((~mask).sum(-1, keepdim=True).expand(-1, M) if exact
-                    else valid.sum(-1).gather(1, best // per_persona)).float(),
-            generator=generator)
+        # explore_samples > 1: S independent draws outside S, each weighted 1/S (an importance-weighted bound
+        # with S samples of the out-of-S mass, tighter than one; opt-in, diagnosis of the gate collapse)
+        usable = ((~mask).sum(-1, keepdim=True).expand(-1, M) if exact
+                  else valid.sum(-1).gather(1, best // per_persona)).float()
+        extra = [_add_exploration_pair(log_pi, q, pool, index, exclude, mask if exact else None, per_persona,
+                                       persona, exemplar, log_weight, usable=usable, generator=generator)
+                 for _ in range(max(1, explore_samples))]
+        scale = math.log(len(extra))
+        persona = torch.cat([persona, *[e[0][:, M:] for e in extra]], 1)
+        exemplar = torch.cat([exemplar, *[e[1][:, M:] for e in extra]], 1)
+        log_weight = torch.cat([log_weight, *[e[2][:, M:] - scale for e in extra]], 1)
     return Candidates(persona=persona, exemplar=exemplar, log_weight=log_weight, log_pi=log_pi,
                       approximate=not exact)
 

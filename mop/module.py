@@ -44,6 +44,7 @@ class MixtureOfPersonas(pl.LightningModule):
         learn_tau: bool = True,
         num_candidates: PositiveInt = 4,
         explore: bool = True,
+        explore_samples: PositiveInt = 1,
         exact_omega_max_pool: NonNegativeInt = 20_000,
         omega_topk: PositiveInt = 256,
         lr: PositiveFloat = 1e-3,
@@ -56,6 +57,7 @@ class MixtureOfPersonas(pl.LightningModule):
         prefix_cache_mb: NonNegativeFloat = 256.0,
         score_cache: bool = True,
         gate_seed: int = 0,
+        omega_init_scale: NonNegativeFloat = 0.0,
         export_dir: str | None = None,
     ):
         """
@@ -72,6 +74,8 @@ class MixtureOfPersonas(pl.LightningModule):
                 importance weight (M + 1 LM calls per record): the loss is then an estimate of the full mixture
                 NLL, not only of its top-M part, which otherwise collapses the gate (mop.gating). Validation
                 uses it too, with a fixed seed, so val/nll compares gates of any sharpness fairly.
+            explore_samples: exploration pairs per record (S >= 1, each weighted 1/S; M + S LM calls);
+                training only: validation keeps one, so val/nll stays the same estimator.
             exact_omega_max_pool: normalise Omega exactly (dense) up to this pool size; top-k beyond it.
             omega_topk: exemplars per persona Omega is normalised over when the pool is larger.
             lr: AdamW learning rate of the gate.
@@ -88,6 +92,8 @@ class MixtureOfPersonas(pl.LightningModule):
             score_cache: with frozen temperatures (learn_tau false), cache each (record, persona, exemplar)
                 LM log-likelihood and reuse it in later epochs; no effect while tau is learned.
             gate_seed: seed of the gate's initialisation.
+            omega_init_scale: > 0 starts Omega as a retrieval prior (Gate.init_retrieval_prior, W_e^T W_x = scale
+                times the projection on the pool's top-d principal directions); 0 (default): random start.
             export_dir: where the trained gate is exported at the end of fit (default: the log dir).
         """
         super().__init__()
@@ -140,6 +146,8 @@ class MixtureOfPersonas(pl.LightningModule):
             self.gate = Gate(art.embed_dim, len(art.persona_texts), self.hparams.hidden_dim,
                              self.hparams.init_tau, seed=self.hparams.gate_seed)
             self.gate.log_tau.requires_grad_(self.hparams.learn_tau)
+            if self.hparams.get("omega_init_scale", 0.0) > 0:
+                self.gate.init_retrieval_prior(torch.as_tensor(art.pool_emb), self.hparams.omega_init_scale)
         self.register_buffer("persona_emb", torch.as_tensor(art.persona_emb), persistent=False)
         with warnings.catch_warnings():  # the index's array is read-only by design; the buffer is never written
             warnings.simplefilter("ignore", UserWarning)
@@ -197,7 +205,9 @@ class MixtureOfPersonas(pl.LightningModule):
                                  [dm.exclude[split][r] for r in rows], self.hparams.num_candidates,
                                  self.hparams.exact_omega_max_pool, self.hparams.omega_topk,
                                  explore=self.hparams.explore,
-                                 generator=self._explore_generator(split, idx, batch_idx))
+                                 generator=self._explore_generator(split, idx, batch_idx),
+                                 explore_samples=self.hparams.get("explore_samples", 1) if split == "train"
+                                 else 1)
         B, M = cand.persona.shape
         valid = cand.exemplar >= 0  # False where target masking left a record fewer than M pairs
         if not bool(valid.any(-1).all()):
