@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
         module.bind(dm, "fit")
         scorer = module.scorer
         scorer.encode_prompts = times.wrap("prompt tokenisation", scorer.encode_prompts)
-        scorer._hidden_states = times.wrap("LM body", scorer._hidden_states)
+        scorer._hidden_states = times.wrap("LM body", scorer._hidden_states)  # the plain path
+        scorer._run = times.wrap("LM body", scorer._run)  # the prefix-shared path (mop.scoring)
         score_ids = scorer.score_ids
         scorer.score_ids = times.wrap("LM scoring (total)", score_ids)
         trainer = pl.Trainer(max_epochs=1, limit_train_batches=args.steps + 1, limit_val_batches=0,
