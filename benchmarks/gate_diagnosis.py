@@ -4,18 +4,19 @@
         --gate baseline=runs/diag/baseline/gate --gate lr3e-3=runs/diag/lr3e-3/gate \
         --out benchmarks/results/gate_diagnosis
 
-For every gate (an export directory, or ``untrained`` = the seed-0 initial gate the module builds) and every split,
-per context x (exact, over the whole pool, with the split's target masking):
+For every gate (an export directory, or ``untrained`` = the seed-0 initial gate the module builds) and every
+split, per context x (exact, over the whole pool, with the split's target masking):
 
     eff_personas      exp(H(pi(x)))                       1 = one persona, K = uniform
     top_persona       max_k pi_k(x)
     eff_exemplars     exp(H(m(x))),  m(x) = sum_k pi_k(x) Omega_k(x)   (the exemplar marginal)
     label_match       sum_j m_j(x) [label(e_j) == label(x)]  (the uniform gate gives the pool's label share)
     own_group         sum_j m_j(x) [group(e_j) == group(x)]  (train only: val/test movies are not in the pool)
-    ctx_tv            total variation between m(x) and the split's mean marginal: 0 = the same Omega for every x
+    ctx_tv            total variation between m(x) and the split's mean marginal: 0 = the same Omega for
+                      every x
 
-and per split: eff_exemplars_global = exp(H(mean_x m(x))) (how many exemplars the whole split uses), the number
-of distinct top personas / top exemplars over contexts, and the exemplars holding the most mass.
+and per split: eff_exemplars_global = exp(H(mean_x m(x))) (how many exemplars the whole split uses), the
+number of distinct top personas / top exemplars over contexts, and the exemplars holding the most mass.
 ``retrieval@T`` rows are a context-sensitive reference: m(x) = softmax_j(h(x) . h(e_j) / T), no gate.
 
 Exclusions: ``--mask-same-group`` applies data.mask_same_group to the training split (val/test are unchanged:
@@ -100,7 +101,8 @@ def split_stats(marg: torch.Tensor, pi: torch.Tensor | None, recs, pool, split: 
     top = mean_m.topk(min(3, len(pool)))
     out["top_exemplars"] = [{"pos": int(j), "mass": round(float(w), 4), "label": pool[int(j)].label,
                              "movie": pool[int(j)].group, "words": len(pool[int(j)].response.split()),
-                             "response": pool[int(j)].response[:120]} for w, j in zip(top.values, top.indices)]
+                             "response": pool[int(j)].response[:120]}
+                            for w, j in zip(top.values, top.indices)]
     return out
 
 
@@ -108,7 +110,8 @@ def split_stats(marg: torch.Tensor, pi: torch.Tensor | None, recs, pool, split: 
 def diagnose_gate(gate: Gate, art, exclude: dict, splits) -> dict:
     hg = torch.as_tensor(art.persona_emb)
     pool_emb = torch.as_tensor(art.pool_emb)
-    res = {"tau": {"mean": float(gate.tau.mean()), "min": float(gate.tau.min()), "max": float(gate.tau.max())}}
+    res = {"tau": {"mean": float(gate.tau.mean()), "min": float(gate.tau.min()),
+                   "max": float(gate.tau.max())}}
     for split in splits:
         hx = torch.as_tensor(art.context_emb[split])
         N = pool_emb.shape[0]
@@ -194,7 +197,8 @@ def markdown(results: dict, splits) -> str:
                       str(s.get("distinct_top_personas", "–"))]
             lines.append("| " + " | ".join(cells) + " |")
         lab = next(iter(results.values()))[split]["label_match_uniform"]
-        lines.append(f"\ncells: mean / median over the split's contexts; label-match of a uniform Omega: {lab:.3f}")
+        lines.append(f"\ncells: mean / median over the split's contexts; label-match of a uniform Omega: "
+                     f"{lab:.3f}")
     return "\n".join(lines)
 
 
@@ -206,7 +210,8 @@ def parse_log(path: Path) -> dict:
         return {}
     text = path.read_text(errors="replace")
     out = {}
-    for key, pat in (("val_nll_untrained", r"untrained gate:\s+([\d.]+)"), ("val_nll_trained", r"(?<!un)trained gate:\s+([\d.]+)"),
+    for key, pat in (("val_nll_untrained", r"untrained gate:\s+([\d.]+)"),
+                     ("val_nll_trained", r"(?<!un)trained gate:\s+([\d.]+)"),
                      ("fit_wall_s", r"fit wall time: (\d+) s")):
         m = re.search(pat, text)
         if m:
@@ -229,8 +234,8 @@ def variant_table(results: dict, logs: dict) -> str:
         tau = f"{r['tau']['min']:.2f}–{r['tau']['max']:.2f}" if "tau" in r else "–"
         cells = [name, nll, f"{lg['fit_wall_s']:.0f}" if "fit_wall_s" in lg else "–", tau,
                  f(v, "eff_personas"), f(v, "top_persona"), f(v, "eff_exemplars"), f(v, "label_match"),
-                 f"{v['eff_exemplars_global']:.1f}" if v else "–", f(t, "eff_personas"), f(t, "eff_exemplars"),
-                 f(t, "label_match"), f(tr, "own_group"), f(tr, "label_match"),
+                 f"{v['eff_exemplars_global']:.1f}" if v else "–", f(t, "eff_personas"),
+                 f(t, "eff_exemplars"), f(t, "label_match"), f(tr, "own_group"), f(tr, "label_match"),
                  f"{v['pi_logit_ctx_share']:.3f}" if "pi_logit_ctx_share" in v else "–", f(v, "ctx_tv")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -239,13 +244,15 @@ def variant_table(results: dict, logs: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--config", default=str(ROOT / "configs/quickstart.yaml"))
-    ap.add_argument("--gate", action="append", default=[], help="NAME=EXPORT_DIR, NAME=untrained or NAME=untrained:SCALE")
+    ap.add_argument("--gate", action="append", default=[],
+                    help="NAME=EXPORT_DIR, NAME=untrained or NAME=untrained:SCALE")
     ap.add_argument("--mask-same-group", action="store_true", help="train exclusions as with mask_same_group")
     ap.add_argument("--max-records", default=None, help='JSON, e.g. {"train": 480, "val": 24}')
     ap.add_argument("--retrieval-T", type=float, action="append", default=[])
     ap.add_argument("--splits", default="train,val,test")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    ap.add_argument("--logs-dir", default=None, help="read NAME.log (train.py output) of every gate NAME there")
+    ap.add_argument("--logs-dir", default=None,
+                    help="read NAME.log (train.py output) of every gate NAME there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     dm, cfg = load_datamodule(args.config, json.loads(args.max_records) if args.max_records else None)
@@ -258,26 +265,32 @@ def main(argv=None) -> int:
     results = {}
     for spec in gates:
         name, _, path = spec.partition("=")
-        gate = load_gate(path or name, art.embed_dim, len(art.persona_texts), cfg.get("model", {}), art.pool_emb)
+        gate = load_gate(path or name, art.embed_dim, len(art.persona_texts), cfg.get("model", {}),
+                         art.pool_emb)
         results[name] = diagnose_gate(gate, art, exclude, splits)
     for T in args.retrieval_T:
         results[f"retrieval@{T:g}"] = diagnose_retrieval(T, art, exclude, splits)
     md = markdown(results, splits)
     geo = geometry(art, splits)
-    md += "\n\n### Frozen embeddings\n\n| set | distinct | mean pairwise cos | share of ||h||^2 on the mean direction |\n" \
-          "| --- | --- | --- | --- |\n" + "\n".join(f"| {k} | {v['distinct']} | {v['mean_pairwise_cos']:.3f} | "
-                                                  f"{v['mean_direction_share']:.3f} |" for k, v in geo.items())
+    md += ("\n\n### Frozen embeddings\n\n"
+           "| set | distinct | mean pairwise cos | share of ||h||^2 on the mean direction |\n"
+           "| --- | --- | --- | --- |\n"
+           + "\n".join(f"| {k} | {v['distinct']} | {v['mean_pairwise_cos']:.3f} | "
+                       f"{v['mean_direction_share']:.3f} |" for k, v in geo.items()))
     logs = {}
     if args.logs_dir:
         logs = {name: parse_log(Path(args.logs_dir) / f"{name}.log") for name in results}
-        md = "## Variants (means over contexts)\n\n" + variant_table(results, logs) + "\n\n## Per split (mean / median)\n" + md
+        md = ("## Variants (means over contexts)\n\n" + variant_table(results, logs)
+              + "\n\n## Per split (mean / median)\n" + md)
     print(md)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"geometry": geo, "config": args.config, "gates": gates, "mask_same_group_train": args.mask_same_group,
-                "pool": len(art.pool), "K": len(art.persona_texts), "seconds": round(time.perf_counter() - t0, 1)}
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "logs": logs, "results": results}, indent=1))
+        meta = {"geometry": geo, "config": args.config, "gates": gates,
+                "mask_same_group_train": args.mask_same_group, "pool": len(art.pool),
+                "K": len(art.persona_texts), "seconds": round(time.perf_counter() - t0, 1)}
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "logs": logs, "results": results},
+                                                       indent=1))
         out.with_suffix(".md").write_text(md + "\n")
     return 0
 

@@ -6,11 +6,13 @@ log p_LM(y | prompt), to tell a collapse the objective asks for from one the opt
 
 Grid A: n val records x E exemplars (a seeded random subset of the pool plus the trained gate's top 2),
 persona fixed to the gate's top persona, tau = 1.  Grid B: n records x all K personas, exemplar fixed to the
-gate's top exemplar.  Grid C: the gate's top pair at tau in {0.6, 0.8, 1.0, 1.2} (the temperatures' own effect).
+gate's top exemplar.  Grid C: the gate's top pair at tau in {0.6, 0.8, 1.0, 1.2} (the temperatures' own
+effect).
 
 Reported (nats per target token, records' own token counts):
-    main-effect share    variance of the exemplar (persona) column means / total variance of the record-centred
-                         grid: 1 = every record ranks exemplars alike (a context-free favourite is right),
+    main-effect share    variance of the exemplar (persona) column means / total variance of the
+                         record-centred grid:
+                         1 = every record ranks exemplars alike (a context-free favourite is right),
                          0 = the best exemplar depends on the record
     label effect         mean LL of same-label minus opposite-label exemplars (record-centred)
     mixture vs single    per-token NLL of the uniform mixture over the grid's exemplars, of the single
@@ -69,13 +71,15 @@ def main(argv=None) -> int:
         marg = (pi[..., None] * gate.log_omega(hx, hg, pool_emb).exp()).sum(1).mean(0)
     k_top = int(pi.mean(0).argmax())
     gate_ex = marg.topk(2).indices.tolist()
-    subset = sorted(set(rng.choice(len(art.pool), size=args.exemplars, replace=False).tolist()) | set(gate_ex))
+    subset = sorted(set(rng.choice(len(art.pool), size=args.exemplars, replace=False).tolist())
+                    | set(gate_ex))
     targets_all = scorer.encode_targets([r.response for r in recs])
     ntok = np.array([len(t) for t in targets_all], dtype=np.float64)
     tmpl, ctx_t = mc["prompt_template"], art.population.spec.context_template
 
     def score(pairs, tau=1.0):
-        prompts = [render_prompt(tmpl, ctx_t, recs[b], art.persona_texts[k], art.pool[j]) for b, k, j in pairs]
+        prompts = [render_prompt(tmpl, ctx_t, recs[b], art.persona_texts[k], art.pool[j])
+                   for b, k, j in pairs]
         with torch.no_grad():
             ll = scorer.score_ids(scorer.encode_prompts(prompts), [targets_all[b] for b, _, _ in pairs], tau)
         return ll.double().numpy()
@@ -121,7 +125,8 @@ def main(argv=None) -> int:
             "nll_tok_mean_single": nll_tok(A.mean(1)),
             "best_global_exemplar": {"pos": subset[best_global], "label": art.pool[subset[best_global]].label,
                                      "response": art.pool[subset[best_global]].response},
-            "gate_top_exemplar_texts": [{"pos": j, "label": art.pool[j].label, "response": art.pool[j].response}
+            "gate_top_exemplar_texts": [{"pos": j, "label": art.pool[j].label,
+                                         "response": art.pool[j].response}
                                         for j in gate_ex],
         },
         "persona_grid": {

@@ -1,4 +1,5 @@
-"""The gate's training dynamics on the real quickstart data with a stand-in LM of known preferences (seconds, no LM).
+"""The gate's training dynamics on the real quickstart data with a stand-in LM of known preferences
+(seconds, no LM).
 
     python benchmarks/gate_sim.py --out benchmarks/results/gate_sim
 
@@ -7,8 +8,8 @@ the 160-exemplar pool), same module, trainer, batch size, M, seed and step seedi
 configs/quickstart.yaml``; only the scorer differs. It reads the rendered prompt and returns a log-likelihood
 whose optimum is known:
 
-    null          every prompt the same log-lik: the full-mixture likelihood does not depend on the gate, so any
-                  concentration the gate acquires is made by the estimator / optimiser, not asked for
+    null          every prompt the same log-lik: the full-mixture likelihood does not depend on the gate, so
+                  any concentration the gate acquires is made by the estimator / optimiser, not asked for
     label         + BONUS nats when the exemplar's label equals the target's (context-dependent optimum:
                   Omega(x) on exemplars of x's label; pi indifferent)
     label+main    label plus a fixed random per-exemplar and per-persona effect (sd MAIN nats), the
@@ -54,7 +55,8 @@ class StandInScorer:
         self.kind, self.bonus, self.main, self.per_token = kind, bonus, main, per_token
         self._prompts: list[float] = []
 
-    def encode_targets(self, targets):  # first id: the record (a hash of its response), length: its word count
+    def encode_targets(self, targets):
+        # first id: the record (a hash of its response), length: its word count
         return [[int(_h(t, "r") * 1e6) % 1_000_003] + [0] * (max(1, len(t.split())) - 1) for t in targets]
 
     def encode_prompts(self, prompts):
@@ -116,7 +118,8 @@ def exact_nll(gate, dm, scorer: StandInScorer, split: str = "val") -> float:
     total, tokens = 0.0, 0
     K, N = logw.shape[1], logw.shape[2]
     for b, r in enumerate(recs):
-        prompts = [render_prompt(tmpl, art.population.spec.context_template, r, art.persona_texts[k], art.pool[j])
+        prompts = [render_prompt(tmpl, art.population.spec.context_template, r, art.persona_texts[k],
+                                 art.pool[j])
                    for k in range(K) for j in range(N)]
         ll = scorer.score_ids(scorer.encode_prompts(prompts), [targets[b]] * len(prompts), 1.0).reshape(K, N)
         total += float(torch.logsumexp((logw[b] + ll).flatten(), 0))
@@ -160,7 +163,8 @@ LAST_MODULE = [None]
 
 @torch.no_grad()
 def val_estimate(module, dm) -> float:
-    """val/nll_per_token as validation computes it (top-M + one exploration pair, fixed generator per batch)."""
+    """val/nll_per_token as validation computes it (top-M + one exploration pair, fixed generator per
+    batch)."""
     module.eval()
     tot, tok = 0.0, 0.0
     for idx in dm.val_dataloader():
@@ -197,8 +201,10 @@ def main(argv=None) -> int:
                     "lr3e-4@2,lr3e-4@5,lr3e-3@2,maskgroup@2,retr20@1,retr20@2,noexplore@2")
     ap.add_argument("--bonus", type=float, default=3.0)
     ap.add_argument("--main", type=float, default=1.0)
-    ap.add_argument("--exact", action="store_true", help="also the exact full-mixture val NLL/token (slow-ish)")
-    ap.add_argument("--seeds", default="0", help="training seeds (exploration draws; the gate init stays gate_seed)")
+    ap.add_argument("--exact", action="store_true",
+                    help="also the exact full-mixture val NLL/token (slow-ish)")
+    ap.add_argument("--seeds", default="0",
+                    help="training seeds (exploration draws; the gate init stays gate_seed)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     rows = []
@@ -217,7 +223,8 @@ def main(argv=None) -> int:
                 d["val_exact_nll"] = exact_nll(gate, dm, sc, "val")
                 if "untrained" not in exact_ref:
                     from mop.gating import Gate
-                    g0 = Gate(dm.artifacts.embed_dim, len(dm.artifacts.persona_texts), cfg["model"].get("hidden_dim", 128),
+                    g0 = Gate(dm.artifacts.embed_dim, len(dm.artifacts.persona_texts),
+                              cfg["model"].get("hidden_dim", 128),
                               cfg["model"].get("init_tau", 0.6), seed=0).eval()
                     exact_ref["untrained"] = exact_nll(g0, dm, sc, "val")
                 d["val_exact_nll_untrained"] = exact_ref["untrained"]
@@ -236,12 +243,13 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.with_suffix(".json").write_text(json.dumps({"meta": vars(args), "rows": rows}, indent=1))
-        head = ["stand-in LM", "variant", "seed", "val eff. personas", "val top-persona", "val eff. exemplars / x",
-                "val label-match", "val TV(m(x), mean m)", "test eff. exemplars / x", "test label-match",
-                "train own-movie", "s"]
+        head = ["stand-in LM", "variant", "seed", "val eff. personas", "val top-persona",
+                "val eff. exemplars / x", "val label-match", "val TV(m(x), mean m)",
+                "test eff. exemplars / x", "test label-match", "train own-movie", "s"]
         lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in rows:
-            lines.append("| " + " | ".join([r["scorer"], r["variant"], str(r.get("seed", 0)), f"{r['val_eff_personas']:.2f}",
+            lines.append("| " + " | ".join([r["scorer"], r["variant"], str(r.get("seed", 0)),
+                                            f"{r['val_eff_personas']:.2f}",
                                             f"{r['val_top_persona']:.3f}", f"{r['val_eff_exemplars']:.1f}",
                                             f"{r['val_label_match']:.3f}", f"{r['val_ctx_tv']:.3f}",
                                             f"{r['test_eff_exemplars']:.1f}", f"{r['test_label_match']:.3f}",

@@ -1,6 +1,7 @@
-"""Reference values of the exact val NLL/token under the real-like stand-in (benchmarks/gate_sim.py): the uniform
-gate, the best single pair, the best persona with uniform exemplars, and the best context-free mixture over all
-K x N pairs fitted by EM on the val records themselves (an optimistic bound for a gate that ignores x)."""
+"""Reference values of the exact val NLL/token under the real-like stand-in (benchmarks/gate_sim.py): the
+uniform gate, the best single pair, the best persona with uniform exemplars, and the best context-free
+mixture over all K x N pairs fitted by EM on the val records themselves (an optimistic bound for a gate
+that ignores x)."""
 import json
 import sys
 from pathlib import Path

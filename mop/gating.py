@@ -5,7 +5,8 @@ embeddings of dimension D; the gate projects them to d dimensions:
 
     x~ = W_x h(x),  g~_k = W_g h(g_k),  e~_j = W_e h(e_j)
     log pi(x)        = log_softmax_k(x~ . g~_k)
-    log Omega_k(x)   = log_softmax_j((x~ + g~_k) . e~_j) = log_softmax_j(q_k . h(e_j)),  q_k = W_e^T (x~ + g~_k)
+    log Omega_k(x)   = log_softmax_j((x~ + g~_k) . e~_j) = log_softmax_j(q_k . h(e_j)),
+                       q_k = W_e^T (x~ + g~_k)
 
 No 1/sqrt(d) scaling of the dot products: the projections are initialised with std 1/sqrt(D) so that the gate
 starts close to uniform (the "untrained" gate), and the optimiser is free to sharpen it.
@@ -41,8 +42,8 @@ class Gate(nn.Module):
                  init_std: float | None = None, seed: int | None = None):
         super().__init__()
         if embed_dim <= 0 or num_personas <= 0 or hidden_dim <= 0:
-            raise MopError(f"gate sizes must be positive: embed_dim={embed_dim}, num_personas={num_personas}, "
-                           f"hidden_dim={hidden_dim}")
+            raise MopError(f"gate sizes must be positive: embed_dim={embed_dim}, "
+                           f"num_personas={num_personas}, hidden_dim={hidden_dim}")
         if init_tau <= 0:
             raise MopError(f"init_tau must be positive, got {init_tau}")
         self.embed_dim, self.num_personas, self.hidden_dim = embed_dim, num_personas, hidden_dim
@@ -80,7 +81,8 @@ class Gate(nn.Module):
         """(B, D), (K, D) -> (B, K) log persona weights."""
         return torch.log_softmax(self.W_x(hx) @ self.W_g(hg).T, dim=-1)
 
-    def queries(self, hx: torch.Tensor, hg: torch.Tensor, personas: torch.Tensor | None = None) -> torch.Tensor:
+    def queries(self, hx: torch.Tensor, hg: torch.Tensor,
+                personas: torch.Tensor | None = None) -> torch.Tensor:
         """Retrieval queries q_k = W_e^T (x~ + g~_k) in the frozen space: (B, D), (K, D) -> (B, K, D), or
         (B, P, D) for the persona indices ``personas`` (B, P) of each row."""
         g = self.W_g(hg)  # (K, d)
@@ -89,15 +91,15 @@ class Gate(nn.Module):
 
     @staticmethod
     def omega(queries: torch.Tensor, pool: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """log Omega exactly over the pool from queries: (B, P, D), (N, D) -> (B, P, N); ``mask`` (B, N): True for
-        the exemplars a row may not use (-inf)."""
+        """log Omega exactly over the pool from queries: (B, P, D), (N, D) -> (B, P, N); ``mask`` (B, N):
+        True for the exemplars a row may not use (-inf)."""
         scores = queries @ pool.T
         if mask is not None:
             scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         return torch.log_softmax(scores, dim=-1)
 
-    def log_omega(self, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor, mask: torch.Tensor | None = None,
-                  personas: torch.Tensor | None = None) -> torch.Tensor:
+    def log_omega(self, hx: torch.Tensor, hg: torch.Tensor, pool: torch.Tensor,
+                  mask: torch.Tensor | None = None, personas: torch.Tensor | None = None) -> torch.Tensor:
         """Exact exemplar weights over the whole pool: (B, K, N) (or (B, P, N) for ``personas``); masked
         exemplars get -inf."""
         return self.omega(self.queries(hx, hg, personas), pool, mask)
@@ -113,20 +115,23 @@ def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torc
     """Top-M (persona, exemplar) pairs by log pi + log Omega, with target masking (docs/method.md section 2).
 
     The top min(K, M) personas by pi are taken; for each, the index retrieves its best exemplars with the
-    query q_k (excluding ``exclude[b]``); the best M pairs are kept. Selection is non-differentiable; the returned
-    log weights are. Omega is normalised exactly over the pool (dense) while the pool has at most
-    ``exact_max_pool`` exemplars, else over the ``approx_topk`` retrieved exemplars (``Candidates.approximate``).
+    query q_k (excluding ``exclude[b]``); the best M pairs are kept. Selection is non-differentiable; the
+    returned log weights are. Omega is normalised exactly over the pool (dense) while the pool has at most
+    ``exact_max_pool`` exemplars, else over the ``approx_topk`` retrieved exemplars
+    (``Candidates.approximate``).
 
-    ``explore`` appends one pair e = (k, j) drawn from the proposal q = ((pi + uniform) / 2, (Omega_k + uniform)
-    / 2) (exemplars among the retrieved ones when approximate) with the importance weight pi_k Omega_kj / q(e),
-    q detached. A draw that duplicates a selected pair is dropped (exemplar -1). Then
+    ``explore`` appends one pair e = (k, j) drawn from the proposal q = ((pi + uniform) / 2,
+    (Omega_k + uniform) / 2) (exemplars among the retrieved ones when approximate) with the importance
+    weight pi_k Omega_kj / q(e), q detached. A draw that duplicates a selected pair is dropped
+    (exemplar -1). Then
 
         sum_{s in S} pi Omega p_LM(s)  +  1[e not in S] pi_k Omega_kj p_LM(e) / q(e)
 
-    is an unbiased estimate of the full mixture likelihood, not only of its top-M part. Without the second term
-    the truncated sum rewards moving mass onto whatever is selected, whatever the LM says (d/d logits pi =
-    posterior within S - pi, and S holds the gate's current favourites), and the gate collapses onto one
-    persona and one exemplar (measured: 0.999 of Omega on one exemplar for every context after 20 steps).
+    is an unbiased estimate of the full mixture likelihood, not only of its top-M part. Without the second
+    term the truncated sum rewards moving mass onto whatever is selected, whatever the LM says (d/d logits
+    pi = posterior within S - pi, and S holds the gate's current favourites), and the gate collapses onto
+    one persona and one exemplar (measured: 0.999 of Omega on one exemplar for every context after 20
+    steps).
     With it, mass moves onto a pair only if the LM likes its text better than the pairs it is taken from.
     ``generator`` makes the draws reproducible (validation uses a fixed one).
     """
@@ -181,8 +186,8 @@ def _add_exploration_pair(log_pi, q, pool, index, exclude, mask, per_persona, pe
                           usable, generator, tries: int = 8):
     """Append one pair drawn from the proposal q restricted to the pairs outside S (rejection sampling over
     ``tries`` draws), weighted by pi_k Omega_kj (1 - q(S)) / q(e): the unbiased estimate of the mass and
-    likelihood outside S (see :func:`select_candidates`). ``usable`` (B, M): exemplars Omega_k of each selected
-    pair's persona is normalised over. Rows whose every draw fell in S get exemplar -1 (no pair)."""
+    likelihood outside S (see :func:`select_candidates`). ``usable`` (B, M): exemplars Omega_k of each
+    selected pair's persona is normalised over. Rows whose every draw fell in S get exemplar -1 (no pair)."""
     B, K = log_pi.shape
     N = pool.shape[0]
     prop_k = 0.5 * log_pi.detach().exp() + 0.5 / K  # (B, K): every persona keeps mass >= 1 / 2K
@@ -207,14 +212,16 @@ def _add_exploration_pair(log_pi, q, pool, index, exclude, mask, per_persona, pe
     first = (~in_s).float().argmax(-1, keepdim=True)  # (B, 1) the first draw outside S
     found = ~in_s.gather(1, first)
     k1, j1 = k.gather(1, first), j.gather(1, first)
-    w = log_pi.gather(1, k1) + log_om.gather(1, first[..., None].expand(-1, -1, log_om.shape[-1])).squeeze(1) \
+    w = log_pi.gather(1, k1) + log_om.gather(
+        1, first[..., None].expand(-1, -1, log_om.shape[-1])).squeeze(1) \
         .gather(1, pick.squeeze(-1).gather(1, first))  # (B, 1) log pi_k Omega_kj, differentiable
     log_q = (prop_k.gather(1, k1) * prop_j.gather(1, first[..., None].expand(-1, -1, prop_j.shape[-1]))
              .squeeze(1).gather(1, pick.squeeze(-1).gather(1, first))).log()  # (B, 1) q(e)
     # q(S): the proposal's mass on the selected pairs (their Omega from log_weight - log pi), detached
     sel = torch.isfinite(log_weight)
     om_s = (log_weight.detach() - log_pi.detach().gather(1, persona)).exp().masked_fill(~sel, 0.0)
-    q_s = (prop_k.gather(1, persona) * (0.5 * om_s + 0.5 / usable)).masked_fill(~sel, 0.0).sum(-1, keepdim=True)
+    q_s = ((prop_k.gather(1, persona) * (0.5 * om_s + 0.5 / usable)).masked_fill(~sel, 0.0)
+           .sum(-1, keepdim=True))
     w = w - log_q + torch.log1p(-q_s.clamp(max=1 - 1e-6))
     persona = torch.cat([persona, k1], 1)
     exemplar = torch.cat([exemplar, j1.masked_fill(~found, -1)], 1)

@@ -26,11 +26,11 @@ from mop.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveI
 class MixtureOfPersonas(pl.LightningModule):
     """Mixture of Personas: learns pi(x), Omega_k(x) and tau_k against a frozen causal LM.
 
-    Score cache: with frozen temperatures (``learn_tau: false``) the LM term log p^tau_k(y_i | prompt(g_k, e_j,
-    x_i)) depends only on (record i, persona k, exemplar j), so with ``score_cache: true`` (the default) it is
-    computed once and reused in later steps and epochs (exact: the same value the LM gave the first time);
-    ``perf/score_cache_hit_rate`` is logged per training epoch. With learnable temperatures every step needs the
-    per-token terms for d/dtau, so the cache is off.
+    Score cache: with frozen temperatures (``learn_tau: false``) the LM term
+    log p^tau_k(y_i | prompt(g_k, e_j, x_i)) depends only on (record i, persona k, exemplar j), so with
+    ``score_cache: true`` (the default) it is computed once and reused in later steps and epochs (exact: the
+    same value the LM gave the first time); ``perf/score_cache_hit_rate`` is logged per training epoch. With
+    learnable temperatures every step needs the per-token terms for d/dtau, so the cache is off.
     """
 
     def __init__(
@@ -68,12 +68,13 @@ class MixtureOfPersonas(pl.LightningModule):
             prompt_template: format string over persona, exemplar and target context (mop.prompts).
             hidden_dim: d, the gate's projection size.
             init_tau: initial per-persona temperature.
-            learn_tau: train the temperatures (False freezes them at init_tau, which enables the score cache).
+            learn_tau: train the temperatures (False freezes them at init_tau, which enables the score
+                cache).
             num_candidates: M, the (persona, exemplar) pairs scored per record.
             explore: also score one pair drawn from ((pi + uniform) / 2, (Omega + uniform) / 2) with its
-                importance weight (M + 1 LM calls per record): the loss is then an estimate of the full mixture
-                NLL, not only of its top-M part, which otherwise collapses the gate (mop.gating). Validation
-                uses it too, with a fixed seed, so val/nll compares gates of any sharpness fairly.
+                importance weight (M + 1 LM calls per record): the loss is then an estimate of the full
+                mixture NLL, not only of its top-M part, which otherwise collapses the gate (mop.gating).
+                Validation uses it too, with a fixed seed, so val/nll compares gates of any sharpness fairly.
             explore_samples: exploration pairs per record (S >= 1, each weighted 1/S; M + S LM calls);
                 training only: validation keeps one, so val/nll stays the same estimator.
             exact_omega_max_pool: normalise Omega exactly (dense) up to this pool size; top-k beyond it.
@@ -92,8 +93,9 @@ class MixtureOfPersonas(pl.LightningModule):
             score_cache: with frozen temperatures (learn_tau false), cache each (record, persona, exemplar)
                 LM log-likelihood and reuse it in later epochs; no effect while tau is learned.
             gate_seed: seed of the gate's initialisation.
-            omega_init_scale: > 0 starts Omega as a retrieval prior (Gate.init_retrieval_prior, W_e^T W_x = scale
-                times the projection on the pool's top-d principal directions); 0 (default): random start.
+            omega_init_scale: > 0 starts Omega as a retrieval prior (Gate.init_retrieval_prior,
+                W_e^T W_x = scale times the projection on the pool's top-d principal directions); 0 (default):
+                random start.
             export_dir: where the trained gate is exported at the end of fit (default: the log dir).
         """
         super().__init__()
@@ -107,7 +109,8 @@ class MixtureOfPersonas(pl.LightningModule):
         self._dm = None  # the bound PopulationDataModule
         self._targets: dict[str, list[list[int]]] = {}
         self._lm_time = 0.0
-        self._score_cache: dict[tuple[str, int, str, float], float] = {}  # (record id, k, exemplar id, tau) -> LL
+        # (record id, k, exemplar id, tau) -> LL
+        self._score_cache: dict[tuple[str, int, str, float], float] = {}
         self._cache_counts = [0, 0]  # training lookups, hits in the current epoch
 
     # ---------------------------------------------------------------------------------------------- wiring
@@ -119,7 +122,8 @@ class MixtureOfPersonas(pl.LightningModule):
     @property
     def uses_score_cache(self) -> bool:
         """True when LM scores are cached: temperatures frozen and ``score_cache`` on."""
-        return bool(self.hparams.score_cache) and not (self.gate is not None and self.gate.log_tau.requires_grad)
+        return bool(self.hparams.score_cache) and not (self.gate is not None
+                                                       and self.gate.log_tau.requires_grad)
 
     @property
     def scorer(self):
@@ -149,7 +153,8 @@ class MixtureOfPersonas(pl.LightningModule):
             if self.hparams.get("omega_init_scale", 0.0) > 0:
                 self.gate.init_retrieval_prior(torch.as_tensor(art.pool_emb), self.hparams.omega_init_scale)
         self.register_buffer("persona_emb", torch.as_tensor(art.persona_emb), persistent=False)
-        with warnings.catch_warnings():  # the index's array is read-only by design; the buffer is never written
+        # the index's array is read-only by design; the buffer is never written
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self.register_buffer("pool_emb", torch.as_tensor(art.pool_emb), persistent=False)
         for split, emb in art.context_emb.items():
@@ -162,26 +167,30 @@ class MixtureOfPersonas(pl.LightningModule):
             self.attach_scorer(FrozenLMScorer(
                 model, tokenizer, use_chat_template=self.hparams.use_chat_template,
                 target_prefix="" if self.hparams.use_chat_template else self.hparams.target_prefix,
-                max_prompt_tokens=self.hparams.max_prompt_tokens, max_target_tokens=self.hparams.max_target_tokens,
+                max_prompt_tokens=self.hparams.max_prompt_tokens,
+                max_target_tokens=self.hparams.max_target_tokens,
                 max_batch_tokens=self.hparams.max_batch_tokens, share_prefixes=self.hparams.share_prefixes,
                 prefix_cache_mb=self.hparams.prefix_cache_mb))
         for split in ("train", "val", "test"):  # tokenise every target once, not every step
             if split not in self._targets:
-                self._targets[split] = self._scorer.encode_targets([r.response for r in art.population[split]])
+                self._targets[split] = self._scorer.encode_targets(
+                    [r.response for r in art.population[split]])
 
     def _lm_to_device(self) -> None:
         """The LM is not a registered child, so Lightning does not move it: follow the gate's device."""
         model = getattr(self._scorer, "model", None)
         if model is not None and next(model.parameters()).device != self.device:
             model.to(self.device)
-        if model is not None and self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
+        if (model is not None and self.device.type == "cpu"
+                and next(model.parameters()).dtype == torch.bfloat16):
             try:
                 native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
             except (AttributeError, RuntimeError):
                 native = True
             if not native:  # measured in benchmarks/scoring_speed.py: ~50x slower than float32 on AVX2
-                warnings.warn("lm_dtype bfloat16 on a CPU without bf16 instructions (AVX512-BF16/AMX): matmuls "
-                              "are emulated and far slower than float32; use lm_dtype float32 on this machine",
+                warnings.warn("lm_dtype bfloat16 on a CPU without bf16 instructions (AVX512-BF16/AMX): "
+                              "matmuls are emulated and far slower than float32; use lm_dtype float32 on "
+                              "this machine",
                               stacklevel=2)
 
     def on_fit_start(self) -> None:
@@ -219,16 +228,20 @@ class MixtureOfPersonas(pl.LightningModule):
         log_lik = torch.full((B, M), float("-inf"), device=cand.log_weight.device)
         log_lik = log_lik.masked_scatter(valid, scored.to(log_lik.device).float())  # (B, M)
         nll = mixture_nll(cand.log_weight, log_lik.to(cand.log_weight.device))  # (B,)
-        n_tok = torch.tensor([len(self._targets[split][r]) for r in rows], dtype=torch.float32, device=nll.device)
-        return {"nll": nll.mean(), "nll_per_token": nll.sum() / n_tok.sum(), "entropy": self.gate.entropy(cand.log_pi),
-                "selected_mass": cand.log_weight[:, :self.hparams.num_candidates].detach().exp().sum(-1).mean(), "approximate": cand.approximate,
+        n_tok = torch.tensor([len(self._targets[split][r]) for r in rows], dtype=torch.float32,
+                             device=nll.device)
+        return {"nll": nll.mean(), "nll_per_token": nll.sum() / n_tok.sum(),
+                "entropy": self.gate.entropy(cand.log_pi),
+                "selected_mass": (cand.log_weight[:, :self.hparams.num_candidates].detach().exp().sum(-1)
+                                  .mean()),
+                "approximate": cand.approximate,
                 "tokens": n_tok.sum()}
 
     def _explore_generator(self, split: str, idx: torch.Tensor, batch_idx: int = 0) -> torch.Generator:
         """The generator of a step's random draws (the exploration pairs).
 
-        Training: seeded by (seed_everything, epoch, batch, rank), so a step draws the same numbers however the
-        run got there, and a run resumed from a checkpoint repeats an uninterrupted run exactly (Lightning
+        Training: seeded by (seed_everything, epoch, batch, rank), so a step draws the same numbers however
+        the run got there, and a run resumed from a checkpoint repeats an uninterrupted run exactly (Lightning
         checkpoints hold no RNG state). Validation: seeded by the batch's first record, so val/nll is the same
         estimate in every run and epoch of a fixed gate."""
         gen = torch.Generator(device=idx.device)
@@ -251,8 +264,8 @@ class MixtureOfPersonas(pl.LightningModule):
         todo = list(range(len(pairs)))
         if self.uses_score_cache:
             tau_list = tau.detach().tolist()
-            keys = [(art.population[split][rows[b]].id, int(cand.persona[b, m]), art.pool[int(cand.exemplar[b, m])].id,
-                     tau_list[p]) for p, (b, m) in enumerate(pairs)]
+            keys = [(art.population[split][rows[b]].id, int(cand.persona[b, m]),
+                     art.pool[int(cand.exemplar[b, m])].id, tau_list[p]) for p, (b, m) in enumerate(pairs)]
             todo = [p for p, key in enumerate(keys) if key not in self._score_cache]
             if split == "train" and self.training:
                 self._cache_counts[0] += len(keys)
@@ -302,7 +315,8 @@ class MixtureOfPersonas(pl.LightningModule):
         self.log("nll_tok", out["nll_per_token"], prog_bar=True, batch_size=B, on_step=True, on_epoch=False,
                  logger=False)
         if out["approximate"] and batch_idx == 0:
-            self.print("note: Omega normalised over the top-k retrieved exemplars (pool > exact_omega_max_pool)")
+            self.print("note: Omega normalised over the top-k retrieved exemplars "
+                       "(pool > exact_omega_max_pool)")
         return out["nll"]
 
     def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
@@ -312,8 +326,8 @@ class MixtureOfPersonas(pl.LightningModule):
         out = self.mixture_loss("val", idx)
         B = idx.shape[0]
         # ratios of sums over the whole split (all ranks): accumulated here, reduced at epoch end
-        self._val_sums += torch.tensor([float(out["nll"]) * B, float(out["tokens"]), B, float(out["entropy"]) * B],
-                                       dtype=torch.float64)
+        self._val_sums += torch.tensor([float(out["nll"]) * B, float(out["tokens"]), B,
+                                        float(out["entropy"]) * B], dtype=torch.float64)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(4, dtype=torch.float64)
@@ -340,4 +354,5 @@ class MixtureOfPersonas(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("mop")
         if meta and self.gate is None:
-            self.gate = Gate(meta["embed_dim"], meta["num_personas"], self.hparams.hidden_dim, self.hparams.init_tau)
+            self.gate = Gate(meta["embed_dim"], meta["num_personas"], self.hparams.hidden_dim,
+                             self.hparams.init_tau)
