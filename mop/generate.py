@@ -485,10 +485,13 @@ def default_max_new_tokens(export, tokenizer) -> int:
     return max(16, int(1.25 * max(lengths, default=64)) + 1)
 
 
-def default_stop(export) -> list[str]:
-    """The stop strings when none are given: a newline, unless a training response (an exemplar of the export)
-    holds one, i.e. unless the population's texts run over several lines."""
-    return [] if any("\n" in e.response.strip() for e in export.exemplars) else ["\n"]
+def default_stop(export, multiline_share: float = 0.1) -> list[str]:
+    """The stop strings when none are given: a newline, unless the population writes texts of several lines
+    (at least ``multiline_share`` of the training responses, the export's exemplars, hold a newline; a stray
+    one in a few reviews does not count)."""
+    responses = [e.response.strip() for e in export.exemplars]
+    multiline = sum("\n" in r for r in responses)
+    return [] if responses and multiline >= multiline_share * len(responses) else ["\n"]
 
 
 def clean_text(text: str, stop: Sequence[str] = ("\n",)) -> str:
@@ -596,7 +599,8 @@ class Sampling:
         temperature: one sampling temperature for every row (default: tau_k of the sampled persona for the
             gated methods, the mean tau of the export for the baselines).
         stop: stop strings: a sample ends where it first writes one, and the text is cut there (default: a
-            newline, unless a training response holds one; ``--stop`` with no value: none).
+            newline, unless a tenth or more of the training responses span several lines; ``--stop`` with no
+            value: none).
         chat_template: wrap prompts in the tokenizer's chat template (auto: as the export was trained).
     """
 
