@@ -56,3 +56,18 @@ def tiny_world(tiny_world_files):
     test_determinism.py; ``tiny_world.finished(name)`` waits for one."""
     tiny_world_files.start_runs()
     return tiny_world_files
+
+
+@pytest.fixture(scope="session")
+def bundled_lm():
+    """``bundled_lm(name)``: a bundled LM and its tokenizer, each loaded once per session (slow tests)."""
+    from mop.assets import load_lm
+
+    loaded = {}
+
+    def get(name: str):
+        if name not in loaded:
+            loaded[name] = load_lm(name)
+        return loaded[name]
+
+    return get

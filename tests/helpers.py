@@ -129,6 +129,17 @@ def make_tiny_lm(arch: str = "llama", *, tokenizer: str | None = "bytes", chat: 
     return model, tok
 
 
+def peaked_tiny_lm(arch: str = "llama", vocab_size: int = 97, **kwargs):
+    """A tokenizer-less tiny LM (:func:`make_tiny_lm`) whose output head is scaled x12: random weights give
+    near-uniform logits, the scaled head peaked ones (the scoring tests compare numbers on it)."""
+    import torch
+
+    model = make_tiny_lm(arch, tokenizer=None, vocab_size=vocab_size, **kwargs)[0]
+    with torch.no_grad():
+        model.lm_head.weight.mul_(12.0)
+    return model
+
+
 def make_tiny_embedder(path: Path, seed: int = 0) -> Path:
     """A tiny random BERT + mean pooling saved as a sentence-transformers folder (32-d embeddings)."""
     import warnings

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from helpers import make_tiny_lm
+from helpers import peaked_tiny_lm
 
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
 
@@ -17,23 +17,16 @@ VOCAB = 97
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _peaked(model):
-    with torch.no_grad():
-        model.lm_head.weight.mul_(12.0)  # random init gives near-uniform logits; make them peaked
-    return model
-
-
 @pytest.fixture(scope="module")
 def llama():
-    return _peaked(make_tiny_lm("llama", tokenizer=None, vocab_size=VOCAB, seed=0, max_positions=None)[0])
+    return peaked_tiny_lm("llama", VOCAB, seed=0, max_positions=None)
 
 
 @pytest.fixture(scope="module")
 def gemma3():
     """Sliding window 3 (much shorter than the shared prefixes) and logit softcapping on."""
-    return _peaked(make_tiny_lm("gemma3", tokenizer=None, vocab_size=VOCAB, seed=1, max_positions=None,
-                                sliding_window=3, layer_types=["sliding_attention", "full_attention"],
-                                final_logit_softcapping=5.0)[0])
+    return peaked_tiny_lm("gemma3", VOCAB, seed=1, max_positions=None, sliding_window=3,
+                          layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)
 
 
 @pytest.fixture(params=["llama", "gemma3"])
@@ -310,20 +303,6 @@ def _real_prompts(n: int, seed: int = 0):
                                        label=rng.choice(["positive", "negative"]), movie=rng.choice(MOVIES)))
         targets.append(rng.choice(RESPONSES))
     return prompts, targets
-
-
-@pytest.fixture(scope="module")
-def bundled_lm():
-    from mop.assets import load_lm
-
-    loaded = {}
-
-    def get(name: str):
-        if name not in loaded:
-            loaded[name] = load_lm(name)
-        return loaded[name]
-
-    return get
 
 
 @pytest.mark.slow

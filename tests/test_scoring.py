@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from helpers import make_tiny_lm
+from helpers import peaked_tiny_lm
 
 from mop.errors import MopError
 from mop.scoring import FrozenLMScorer, naive_log_likelihood, tempered_token_terms
@@ -18,23 +18,16 @@ VOCAB = 97
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _peaked(model):
-    with torch.no_grad():
-        model.lm_head.weight.mul_(12.0)  # random init gives near-uniform logits; make them peaked
-    return model
-
-
 @pytest.fixture(scope="module")
 def llama():
-    return _peaked(make_tiny_lm("llama", tokenizer=None, vocab_size=VOCAB, seed=0)[0])
+    return peaked_tiny_lm("llama", VOCAB, seed=0)
 
 
 @pytest.fixture(scope="module")
 def gemma3():
     """Sliding window 3 (shorter than most sequences) and logit softcapping on, to exercise both."""
-    return _peaked(make_tiny_lm("gemma3", tokenizer=None, vocab_size=VOCAB, seed=1, max_positions=None,
-                                sliding_window=3, layer_types=["sliding_attention", "full_attention"],
-                                final_logit_softcapping=5.0)[0])
+    return peaked_tiny_lm("gemma3", VOCAB, seed=1, max_positions=None, sliding_window=3,
+                          layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)
 
 
 @pytest.fixture(params=["llama", "gemma3"])
@@ -350,21 +343,6 @@ SENTENCES = [
     ("Write a news headline.\nHeadline:", " Government announces new plan to cut energy bills this winter"),
     ("Describe your weekend.\nAnswer:", " I went hiking with my friends and we had a picnic by the lake."),
 ]
-
-
-@pytest.fixture(scope="module")
-def bundled_lm():
-    """Load each bundled LM once for the slow tests of this module."""
-    from mop.assets import load_lm
-
-    loaded = {}
-
-    def get(name: str):
-        if name not in loaded:
-            loaded[name] = load_lm(name)
-        return loaded[name]
-
-    return get
 
 
 @pytest.mark.slow
