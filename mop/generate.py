@@ -15,15 +15,16 @@ written, so an interrupted run resumes and ends with the rows an uninterrupted r
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from mop.errors import MopError
+from mop.outputs import OutputFile, ShardedOutput
 from mop.types import PositiveFloat, PositiveInt, Probability
 
 METHODS = ("mop", "uniform", "persona", "fewshot", "zerogen", "attrprompt", "mop-no-exemplar",
@@ -500,71 +501,6 @@ def clean_text(text: str, stop: Sequence[str] = ("\n",)) -> str:
     return (text[:cut] if cut is not None else text).strip()
 
 
-# ----------------------------------------------------------------------------------------------------- output
-class OutputFile:
-    """A JSONL output appended one line per ``write`` call and fsync'ed per batch; resumable."""
-
-    IDENTITY = ("model", "adapter", "method", "seed")
-
-    def __init__(self, path: str | Path, identity: dict[str, Any]):
-        self.path = Path(path).expanduser()
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise MopError(f"output directory '{parent}' does not exist (create it first)")
-        if self.path.is_dir():
-            raise MopError(f"output '{path}' is a directory, expected a .jsonl file path")
-        self.identity = identity
-        self.done: set[str] = set()
-        self.dropped_partial = False
-        if self.path.exists():
-            self._resume()
-
-    def _resume(self) -> None:
-        data = self.path.read_bytes()
-        cut = data.rfind(b"\n") + 1  # bytes after the last newline: a line cut short by a kill
-        first = None
-        for n, line in enumerate(data[:cut].split(b"\n")[:-1], 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rid = row["id"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise MopError(f"output '{self.path}' line {n} is not a generated row "
-                               "(invalid JSON or no id): choose another --output") from err
-            if first is None:
-                first = row
-            self.done.add(str(rid))
-        if first is not None:
-            theirs = {k: first.get(k) for k in self.IDENTITY}
-            ours = {k: self.identity.get(k) for k in self.IDENTITY}
-            if theirs != ours:
-                diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in self.IDENTITY
-                                 if theirs[k] != ours[k])
-                raise MopError(f"output '{self.path}' holds rows generated with other settings: {diff}; "
-                               "choose another --output rather than mixing them")
-        if cut < len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(cut)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self.dropped_partial = True
-
-    def append(self, rows: Sequence[dict]) -> None:
-        """Append rows, each as one complete line in one write, then fsync."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            for row in rows:
-                data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                self.done.add(str(row["id"]))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 # ------------------------------------------------------------------------------------------------- main loop
 def sample_plan(records: Sequence, num_samples: int,
                 shuffle_seed: int | None = None) -> list[tuple[int, str]]:
@@ -630,19 +566,47 @@ class Sampling:
             raise MopError(f"chat_template must be auto, on or off, got {self.chat_template!r}")
 
 
+class SingleProcess:
+    """The rank interface of :func:`generate_population` for a run of one process (Fabric has the same)."""
+
+    global_rank, world_size = 0, 1
+
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+
+def shard_batches(num_samples: int, batch_size: int, sids: Sequence[str], done: set[str], rank: int,
+                  world_size: int) -> list[list[int]]:
+    """This rank's batches (lists of sample positions): the run's batches of ``batch_size`` consecutive
+    samples that still miss a row, dealt round-robin to the ranks. Every rank computes the same list from the
+    same ``done`` set, so the shares are disjoint and cover every missing sample; a batch is the same whatever
+    the number of ranks, so a row is the same as in a one-process run."""
+    batches = [list(range(s, min(num_samples, s + batch_size))) for s in range(0, num_samples, batch_size)]
+    pending = [b for b in batches if any(sids[n] not in done for n in b)]
+    return pending[rank::world_size]
+
+
 def generate_population(export, model, tokenizer, records: Sequence, output: str | Path,
                         sampling: Sampling, *, context_emb=None, model_name: str = "model",
                         adapter: str | None = None, attributes: dict[str, list[str]] | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, dist=None) -> dict[str, Any]:
     """Write ``sampling.num_samples`` generated rows for ``records`` (cycled) into ``output``, resuming if it
     exists.
 
-    ``context_emb`` (R, D) are the records' context embeddings (needed by the gated methods only). A sample's
-    content depends only on (seed, its id). Returns counts.
+    ``context_emb`` (R, D) are the records' context embeddings (needed by the gated methods only), or a
+    function of a list of record positions returning their embeddings (each rank then embeds only the
+    contexts of its share). A sample's content depends only on (seed, its id).
+
+    ``dist``: this process's rank (``global_rank``, ``world_size``, ``barrier()``; a ``lightning.Fabric``
+    does): each rank generates its share of the missing samples (:func:`shard_batches`) into its own part
+    file, and rank 0 shows one progress bar for all ranks, waits for them and merges every file into
+    ``output`` (mop.outputs). Returns counts (rank 0: of every rank).
     """
     from tqdm.auto import tqdm
 
     sampling.check()
+    dist = dist or SingleProcess()
+    rank, world = dist.global_rank, dist.world_size
     method, seed, num_samples = sampling.method, sampling.seed, sampling.num_samples
     if not records:
         raise MopError("no contexts to generate for")
@@ -659,24 +623,43 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     sampler = ComponentSampler(export, method, sampling.temperature, attributes)
     stop = default_stop(export) if sampling.stop is None else list(sampling.stop)
     identity = {"model": model_name, "adapter": adapter, "method": method, "seed": seed}
-    out = OutputFile(output, identity)
-    if out.dropped_partial:
+    out = ShardedOutput(output, identity, rank, world)
+    if out.dropped_partial and rank == 0:
         print(f"[mop] dropped an incomplete last line of {out.path} (an interrupted run)", file=sys.stderr)
+    dist.barrier("mop-generate-read")  # every rank has read what is done before any rank writes
     plan = sample_plan(records, num_samples, seed if sampling.shuffle else None)
     sids = [sid for _, sid in plan]
     todo = [n for n in range(num_samples) if sids[n] not in out.done]
-    written = empty = 0
-    bar = tqdm(total=len(todo), unit="sample", desc=f"generating ({method})", disable=not progress)
     batch_size = sampling.batch_size or default_batch_size(model)
     max_new_tokens = sampling.max_new_tokens or default_max_new_tokens(export, tokenizer)
-    for start in range(0, num_samples, batch_size):
-        batch = list(range(start, min(num_samples, start + batch_size)))
+    mine = shard_batches(num_samples, batch_size, sids, out.done, rank, world)
+    others = out.progress_watcher() if rank == 0 and world > 1 else None
+    dist.barrier("mop-generate-start")
+    if callable(context_emb):
+        need = sorted({plan[n][0] for batch in mine for n in batch})
+        emb, at = context_emb(need), {p: i for i, p in enumerate(need)}
+
+        def contexts_of(positions):
+            return emb[[at[p] for p in positions]]
+    elif context_emb is not None:
+        def contexts_of(positions):
+            return context_emb[positions]
+    written = empty = 0
+    others_seen = [0, 0]  # rows and empty texts of the other ranks (rank 0 only)
+    bar = tqdm(total=len(todo), unit="sample", disable=not progress or rank != 0,
+               desc=f"generating ({method})" + (f", {world} ranks" if world > 1 else ""))
+
+    def count_others() -> bool:
+        rows, empties, finished = others()
+        bar.update(rows - others_seen[0])
+        others_seen[:] = [rows, empties]
+        return finished
+
+    for batch in mine:
         missing = [n for n in batch if sids[n] not in out.done]
-        if not missing:
-            continue
         # The whole batch is generated even when part of it exists, so its rows equal an uninterrupted run's.
         recs = [records[plan[n][0]] for n in batch]
-        hx = context_emb[[plan[n][0] for n in batch]] if context_emb is not None else None
+        hx = contexts_of([plan[n][0] for n in batch]) if context_emb is not None else None
         keys = [sample_key(sids[n]) for n in batch]
         comps = sampler.sample(hx, [r.id for r in recs], keys, seed)
         prompts = [build_prompt(export, r, c) for r, c in zip(recs, comps)]
@@ -701,11 +684,31 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
         out.append(rows)
         written += len(rows)
         bar.update(len(rows))
+        if others is not None:
+            count_others()
+    out.finish()
+    while others is not None and not count_others():  # rank 0: wait for the other ranks, counting their rows
+        time.sleep(0.5)
+    if rank == 0 and out.needs_merge:
+        out.merge(sids)
     bar.close()
-    return {"output": str(out.path), "written": written, "skipped": num_samples - len(todo), "empty": empty}
+    return {"output": str(out.path), "written": written + others_seen[0],
+            "skipped": num_samples - len(todo), "empty": empty + others_seen[1]}
 
 
 # ---------------------------------------------------------------------------------------------- command
+def _devices_arg(devices: int | str):
+    """--devices as Lightning takes it: an int, "auto", or a list of ids ("0,1" or "[0, 1]")."""
+    if isinstance(devices, int) or devices == "auto":
+        return devices
+    text = str(devices).strip().strip("[]")
+    try:
+        return int(text) if "," not in text else [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise MopError(f"--devices: expected a number, a list of device ids or auto, got {devices!r}"
+                       ) from None
+
+
 def generate_command(
     gating: str,
     model: str,
@@ -718,6 +721,10 @@ def generate_command(
     attributes: str | None = None,
     embedder: str | None = None,
     device: str = "auto",
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto",
+    devices: int | str = 1,
+    num_nodes: PositiveInt = 1,
+    strategy: str = "auto",
     dtype: Literal["float32", "bfloat16", "float16"] | None = None,
     progress: bool = True,
 ) -> int:
@@ -741,7 +748,14 @@ def generate_command(
         attributes: attrprompt: a JSON/YAML file mapping attribute -> list of values (default: style, length
             and aspect lists for movie reviews).
         embedder: the sentence embedder for the contexts (default: the export's; its dimension must match).
-        device: auto, cpu, cuda, cuda:N.
+        device: one process: auto, cpu, cuda, cuda:N.
+        accelerator: the Lightning accelerator of the ranks (auto, cpu, gpu, cuda, mps).
+        devices: processes per node, each with its own LM replica: a number, a list of device ids or
+            "auto"; above 1 (or with --num-nodes) the run is sharded with Lightning Fabric, each rank
+            writing a disjoint share of the samples, merged into one --output at the end (README "Scale
+            out").
+        num_nodes: nodes of a multi-node run (e.g. under SLURM: srun starts the ranks).
+        strategy: the Lightning strategy of a sharded run (auto: ddp; ddp_spawn also works).
         dtype: the LM dtype (default: the checkpoint's).
         progress: show a progress bar.
     """
@@ -778,18 +792,40 @@ def generate_command(
     from mop.export import GateExport
 
     export = GateExport.from_pretrained(gating)
-    context_emb = embed_contexts(export, records, context_embedder) if context_embedder is not None else None
 
     import torch
 
     from mop.assets import load_lm
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    fabric = None
+    if str(devices) not in ("1", "[1]") or num_nodes > 1:
+        if device != "auto":
+            raise MopError("--device picks the device of a one-process run; with --devices / --num-nodes "
+                           "use --accelerator (and a list of --devices ids)")
+        from lightning.fabric import Fabric
+
+        fabric = Fabric(accelerator=accelerator, devices=_devices_arg(devices), num_nodes=num_nodes,
+                        strategy=strategy)
+        fabric.launch()  # the ddp launcher starts this same command once per further local rank
+        device = str(fabric.device)
+        if fabric.device.type == "cpu":  # ranks on one machine share its cores instead of oversubscribing
+            local = max(1, fabric.world_size // num_nodes)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    elif device == "auto":
+        device = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}.get(
+            accelerator, "cuda" if torch.cuda.is_available() else "cpu")
+    context_emb = None
+    if context_embedder is not None:
+        context_embedder.device = device
+
+        def context_emb(positions):
+            return embed_contexts(export, [records[p] for p in positions], context_embedder)
     lm, tokenizer = load_lm(model, dtype=dtype, device=device, adapter=adapter)
     summary = generate_population(export, lm, tokenizer, records, output, sampling, context_emb=context_emb,
                                   model_name=model, adapter=adapter, attributes=attribute_lists,
-                                  progress=progress)
+                                  progress=progress, dist=fabric)
+    if fabric is not None and fabric.global_rank != 0:
+        return 0
     print(f"wrote {summary['written']} row(s) to {summary['output']} ({summary['skipped']} already there"
           + (f", {summary['empty']} empty text(s)" if summary["empty"] else "") + ")")
     return 0

@@ -54,6 +54,7 @@ class MixtureOfPersonas(pl.LightningModule):
         num_candidates: PositiveInt = 4,
         explore: bool = True,
         explore_samples: PositiveInt = 1,
+        val_explore_samples: PositiveInt = 1,
         exact_omega_max_pool: NonNegativeInt = 20_000,
         omega_topk: PositiveInt = 256,
         lr: PositiveFloat = 1e-3,
@@ -76,7 +77,11 @@ class MixtureOfPersonas(pl.LightningModule):
                 mixture NLL, not only of its top-M part, which otherwise collapses the gate (mop.gating).
                 Validation uses it too, with a fixed seed, so val/nll compares gates of any sharpness fairly.
             explore_samples: exploration pairs per record (S >= 1, each weighted 1/S; M + S LM calls);
-                training only: validation keeps one, so val/nll stays the same estimator.
+                training only (validation uses ``val_explore_samples``).
+            val_explore_samples: exploration pairs per validation record. The default 1 keeps val/nll
+                comparable with earlier runs, but a one-sample estimate overstates the NLL of a spread
+                gate more than that of a collapsed one (benchmarks/results/gate_diagnosis.md); use
+                several (e.g. 8) to rank gates of different sharpness.
             exact_omega_max_pool: normalise Omega exactly (dense) up to this pool size; top-k beyond it.
             omega_topk: exemplars per persona Omega is normalised over when the pool is larger.
             lr: AdamW learning rate of the gate.
@@ -216,7 +221,7 @@ class MixtureOfPersonas(pl.LightningModule):
                                  explore=self.hparams.explore,
                                  generator=self._explore_generator(split, idx, batch_idx),
                                  explore_samples=self.hparams.get("explore_samples", 1) if split == "train"
-                                 else 1)
+                                 else self.hparams.get("val_explore_samples", 1))
         B, M = cand.persona.shape
         valid = cand.exemplar >= 0  # False where target masking left a record fewer than M pairs
         if not bool(valid.any(-1).all()):

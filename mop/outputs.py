@@ -1,0 +1,230 @@
+"""Generated-population files: one resumable JSONL, written by one process or by many ranks.
+
+One process appends rows to the output itself (:class:`OutputFile`). Several ranks
+(``mop generate --devices N``, ``--num-nodes``) each append to a part file of their own,
+``<output>.parts/rank<r>-of-<W>.jsonl``, and rank 0 merges the output and every part into the output when all
+ranks are done (:meth:`ShardedOutput.merge`: written to a temporary file, then renamed over the output, so a
+kill leaves either the old or the new file).
+
+Every file is appended one complete line per row and fsync'ed per batch, so a kill -9 loses at most the batch
+being written and leaves at most one torn last line. Resuming (with the same or another number of ranks) reads
+the output and every part, old runs' parts included: their complete lines are done, their torn last lines are
+ignored (and cut from the files the reader owns), and only the missing samples are generated. The merge keeps
+the first line of each id, so no id ever appears twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mop.errors import MopError
+
+IDENTITY = ("model", "adapter", "method", "seed")
+
+
+def read_lines(path: Path) -> tuple[list[bytes], int, int]:
+    """The complete lines of a JSONL file (without their newlines), the byte offset after the last one and the
+    file's size (larger when the last line is torn)."""
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    return data[:cut].split(b"\n")[:-1], cut, len(data)
+
+
+def parse_ids(path: Path, lines: Sequence[bytes], identity: dict[str, Any]) -> list[str]:
+    """The ids of generated rows, after checking the file holds rows of this run's settings."""
+    ids, first = [], None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            ids.append(None)
+            continue
+        try:
+            row = json.loads(line)
+            ids.append(str(row["id"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise MopError(f"output '{path}' line {n} is not a generated row "
+                           "(invalid JSON or no id): choose another --output") from err
+        if first is None:
+            first = row
+    if first is not None:
+        theirs = {k: first.get(k) for k in IDENTITY}
+        ours = {k: identity.get(k) for k in IDENTITY}
+        if theirs != ours:
+            diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in IDENTITY if theirs[k] != ours[k])
+            raise MopError(f"output '{path}' holds rows generated with other settings: {diff}; "
+                           "choose another --output rather than mixing them")
+    return ids
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutputFile:
+    """A JSONL output appended one line per row and fsync'ed per batch; resumable.
+
+    ``repair``: cut a torn last line (left by a kill) from the file; only the file's writer should.
+    """
+
+    IDENTITY = IDENTITY
+
+    def __init__(self, path: str | Path, identity: dict[str, Any], repair: bool = True):
+        self.path = Path(path).expanduser()
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise MopError(f"output directory '{parent}' does not exist (create it first)")
+        if self.path.is_dir():
+            raise MopError(f"output '{path}' is a directory, expected a .jsonl file path")
+        self.identity = identity
+        self.done: set[str] = set()
+        self.dropped_partial = False
+        if self.path.exists():
+            lines, cut, size = read_lines(self.path)
+            self.done.update(i for i in parse_ids(self.path, lines, identity) if i is not None)
+            if cut < size:
+                if repair:
+                    _truncate(self.path, cut)
+                self.dropped_partial = True
+
+    def append(self, rows: Sequence[dict]) -> None:
+        """Append rows, each as one complete line in one write, then fsync."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            for row in rows:
+                data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self.done.add(str(row["id"]))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class ShardedOutput:
+    """The output of one rank of a (possibly) multi-rank run: what is done, where this rank writes, the merge.
+
+    With one rank and no part files (the usual case) rows go straight to the output, as :class:`OutputFile`.
+    Otherwise this rank appends to its own part file, and :meth:`merge` (rank 0, once every rank is done)
+    folds the output and the parts into the output, in ``order`` (the run's sample ids; ids outside it keep
+    their file order after them), then removes the parts.
+    """
+
+    def __init__(self, path: str | Path, identity: dict[str, Any], rank: int = 0, world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
+        self.main = OutputFile(path, identity, repair=world_size == 1)
+        self.path = self.main.path
+        self.parts_dir = self.path.with_name(self.path.name + ".parts")
+        self.done = set(self.main.done)
+        self.dropped_partial = self.main.dropped_partial
+        own = self.part_path(rank)
+        for part in self.part_files():
+            if part == own:
+                continue
+            lines, cut, size = read_lines(part)
+            self.done.update(i for i in parse_ids(part, lines, identity) if i is not None)
+        if world_size > 1:
+            self.parts_dir.mkdir(exist_ok=True)
+            self.marker(rank).unlink(missing_ok=True)  # a finished earlier run of the same shape
+            self.writer = OutputFile(own, identity, repair=True)
+            self.done |= self.writer.done
+            self.dropped_partial |= self.writer.dropped_partial
+        else:
+            self.writer = self.main
+
+    # ------------------------------------------------------------------------------------------ files
+    def part_path(self, rank: int) -> Path:
+        return self.parts_dir / f"rank{rank}-of-{self.world_size}.jsonl"
+
+    def marker(self, rank: int) -> Path:
+        return self.parts_dir / f"rank{rank}-of-{self.world_size}.done"
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts_dir.glob("rank*-of-*.jsonl")) if self.parts_dir.is_dir() else []
+
+    @property
+    def needs_merge(self) -> bool:
+        return bool(self.part_files())
+
+    def append(self, rows: Sequence[dict]) -> None:
+        self.writer.append(rows)
+        self.done.update(str(r["id"]) for r in rows)
+
+    def finish(self) -> None:
+        """Mark this rank done (rank 0 waits for every rank's mark before it merges)."""
+        if self.world_size > 1:
+            self.marker(self.rank).write_text("done\n")
+
+    # ---------------------------------------------------------------------------------------- progress
+    def progress_watcher(self) -> Callable[[], tuple[int, int, bool]]:
+        """For rank 0: a function returning (rows the other ranks of this run appended since now, how many of
+        them have an empty text, whether those ranks have all finished), reading only the bytes added since
+        its last call."""
+        others = [r for r in range(self.world_size) if r != self.rank]
+        offsets = {r: (self.part_path(r).stat().st_size if self.part_path(r).exists() else 0) for r in others}
+        counts = [0, 0]
+
+        def poll() -> tuple[int, int, bool]:
+            finished = True
+            for r in others:
+                finished &= self.marker(r).exists()  # read first: the rows before the mark are then counted
+                path = self.part_path(r)
+                if not path.exists():
+                    continue
+                with open(path, "rb") as fh:
+                    fh.seek(offsets[r])
+                    new = fh.read()
+                cut = new.rfind(b"\n") + 1
+                lines = new[:cut].split(b"\n")[:-1]
+                counts[0] += len(lines)
+                counts[1] += sum(not json.loads(line).get("text") for line in lines if line.strip())
+                offsets[r] += cut
+            return counts[0], counts[1], finished
+
+        return poll
+
+    # ------------------------------------------------------------------------------------------- merge
+    def merge(self, order: Sequence[str]) -> int:
+        """Fold the output and every part file into the output (atomically), then remove the parts.
+
+        Returns the number of rows of the merged output."""
+        rank_of = {sid: n for n, sid in enumerate(order)}
+        seen: set[str] = set()
+        keep: list[tuple[int, int, bytes]] = []
+        files = ([self.path] if self.path.exists() else []) + self.part_files()
+        for path in files:
+            lines, _, _ = read_lines(path)  # a torn last line is left out
+            for line, sid in zip(lines, parse_ids(path, lines, self.main.identity)):
+                if sid is None or sid in seen:
+                    continue
+                seen.add(sid)
+                keep.append((rank_of.get(sid, len(order)), len(keep), line))
+        keep.sort()
+        tmp = self.path.with_name(f".{self.path.name}.merge-{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            for _, _, line in keep:
+                fh.write(line + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        return len(keep)
