@@ -781,11 +781,16 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
-def _make_embedder(name: str):
-    """The embedder for ``mop evaluate`` (a seam for tests)."""
+def _make_embedder(name: str, device: str = "auto", batch_size: int = 64):
+    """The embedder for ``mop evaluate`` (a seam for tests): on ``device`` (auto: the GPU when there is one),
+    ``batch_size`` texts per forward pass."""
     from mop.embed import Embedder
 
-    return Embedder(name)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Embedder(name, device=device, batch_size=batch_size)
 
 
 def _check_output(path: str | None, what: str, overwrite: bool) -> None:
@@ -864,6 +869,8 @@ def evaluate_command(
     mauve_seeds: PositiveInt = len(MAUVE_SEEDS),
     bootstrap: NonNegativeInt = BOOTSTRAP,
     mauve_bootstrap: NonNegativeInt = MAUVE_BOOTSTRAP,
+    device: str = "auto",
+    embed_batch_size: PositiveInt = 64,
     progress: bool = True,
 ) -> int:
     """Compare generated populations with the real held-out texts on sentence embeddings.
@@ -895,6 +902,9 @@ def evaluate_command(
         mauve_seeds: the number of k-means seeds (0..N-1) MAUVE is averaged over.
         bootstrap: resamples of the texts for the 95% intervals of FID, KL-cos and F1 (0: none).
         mauve_bootstrap: resamples for MAUVE's interval (one k-means run each, the seeds in turn; 0: none).
+        device: where the texts are embedded: auto (the GPU when there is one), cpu, cuda, cuda:N.
+        embed_batch_size: texts per embedding forward pass (each set is embedded in such batches, with a
+            progress bar; large sets never sit on the device at once).
         progress: show progress bars.
     """
     import time
@@ -926,7 +936,8 @@ def evaluate_command(
 
         embedder_name = DEFAULT_EMBEDDER
 
-    result = evaluate_sets(real_texts, real_labels, sets, _make_embedder(embedder_name),
+    embedder_obj = _make_embedder(embedder_name, device, embed_batch_size)
+    result = evaluate_sets(real_texts, real_labels, sets, embedder_obj,
                            reference_train=reference_set, sample_size=sample_size, seed=seed,
                            mauve_seeds=tuple(range(mauve_seeds)), plot=plot, progress=progress,
                            bootstrap=bootstrap, mauve_bootstrap=mauve_bootstrap)

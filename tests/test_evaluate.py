@@ -369,7 +369,7 @@ def test_class_ellipse_spans_two_standard_deviations():
 def fake_embedder(monkeypatch):
     import mop.evaluate
 
-    monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name: HashEmbedder())
+    monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name, *a: HashEmbedder())
 
 
 def _real_csv(write_csv, n=60, seed=0, name="real.csv"):

@@ -1,5 +1,5 @@
-"""Sharded generation (mop generate --devices N, Lightning Fabric): disjoint shares, one merged output equal to a
-one-process run, resumable after a kill -9 of a rank with another number of ranks (mop.outputs)."""
+"""Sharded generation (mop generate --devices N, Lightning Fabric): disjoint shares, one merged output equal
+to a one-process run, resumable after a kill -9 of a rank with another number of ranks (mop.outputs)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def test_shards_are_disjoint_cover_the_missing_batches_and_do_not_depend_on_the_
         shares = [shard_batches(23, 4, sids, done, r, world) for r in range(world)]
         batches = [tuple(b) for share in shares for b in share]
         assert len(batches) == len(set(batches))  # disjoint
-        assert sorted(batches) == [tuple(range(s, min(23, s + 4))) for s in range(4, 23, 4)]  # all but batch 0
+        # every batch but batch 0
+        assert sorted(batches) == [tuple(range(s, min(23, s + 4))) for s in range(4, 23, 4)]
         assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced
 
 
