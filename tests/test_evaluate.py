@@ -477,3 +477,27 @@ def test_real_embedder_self_evaluation_on_rotten_tomatoes(tmp_path):
     assert row["n"] == 150 and abs(row["fid"]) < 1e-6 and row["mauve"] > 0.95 and row["kl_cosine"] < 1e-9
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
     assert "WARNING clustering" not in proc.stderr
+
+
+def test_prompt_copy_rates_find_echoes_of_the_prompt_and_copies_of_the_exemplar(tmp_path):
+    from helpers import make_export
+
+    from mop.evaluate import prompt_copy_rates
+    from mop.export import load_export
+
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=3, n_pool=4).path)
+
+    def row(text, persona="p001", exemplar="e2", attributes=None):
+        return {"id": "x", "record_id": "r", "context": {"movie": "Heat"}, "label": "fresh", "text": text,
+                "persona_id": persona, "exemplar_id": exemplar, "attributes": attributes}
+
+    rows = [row("You are critic number 1, and this film is fine."),  # persona start + a 5-word echo
+            row("Heat is good. Exemplar review number 2 says so."),  # copies the exemplar (3-word runs)
+            row("Now write a fresh review of the movie Heat, it said."),  # echoes the instructions
+            row("A taut, gripping crime saga with two great leads."),  # an answer
+            row("You are going to love this one.", persona=None, exemplar=None)]  # no persona: no start
+    rates = prompt_copy_rates(rows, export, echo_n=5, copy_n=3)
+    assert rates["prompt_echo"] == pytest.approx(2 / 5)  # rows 1 and 3; the exemplar's words do not count
+    assert rates["persona_start"] == pytest.approx(1 / 4)
+    assert rates["exemplar_copy"] == pytest.approx(1 / 4)
+    assert prompt_copy_rates(rows[3:4], export)["prompt_echo"] == 0.0
