@@ -61,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generate.py --max-new-tokens (default: generate's: 1.25 x the longest training "
                         "text)")
+    p.add_argument("--attributes", default=None,
+                   help="attrprompt's attribute lists (generate.py --attributes; default: movie reviews)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the contexts' shuffle)")
     p.add_argument("--baseline-temperature", type=float, default=None,
                    help="sampling temperature of the baselines (default: generate's, the export's mean tau); "
@@ -139,6 +141,8 @@ def generate(args, workdir: Path, gate: Path, run: str) -> None:
            "--method", method, "--batch-size", str(args.batch_size), "--output", str(out)]
     if args.max_new_tokens is not None:
         cmd += ["--max-new-tokens", str(args.max_new_tokens)]
+    if method == "attrprompt" and args.attributes:
+        cmd += ["--attributes", args.attributes]
     if method not in GATED and args.baseline_temperature is not None:
         cmd += ["--temperature", str(args.baseline_temperature)]
     print("[fidelity]", " ".join(cmd), flush=True)

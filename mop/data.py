@@ -127,7 +127,11 @@ def _guardian_frame(path: Path):
     import pandas as pd
 
     df = pd.read_csv(path)
-    return df.rename(columns={"Text": "headline", "Date": "date"})[["headline", "date"]]
+    df = df.rename(columns={"Text": "headline", "Date": "date"})[["headline", "date"]]
+    # some scraped headlines hold a kicker and the headline on separate lines ("Economics viewpoint\n\n\n
+    # How poverty ..."): one line of text each, as the other headlines
+    df["headline"] = df["headline"].map(lambda t: " ".join(str(t).split()) if isinstance(t, str) else t)
+    return df
 
 
 # ------------------------------------------------------------------------------------------------ user files

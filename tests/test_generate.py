@@ -282,6 +282,14 @@ def test_a_stop_string_ends_its_row_and_the_rest_of_the_batch_continues_unchange
             assert row == full
 
 
+def test_bundled_attribute_files_load():
+    from mop.generate import DEFAULT_ATTRIBUTES, load_attributes
+
+    assert load_attributes(REPO / "configs/attributes/reviews.yaml") == DEFAULT_ATTRIBUTES
+    headlines = load_attributes(REPO / "configs/attributes/headlines.yaml")
+    assert set(headlines) == {"topic", "tone", "form"} and all(len(v) >= 5 for v in headlines.values())
+
+
 def test_default_stop_is_a_newline_unless_the_population_writes_several_lines(tmp_path):
     from types import SimpleNamespace
 
