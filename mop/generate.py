@@ -719,6 +719,7 @@ def generate_command(
     split: Literal["train", "val", "test"] = "test",
     adapter: str | None = None,
     attributes: str | None = None,
+    prompt_template: str | None = None,
     embedder: str | None = None,
     device: str = "auto",
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto",
@@ -747,6 +748,9 @@ def generate_command(
         adapter: a PEFT adapter folder attached to the model.
         attributes: attrprompt: a JSON/YAML file mapping attribute -> list of values (default: style, length
             and aspect lists for movie reviews).
+        prompt_template: a prompt template to use instead of the export's, for every method alike (e.g. one
+            that suits a base LM the gate is transferred to; fields as in training: persona, exemplar[...],
+            exemplar_response and the context columns).
         embedder: the sentence embedder for the contexts (default: the export's; its dimension must match).
         device: one process: auto, cpu, cuda, cuda:N.
         accelerator: the Lightning accelerator of the ranks (auto, cpu, gpu, cuda, mps).
@@ -780,6 +784,11 @@ def generate_command(
         raise MopError(f"adapter '{adapter}' has no adapter_config.json: not a PEFT adapter folder")
     export_config = read_export_config(gating)
     check_export_files(gating, export_config)
+    if prompt_template is not None:  # before the contexts are read: it decides the fields they need
+        from mop.prompts import validate_prompt_template
+
+        validate_prompt_template(prompt_template, list(export_config.get("context_columns") or []))
+        export_config = {**export_config, "prompt_template": prompt_template}
     records = read_contexts(contexts, export_config) if contexts else dataset_contexts(config, split,
                                                                                        export_config)
     context_embedder = None
@@ -792,6 +801,8 @@ def generate_command(
     from mop.export import GateExport
 
     export = GateExport.from_pretrained(gating)
+    if prompt_template is not None:
+        export.config = {**export.config, "prompt_template": prompt_template}
 
     import torch
 

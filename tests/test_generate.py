@@ -404,6 +404,28 @@ def test_killed_generation_resumes_to_exactly_n_rows(tmp_path, tiny_lm_dir, monk
     assert len({r["persona_id"] for r in ref.values()}) > 1
 
 
+def test_prompt_template_override_changes_every_methods_prompt(tmp_path):
+    model, tok = make_tiny_lm(seed=3)
+    with torch.no_grad():  # peaked logits: the prompt, not only the seeded noise, decides the tokens
+        model.lm_head.weight.mul_(12.0)
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    gate = make_export(tmp_path / "gate", dim=16, k=3, init_std=0.2).path
+    ctx = tmp_path / "contexts.jsonl"
+    ctx.write_text("".join(json.dumps({"id": f"m{i}", "movie": f"Film {i}", "label": "fresh"}) + "\n"
+                           for i in range(3)))
+    args = ["generate", "--gating", str(gate), "--model", str(tmp_path / "lm"), "--contexts", str(ctx),
+            "--num-samples", "6", "--max-new-tokens", "8", "--stop", "--method", "fewshot", "--no-progress"]
+    assert main([*args, "--output", str(tmp_path / "a.jsonl")]) == 0
+    template = 'Here is a {label} review of {movie}, like "{exemplar_response}":'
+    assert main([*args, "--output", str(tmp_path / "b.jsonl"), "--prompt-template", template]) == 0
+    a, b = _rows(tmp_path / "a.jsonl"), _rows(tmp_path / "b.jsonl")
+    assert [r["exemplar_id"] for r in a] == [r["exemplar_id"] for r in b]  # the same choices ...
+    assert [r["text"] for r in a] != [r["text"] for r in b]  # ... under another prompt
+    proc = run_cli(*args, "--output", str(tmp_path / "c.jsonl"), "--prompt-template", "About {film}:")
+    assert_one_line_error(proc, "unknown field(s) film")
+
+
 # ------------------------------------------------------------------------------------------------- CLI errors
 def test_cli_errors_are_one_line(tmp_path):
     gate = make_export(tmp_path / "gate", dim=16).path
