@@ -108,3 +108,32 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
                           timeout=120, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert "no CUDA device" in proc.stdout
+
+
+def test_fidelity_table_shows_intervals_usage_and_echo_rates():
+    import fidelity
+
+    assert fidelity.effective_number(["a", "a", "b", "b"]) == 2.0
+    assert fidelity.effective_number(["a"] * 9) == 1.0 and fidelity.effective_number([]) is None
+
+    def row(name, fid, ci):
+        return {"name": name, "fid": fid, "mauve": 0.5, "kl_cosine": 0.1, "f1": None,
+                "ci95": {"fid": ci, "mauve": [0.4, 0.6], "kl_cosine": None},
+                "personas_used": 3, "effective_personas": 2.5, "exemplars_used": 7,
+                "effective_exemplars": 6.0,
+                "diversity": {"vendi": 12.0}, "mean_words": 20.1, "prompt_echo": 0.25, "persona_start": None,
+                "exemplar_copy": 0.1}
+
+    group = {"model": "smollm2-135m", "n": 1000, "embedder": "minilm-l6", "real_words": 19.5,
+             "rows": [row("smollm2-135m:mop", 0.31, [0.29, 0.33])], "reference": row("train", 0.05, None),
+             "real": {"diversity": {"vendi": 30.0}}, "bootstrap": {"method": "200 resamples"}}
+    text = fidelity.table({"groups": [group], "missing": ["smollm2-135m:zerogen (3/1000 rows)"]},
+                          {"generate smollm2-135m:mop": 612.0})
+    lines = text.splitlines()
+    assert lines[0] == "### smollm2-135m, n = 1000, embedder minilm-l6"
+    mop_row = next(line for line in lines if line.startswith("| MoP |"))
+    assert "0.3100 [0.2900, 0.3300]" in mop_row and "0.500 [0.400, 0.600]" in mop_row
+    assert "| 0.1000 |" in mop_row and "3 (2.5) / 7 (6.0)" in mop_row and "0.25 / – / 0.10" in mop_row
+    assert mop_row.endswith("| 612 |")
+    assert any(line.startswith("| real training texts (reference) | 0.0500 |") for line in lines)
+    assert lines[-1] == "Not generated (incomplete): smollm2-135m:zerogen (3/1000 rows)"
