@@ -44,6 +44,26 @@ class MopCLI(LightningCLI):
         parser.add_argument("--validate_before_fit", type=bool, default=True,
                             help="validate the untrained gate before fitting (the number to beat)")
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning 2.6 replaces the model's settings by the checkpoint's when ``--ckpt_path FILE`` resumes a
+        run, which silently drops the ``--model.*`` given now (e.g. a new ``export_dir``). Here the settings
+        of this command win; those that differ from the checkpoint's are listed on stderr."""
+        import sys
+        from pathlib import Path
+
+        import torch
+
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return
+        old = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        now = self.config[sub].get("model")
+        for key, value in sorted(old.items()):
+            if now is not None and key in now and now[key] != value:
+                print(f"note: resuming {ckpt_path}: model.{key} = {now[key]!r} (the checkpoint's run had "
+                      f"{value!r})", file=sys.stderr)
+
     @classmethod
     def known_keys(cls) -> list[str]:
         keys = set()

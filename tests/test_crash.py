@@ -85,6 +85,28 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_worl
     assert not torch.equal(start, ref_ckpt["state_dict"]["gate.W_x.weight"])
 
 
+def test_resuming_from_a_checkpoint_file_keeps_the_settings_given_now(tiny_world, tmp_path):
+    """Lightning 2.6 would replace --model.* by the checkpoint's hparams: a new export_dir is honoured."""
+    import shutil
+
+    w = tiny_world
+    ref = w.finished("ref")
+    ckpt = tmp_path / "ref-last.ckpt"
+    shutil.copy(ref / "runs/tiny/checkpoints/last.ckpt", ckpt)  # the ref run's files stay untouched
+    before = gate_tensors(ref / "runs/tiny/gate")
+    new_gate = tmp_path / "gate-e3"
+    proc = popen(["train.py", "fit", "-c", str(w.config), "--validate_before_fit", "false", "--ckpt_path",
+                  str(ckpt), "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(tmp_path / "run"),
+                  "--model.export_dir", str(new_gate)], tmp_path, w.cache, tmp_path / "resume.log")
+    out = wait_ok(proc, tmp_path / "resume.log")
+    assert f"exported gate: {new_gate}" in out
+    assert f"model.export_dir = '{new_gate}'" in out  # the difference from the checkpoint's run is told
+    assert (new_gate / "config.json").exists()
+    after = gate_tensors(ref / "runs/tiny/gate")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the old export was not overwritten
+    assert _ckpt(tmp_path / "run/checkpoints/last.ckpt")["epoch"] == 2  # the third epoch ran
+
+
 # ---------------------------------------------------------------------------------------------- generation
 def _rows(path: Path) -> list[dict]:
     data = path.read_bytes()
