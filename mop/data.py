@@ -269,8 +269,13 @@ def _too_long(path: Path, line_no: int):
 
 
 def iter_jsonl_objects(path: Path, where: str):
-    """Yield (line number, object) for each non-blank line of a JSONL file; one-line errors name the line."""
-    with open(path, encoding="utf-8") as fh:
+    """Yield (line number, object) for each non-blank line of a JSONL file (.gz / .bz2 / .xz compressed too);
+    one-line errors name the line."""
+    import importlib
+
+    suffix = Path(path).suffix.lower()
+    opener = importlib.import_module(_OPENERS[suffix]).open if suffix in _OPENERS else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue

@@ -161,3 +161,20 @@ def test_split_records_unit():
     assert sum(map(len, out.values())) == 10
     for s in out.values():
         assert all(any(r2.group == r.group for r2 in s if r2 is not r) for r in s)
+
+
+def test_compressed_jsonl_reads_like_the_plain_file(tmp_path):
+    import bz2
+    import gzip
+    import json
+
+    from mop.data import read_table
+
+    text = "".join(json.dumps({"text": f"review {i}", "label": "fresh"}) + "\n" for i in range(3))
+    (tmp_path / "a.jsonl").write_text(text)
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "a.jsonl.bz2").write_bytes(bz2.compress(text.encode()))
+    plain = read_table(tmp_path / "a.jsonl")
+    assert list(plain["text"]) == ["review 0", "review 1", "review 2"]
+    for name in ("a.jsonl.gz", "a.jsonl.bz2"):
+        assert read_table(tmp_path / name).equals(plain)
