@@ -635,15 +635,13 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     mine = shard_batches(num_samples, batch_size, sids, out.done, rank, world)
     others = out.progress_watcher() if rank == 0 and world > 1 else None
     dist.barrier("mop-generate-start")
-    if callable(context_emb):
+    if context_emb is not None:  # this rank's contexts, embedded (or taken from the array) once
+        embed = context_emb if callable(context_emb) else context_emb.__getitem__
         need = sorted({plan[n][0] for batch in mine for n in batch})
-        emb, at = context_emb(need), {p: i for i, p in enumerate(need)}
+        emb, at = embed(need), {p: i for i, p in enumerate(need)}
 
         def contexts_of(positions):
             return emb[[at[p] for p in positions]]
-    elif context_emb is not None:
-        def contexts_of(positions):
-            return context_emb[positions]
     written = empty = 0
     others_seen = [0, 0]  # rows and empty texts of the other ranks (rank 0 only)
     bar = tqdm(total=len(todo), unit="sample", disable=not progress or rank != 0,

@@ -84,8 +84,6 @@ class OutputFile:
     ``repair``: cut a torn last line (left by a kill) from the file; only the file's writer should.
     """
 
-    IDENTITY = IDENTITY
-
     def __init__(self, path: str | Path, identity: dict[str, Any], repair: bool = True):
         self.path = Path(path).expanduser()
         parent = self.path.parent
@@ -139,7 +137,7 @@ class ShardedOutput:
         for part in self.part_files():
             if part == own:
                 continue
-            lines, cut, size = read_lines(part)
+            lines, _, _ = read_lines(part)
             self.done.update(i for i in parse_ids(part, lines, identity) if i is not None)
         if world_size > 1:
             self.parts_dir.mkdir(exist_ok=True)
