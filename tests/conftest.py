@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, one torch thread, CSV writing and the tiny train.py world.
+"""Shared fixtures: offline hub, one torch thread, CSV writing, the scorers' tiny LMs and the tiny train.py
+world.
 
 The builders behind them (tiny random LMs, exports, synthetic data modules, running the CLI) are plain
 functions in tests/helpers.py, so that tests and the scripts they run as subprocesses import them from one
@@ -28,6 +29,33 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(before)
+
+
+# The scorers' tiny LMs (tests/test_scoring.py, tests/test_prefix_scoring.py): peaked heads, one vocabulary
+SCORING_VOCAB = 97
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from helpers import peaked_tiny_lm
+
+    return peaked_tiny_lm("llama", SCORING_VOCAB, seed=0, max_positions=None)
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    """Sliding window 3 (shorter than most sequences and than the shared prefixes) and logit softcapping on,
+    to exercise both."""
+    from helpers import peaked_tiny_lm
+
+    return peaked_tiny_lm("gemma3", SCORING_VOCAB, seed=1, max_positions=None, sliding_window=3,
+                          layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def tiny_lm(request):
+    """Each scorer test on both (tests/test_generate.py has its own tiny_lm, with a tokenizer)."""
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture

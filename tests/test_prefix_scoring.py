@@ -8,30 +8,12 @@ import random
 
 import pytest
 import torch
-from helpers import peaked_tiny_lm
 
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
 
 VOCAB = 97
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return peaked_tiny_lm("llama", VOCAB, seed=0, max_positions=None)
-
-
-@pytest.fixture(scope="module")
-def gemma3():
-    """Sliding window 3 (much shorter than the shared prefixes) and logit softcapping on."""
-    return peaked_tiny_lm("gemma3", VOCAB, seed=1, max_positions=None, sliding_window=3,
-                          layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)
-
-
-@pytest.fixture(params=["llama", "gemma3"])
-def tiny_lm(request):
-    return request.getfixturevalue(request.param)
 
 
 def _toks(rng, lo, hi):

@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-from helpers import peaked_tiny_lm
 
 from mop.errors import MopError
 from mop.scoring import FrozenLMScorer, naive_log_likelihood, tempered_token_terms
@@ -16,23 +15,6 @@ VOCAB = 97
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return peaked_tiny_lm("llama", VOCAB, seed=0)
-
-
-@pytest.fixture(scope="module")
-def gemma3():
-    """Sliding window 3 (shorter than most sequences) and logit softcapping on, to exercise both."""
-    return peaked_tiny_lm("gemma3", VOCAB, seed=1, max_positions=None, sliding_window=3,
-                          layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)
-
-
-@pytest.fixture(params=["llama", "gemma3"])
-def tiny_lm(request):
-    return request.getfixturevalue(request.param)
 
 
 def _pairs(n: int, seed: int = 0, max_prompt: int = 12, max_target: int = 9):
