@@ -162,6 +162,9 @@ def real_sets(args, gate: Path, n: int):
     from mop.generate import dataset_contexts, sample_plan
 
     records = dataset_contexts(args.config, "test", read_export_config(gate))
+    if n > len(records):
+        print(f"[fidelity] note: n = {n} is more than the {len(records)} test contexts: generate.py visits "
+              "contexts again, and the real side repeats their texts", flush=True)
     # the contexts generate.py --shuffle visits (a prefix for any n)
     plan = sample_plan(records, n, args.seed)
     real = [records[i] for i, _ in plan]
