@@ -75,11 +75,14 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def split_stats(marg: torch.Tensor, pi: torch.Tensor | None, recs, pool, split: str) -> dict:
     """marg (B, N) exemplar marginal; pi (B, K) or None."""
-    lab_x = np.array([r.label for r in recs])
-    lab_e = np.array([e.label for e in pool])
-    same_label = torch.as_tensor(lab_x[:, None] == lab_e[None, :], dtype=torch.float32)
-    per = {"eff_exemplars": _entropy(marg).exp(), "label_match": (marg * same_label).sum(-1)}
-    if split == "train":
+    per = {"eff_exemplars": _entropy(marg).exp()}
+    labelled = any(r.label is not None for r in recs)  # a population without labels has no label match
+    if labelled:
+        lab_x = np.array([r.label for r in recs], dtype=object)
+        lab_e = np.array([e.label for e in pool], dtype=object)
+        same_label = torch.as_tensor(lab_x[:, None] == lab_e[None, :], dtype=torch.float32)
+        per["label_match"] = (marg * same_label).sum(-1)
+    if split == "train" and any(r.group is not None for r in recs):
         grp_x = np.array([r.group for r in recs], dtype=object)
         grp_e = np.array([e.group for e in pool], dtype=object)
         same_group = torch.as_tensor(grp_x[:, None] == grp_e[None, :], dtype=torch.float32)
@@ -92,7 +95,7 @@ def split_stats(marg: torch.Tensor, pi: torch.Tensor | None, recs, pool, split: 
         per["top_persona"] = pi.max(-1).values
     out = {k: {"mean": float(v.mean()), "median": float(v.median())} for k, v in per.items()}
     out["n"] = len(recs)
-    out["label_match_uniform"] = float(same_label.mean())
+    out["label_match_uniform"] = float(same_label.mean()) if labelled else None
     out["eff_exemplars_global"] = float(_entropy(mean_m).exp())
     out["distinct_top_exemplars"] = int(marg.argmax(-1).unique().numel())
     if pi is not None:
@@ -192,13 +195,14 @@ def markdown(results: dict, splits) -> str:
             for key, _ in COLS:
                 cells.append(f"{s[key]['mean']:.3f} / {s[key]['median']:.3f}" if key in s else "–")
             if split == "train":
-                cells.append(f"{s['own_group']['mean']:.3f} ({s['own_group_uniform']['mean']:.3f})")
+                cells.append(f"{s['own_group']['mean']:.3f} ({s['own_group_uniform']['mean']:.3f})"
+                             if "own_group" in s else "–")
             cells += [f"{s['eff_exemplars_global']:.1f}", str(s["distinct_top_exemplars"]),
                       str(s.get("distinct_top_personas", "–"))]
             lines.append("| " + " | ".join(cells) + " |")
         lab = next(iter(results.values()))[split]["label_match_uniform"]
-        lines.append(f"\ncells: mean / median over the split's contexts; label-match of a uniform Omega: "
-                     f"{lab:.3f}")
+        lines.append("\ncells: mean / median over the split's contexts; label-match of a uniform Omega: "
+                     + (f"{lab:.3f}" if lab is not None else "– (no labels)"))
     return "\n".join(lines)
 
 
