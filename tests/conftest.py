@@ -31,13 +31,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# The scorers' tiny LMs (tests/test_scoring.py, tests/test_prefix_scoring.py): peaked heads, one vocabulary
-SCORING_VOCAB = 97
+# The scorers' tiny LMs (tests/test_scoring.py, tests/test_prefix_scoring.py): peaked heads over
+# helpers.SCORING_VOCAB
 
 
 @pytest.fixture(scope="module")
 def llama():
-    from helpers import peaked_tiny_lm
+    from helpers import SCORING_VOCAB, peaked_tiny_lm
 
     return peaked_tiny_lm("llama", SCORING_VOCAB, seed=0, max_positions=None)
 
@@ -46,7 +46,7 @@ def llama():
 def gemma3():
     """Sliding window 3 (shorter than most sequences and than the shared prefixes) and logit softcapping on,
     to exercise both."""
-    from helpers import peaked_tiny_lm
+    from helpers import SCORING_VOCAB, peaked_tiny_lm
 
     return peaked_tiny_lm("gemma3", SCORING_VOCAB, seed=1, max_positions=None, sliding_window=3,
                           layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)

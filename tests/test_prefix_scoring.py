@@ -8,10 +8,11 @@ import random
 
 import pytest
 import torch
+from helpers import SCORING_VOCAB
 
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
 
-VOCAB = 97
+VOCAB = SCORING_VOCAB
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,11 +7,12 @@ import random
 
 import pytest
 import torch
+from helpers import SCORING_VOCAB
 
 from mop.errors import MopError
 from mop.scoring import FrozenLMScorer, naive_log_likelihood, tempered_token_terms
 
-VOCAB = 97
+VOCAB = SCORING_VOCAB
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
