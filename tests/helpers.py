@@ -133,7 +133,7 @@ def make_tiny_lm(arch: str = "llama", *, tokenizer: str | None = "bytes", chat: 
 SCORING_VOCAB = 97
 
 
-def peaked_tiny_lm(arch: str = "llama", vocab_size: int = 97, **kwargs):
+def peaked_tiny_lm(arch: str = "llama", vocab_size: int = SCORING_VOCAB, **kwargs):
     """A tokenizer-less tiny LM (:func:`make_tiny_lm`) whose output head is scaled x12: random weights give
     near-uniform logits, the scaled head peaked ones (the scoring tests compare numbers on it)."""
     import torch

@@ -137,3 +137,24 @@ def test_fidelity_table_shows_intervals_usage_and_echo_rates():
     assert mop_row.endswith("| 612 |")
     assert any(line.startswith("| real training texts (reference) | 0.0500 |") for line in lines)
     assert lines[-1] == "Not generated (incomplete): smollm2-135m:zerogen (3/1000 rows)"
+
+
+def test_gate_diagnosis_label_match_only_for_a_labelled_population():
+    from types import SimpleNamespace as R
+
+    import gate_diagnosis
+
+    marg = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    pool = [R(label="fresh", group="m1", response="a b"), R(label="rotten", group="m2", response="c"),
+            R(label="fresh", group="m3", response="d e f")]
+    labelled = [R(label="fresh", group="m1"), R(label="rotten", group="m9")]
+    s = gate_diagnosis.split_stats(marg, None, labelled, pool, "train")
+    assert s["label_match"]["mean"] == pytest.approx((0.8 + 0.1) / 2)  # row 0: 0.7 + 0.1, row 1: 0.1
+    assert s["label_match_uniform"] == pytest.approx(0.5)
+    assert s["own_group"]["mean"] == pytest.approx(0.35)  # row 0's own movie m1 holds 0.7, row 1's none
+
+    bare_pool = [R(label=None, group=None, response="a b") for _ in range(3)]
+    bare = gate_diagnosis.split_stats(marg, None, [R(label=None, group=None)] * 2, bare_pool, "train")
+    assert "label_match" not in bare and "own_group" not in bare and bare["label_match_uniform"] is None
+    text = gate_diagnosis.markdown({"g": {"train": bare}}, ["train"])
+    assert "– (no labels)" in text and "1.000" not in text

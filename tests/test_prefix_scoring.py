@@ -8,11 +8,9 @@ import random
 
 import pytest
 import torch
-from helpers import SCORING_VOCAB
+from helpers import SCORING_VOCAB as VOCAB
 
 from mop.scoring import FrozenLMScorer, naive_log_likelihood
-
-VOCAB = SCORING_VOCAB
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,13 +7,10 @@ import random
 
 import pytest
 import torch
-from helpers import SCORING_VOCAB
+from helpers import SCORING_VOCAB as VOCAB
 
 from mop.errors import MopError
 from mop.scoring import FrozenLMScorer, naive_log_likelihood, tempered_token_terms
-
-VOCAB = SCORING_VOCAB
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
