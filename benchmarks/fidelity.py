@@ -67,6 +67,14 @@ def parse_args(argv=None):
     p.add_argument("--baseline-temperature", type=float, default=None,
                    help="sampling temperature of the baselines (default: generate's, the export's mean tau); "
                         "the gated methods sample at their persona's tau_k")
+    p.add_argument("--temperature-grid", type=float, nargs="+", default=None, metavar="TAU",
+                   help="choose each run's sampling temperature on the validation split: its texts for "
+                        "--val-samples val contexts at every TAU, scored by FID on the first embedder "
+                        "against the real val texts of the same contexts; the lowest wins and is used on "
+                        "test (the ablations, mop-*, take mop's). Default: no choice (the gated methods at "
+                        "tau_k, the baselines at --baseline-temperature)")
+    p.add_argument("--val-samples", type=int, default=200,
+                   help="texts per run and temperature in the --temperature-grid sweep")
     p.add_argument("--gate", default=None,
                    help="an existing export to use instead of training one (baselines only read its "
                         "personas, exemplars and templates)")
@@ -128,22 +136,34 @@ def samples_for(args, model: str, method: str = "") -> int:
             .get(model, args.num_samples))
 
 
-def generate(args, workdir: Path, gate: Path, run: str) -> None:
+def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", config: str | None = None,
+             n: int | None = None, temperature: float | None = None) -> None:
+    """generate.py for one run into ``sample_file(workdir, run)``, resuming a partial file; ``temperature``
+    (one for every row, generate.py --temperature) must match the rows already there."""
     model, method = run.split(":")
     out = sample_file(workdir, run)
     out.parent.mkdir(parents=True, exist_ok=True)
-    n = samples_for(args, model, method)
-    if count_rows(out) >= n:
+    n = samples_for(args, model, method) if n is None else n
+    done = count_rows(out)
+    if temperature is not None and done:
+        first = json.loads(out.open().readline())["temperature"]
+        if abs(first - temperature) > 1e-6:
+            raise SystemExit(f"[fidelity] {out} was sampled at temperature {first}, not {temperature}: "
+                             "use another --workdir or remove it")
+    if done >= n:
         print(f"[fidelity] {run}: {out} complete")
         return
-    cmd = [sys.executable, "generate.py", "--gating", str(gate), "--model", model, "--data", args.config,
-           "--split", "test", "--shuffle", "--num-samples", str(n), "--seed", str(args.seed),
-           "--method", method, "--batch-size", str(args.batch_size), "--output", str(out)]
+    cmd = [sys.executable, "generate.py", "--gating", str(gate), "--model", model,
+           "--data", config or args.config, "--split", split, "--shuffle", "--num-samples", str(n),
+           "--seed", str(args.seed), "--method", method, "--batch-size", str(args.batch_size),
+           "--output", str(out)]
     if args.max_new_tokens is not None:
         cmd += ["--max-new-tokens", str(args.max_new_tokens)]
     if method == "attrprompt" and args.attributes:
         cmd += ["--attributes", args.attributes]
-    if method not in GATED and args.baseline_temperature is not None:
+    if temperature is not None:
+        cmd += ["--temperature", str(temperature)]
+    elif method not in GATED and args.baseline_temperature is not None:
         cmd += ["--temperature", str(args.baseline_temperature)]
     print("[fidelity]", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -152,19 +172,19 @@ def generate(args, workdir: Path, gate: Path, run: str) -> None:
     _add_timing(workdir, f"generate {run}", time.perf_counter() - t0)
 
 
-def real_sets(args, gate: Path, n: int):
-    """The real test reviews of the sampled contexts (the plan generate.py follows) and real training
-    reviews."""
+def real_sets(args, gate: Path, n: int, split: str = "test", config: str | None = None):
+    """The real texts of the sampled contexts of ``split`` (the plan generate.py follows) and n real training
+    texts."""
     import numpy as np
 
     from mop.data import load_dataset_config, load_population
     from mop.export import read_export_config
     from mop.generate import dataset_contexts, sample_plan
 
-    records = dataset_contexts(args.config, "test", read_export_config(gate))
+    records = dataset_contexts(config or args.config, split, read_export_config(gate))
     if n > len(records):
-        print(f"[fidelity] note: n = {n} is more than the {len(records)} test contexts: generate.py visits "
-              "contexts again, and the real side repeats their texts", flush=True)
+        print(f"[fidelity] note: n = {n} is more than the {len(records)} {split} contexts: generate.py "
+              "visits contexts again, and the real side repeats their texts", flush=True)
     # the contexts generate.py --shuffle visits (a prefix for any n)
     plan = sample_plan(records, n, args.seed)
     real = [records[i] for i, _ in plan]
@@ -174,6 +194,73 @@ def real_sets(args, gate: Path, n: int):
     train = [train_recs[i] for i in pick]
     return ([r.response for r in real], [r.label for r in real]), ([r.response for r in train],
                                                                    [r.label for r in train])
+
+
+def val_config(config: str, workdir: Path) -> str:
+    """A copy of ``config`` without its cap on the validation split (training validates on a few records; the
+    temperature sweep samples more contexts of the same split)."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(config).read_text())
+    caps = (cfg.get("data", {}).get("dataset", {}) or {}).get("max_records") or {}
+    caps.pop("val", None)
+    out = workdir / "val_config.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(out)
+
+
+def pick_temperature(fids: dict[float, float]) -> float:
+    """The temperature of the lowest FID (a tie: the higher temperature, closer to the LM's own
+    distribution)."""
+    return min(fids, key=lambda t: (fids[t], -t))
+
+
+def choose_temperatures(args, workdir: Path, gate: Path) -> dict:
+    """Each run's sampling temperature, chosen on the validation split only (the test split is not read):
+    --val-samples texts per run and temperature for the same shuffled val contexts, FID on the first embedder
+    against those contexts' real texts. The ablations (mop-*) take their model's mop temperature."""
+    from mop.evaluate import _encode, _make_embedder, fid
+
+    cfg = val_config(args.config, workdir)
+    n = args.val_samples
+    tuned = [r for r in args.runs if not r.split(":")[1].startswith("mop-")]
+    for tau in args.temperature_grid:
+        for run in tuned:
+            generate(args, workdir / "val" / f"tau{tau:g}", gate, run, split="val", config=cfg, n=n,
+                     temperature=tau)
+    embedder_name = (args.embedders or ["minilm-l6"])[0]
+    embedder = _make_embedder(embedder_name)
+    (real_texts, _), _ = real_sets(args, gate, n, split="val", config=cfg)
+    real = _encode(embedder, real_texts, "real val", False)
+    fids: dict[str, dict[float, float]] = {}
+    for run in tuned:
+        for tau in args.temperature_grid:
+            rows = read_rows(sample_file(workdir / "val" / f"tau{tau:g}", run))[:n]
+            gen = _encode(embedder, [r["text"] for r in rows], run, False)
+            fids.setdefault(run, {})[tau] = round(fid(real, gen), 4)
+    chosen = {run: pick_temperature(f) for run, f in fids.items()}
+    for run in args.runs:
+        model, method = run.split(":")
+        if method.startswith("mop-"):
+            chosen[run] = chosen.get(f"{model}:mop")
+    sweep = {"grid": list(args.temperature_grid), "val_samples": n, "embedder": embedder_name,
+             "criterion": "lowest FID on the validation split", "val_fid": fids, "chosen": chosen}
+    (workdir / "temperatures.json").write_text(json.dumps(sweep, indent=1))
+    print(f"[fidelity] temperatures chosen on val (FID, {embedder_name}, n = {n}): "
+          + ", ".join(f"{r} {t}" for r, t in chosen.items()), flush=True)
+    return sweep
+
+
+def sweep_table(sweep: dict) -> str:
+    grid = sweep["grid"]
+    out = [f"### Sampling temperature per method, chosen on the validation split (FID, {sweep['embedder']}, "
+           f"n = {sweep['val_samples']})", "",
+           "| run | " + " | ".join(f"val FID at tau {t:g}" for t in grid) + " | chosen |",
+           "| --- |" + " --- |" * (len(grid) + 1)]
+    for run, fids in sweep["val_fid"].items():
+        out.append(f"| {run} | " + " | ".join(f"{fids[t]:.4f}" if t in fids else "–" for t in grid)
+                   + f" | {sweep['chosen'][run]:g} |")
+    return "\n".join(out)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -226,6 +313,7 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
                           "effective_exemplars": effective_number(exemplars),
                           "empty": sum(not r["text"] for r in rows),
                           "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1),
+                          "temperature": round(sum(r["temperature"] for r in rows) / len(rows), 3),
                           **prompt_copy_rates(rows, export)}
         if not synthetic:
             continue
@@ -278,8 +366,8 @@ def table(result: dict, timings: dict) -> str:
         out += [f"### {group['model']}, n = {group['n']}, embedder {group['embedder']}", "",
                 "| method | FID ↓ [95% CI] | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
                 "personas / exemplars used (effective) | Vendi | words | prompt echo / persona start / "
-                "exemplar copy | gen s |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "exemplar copy | tau | gen s |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in group["rows"]:
             method = row["name"].split(":")[1]
             eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
@@ -289,17 +377,19 @@ def table(result: dict, timings: dict) -> str:
                        f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "
                        f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
                        f"{_rate(row.get('prompt_echo'))} / {_rate(row.get('persona_start'))} / "
-                       f"{_rate(row.get('exemplar_copy'))} | "
+                       f"{_rate(row.get('exemplar_copy'))} | {row.get('temperature', '–')} | "
                        f"{timings.get('generate ' + row['name'], float('nan')):.0f} |")
         ref = group.get("reference")
         if ref:
             out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | {_ci(ref, 'mauve', 3)} | "
                        f"{_ci(ref, 'kl_cosine', 4)} | {_ci(ref, 'f1', 3)} | – | "
-                       f"{ref['diversity']['vendi']:.1f} | – | – | – |")
+                       f"{ref['diversity']['vendi']:.1f} | – | – | – | – |")
         out.append(f"| real test texts (the target) | 0 | 1 | 0 | – | – | "
-                   f"{group['real']['diversity']['vendi']:.1f} | {group['real_words']} | – | – |")
+                   f"{group['real']['diversity']['vendi']:.1f} | {group['real_words']} | – | – | – |")
         method = (group.get("bootstrap") or {}).get("method")
         out += ["", method or "", ""]
+    if result.get("temperatures"):
+        out += [sweep_table(result["temperatures"]), ""]
     if result.get("missing"):
         out.append("Not generated (incomplete): " + ", ".join(result["missing"]))
     return "\n".join(out)
@@ -314,9 +404,10 @@ def main(argv=None) -> int:
     steps = set(args.steps.split(","))
     t_start = time.perf_counter()
     gate = Path(args.gate) if args.gate else train(args, workdir) if "train" in steps else workdir / "gate"
+    sweep = choose_temperatures(args, workdir, gate) if args.temperature_grid else None
     if "generate" in steps:
         for run in args.runs:
-            generate(args, workdir, gate, run)
+            generate(args, workdir, gate, run, temperature=sweep["chosen"][run] if sweep else None)
     if "evaluate" not in steps:
         return 0
     result = evaluate(args, workdir, gate)
@@ -326,7 +417,7 @@ def main(argv=None) -> int:
         "config": args.config, "epochs": args.epochs, "num_samples": args.num_samples,
         "ablation_samples": args.ablation_samples,
         "model_samples": args.model_samples, "seed": args.seed,
-        "max_new_tokens": args.max_new_tokens, "timings_s": timings,
+        "max_new_tokens": args.max_new_tokens, "timings_s": timings, "temperatures": sweep,
         "gate_metrics": gate_cfg.get("metrics", {}),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -158,3 +158,76 @@ def test_gate_diagnosis_label_match_only_for_a_labelled_population():
     assert "label_match" not in bare and "own_group" not in bare and bare["label_match_uniform"] is None
     text = gate_diagnosis.markdown({"g": {"train": bare}}, ["train"])
     assert "– (no labels)" in text and "1.000" not in text
+
+
+def test_fidelity_val_config_drops_only_the_val_cap(tmp_path):
+    import fidelity
+    import yaml
+
+    cfg = fidelity.val_config(str(REPO / "configs" / "fidelity.yaml"), tmp_path)
+    data = yaml.safe_load(open(cfg))["data"]["dataset"]
+    assert data["max_records"] == {"train": 2000}
+    assert data["source"] == "rotten-tomatoes" and data["split"] == [0.8, 0.1, 0.1]
+
+
+def test_fidelity_refuses_to_resume_a_set_sampled_at_another_temperature(tmp_path):
+    import argparse
+
+    import fidelity
+
+    out = fidelity.sample_file(tmp_path, "smollm2-135m:fewshot")
+    out.parent.mkdir(parents=True)
+    out.write_text("".join(json.dumps({"text": "t", "temperature": 1.0}) + "\n" for _ in range(3)))
+    args = argparse.Namespace(num_samples=3, model_samples=[], ablation_samples=None)
+    with pytest.raises(SystemExit, match="sampled at temperature 1.0, not 0.7"):
+        fidelity.generate(args, tmp_path, tmp_path / "gate", "smollm2-135m:fewshot", temperature=0.7)
+    fidelity.generate(args, tmp_path, tmp_path / "gate", "smollm2-135m:fewshot", temperature=1.0)  # complete
+
+
+def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mops(tmp_path, monkeypatch):
+    import argparse
+
+    import fidelity
+    import numpy as np
+
+    import mop.evaluate
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(40, 4))
+    # a run's texts sit at an offset from the real set that is smallest at its "best" temperature
+    best = {"smollm2-135m:mop": 0.6, "smollm2-135m:fewshot": 1.0}
+    calls = []
+
+    def fake_generate(args, workdir, gate, run, *, split="test", config=None, n=None, temperature=None):
+        calls.append((run, split, n, temperature))
+        out = fidelity.sample_file(workdir, run)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shift = abs(temperature - best[run]) * 3
+        out.write_text("".join(json.dumps({"text": f"{shift}|{i}", "temperature": temperature}) + "\n"
+                               for i in range(n)))
+
+    class Embedder:
+        def encode(self, texts):
+            return np.stack([real[int(t.split("|")[1]) % 40] + float(t.split("|")[0]) if "|" in t
+                             else real[int(t)] for t in texts])
+
+    monkeypatch.setattr(fidelity, "generate", fake_generate)
+    monkeypatch.setattr(fidelity, "real_sets", lambda args, gate, n, split, config: (
+        ([str(i) for i in range(n)], None), None))
+    monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name: Embedder())
+    args = argparse.Namespace(config=str(REPO / "configs" / "fidelity.yaml"), val_samples=40,
+                              temperature_grid=[0.6, 0.8, 1.0], embedders=None,
+                              runs=["smollm2-135m:mop", "smollm2-135m:fewshot",
+                                    "smollm2-135m:mop-no-exemplar"])
+    sweep = fidelity.choose_temperatures(args, tmp_path, tmp_path / "gate")
+    assert sweep["chosen"] == {"smollm2-135m:mop": 0.6, "smollm2-135m:fewshot": 1.0,
+                               "smollm2-135m:mop-no-exemplar": 0.6}
+    assert {c[0] for c in calls} == {"smollm2-135m:mop", "smollm2-135m:fewshot"}  # no ablation sweep
+    assert all(c[1] == "val" and c[2] == 40 for c in calls) and len(calls) == 6
+    fids = sweep["val_fid"]["smollm2-135m:mop"]
+    assert fids[0.6] < fids[0.8] < fids[1.0]
+    assert json.loads((tmp_path / "temperatures.json").read_text())["chosen"] == sweep["chosen"]
+    table = fidelity.sweep_table(sweep).splitlines()
+    assert table[2] == "| run | val FID at tau 0.6 | val FID at tau 0.8 | val FID at tau 1 | chosen |"
+    assert table[4].startswith("| smollm2-135m:mop | 0.0000 |") and table[4].endswith("| 0.6 |")
+    assert fidelity.pick_temperature({0.7: 0.2, 1.0: 0.2, 0.5: 0.3}) == 1.0
