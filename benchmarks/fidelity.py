@@ -78,11 +78,18 @@ def parse_args(argv=None):
     p.add_argument("--gate", default=None,
                    help="an existing export to use instead of training one (baselines only read its "
                         "personas, exemplars and templates)")
-    p.add_argument("--steps", default="train,generate,evaluate", help="comma-separated subset of the steps")
+    p.add_argument("--steps", default="train,generate,evaluate",
+                   help="comma-separated subset of train, generate, evaluate; with --temperature-grid the "
+                        "sweep runs before generate whatever the steps (--steps sweep: the sweep alone)")
     p.add_argument("--output", default="benchmarks/results/fidelity", help="writes OUTPUT.json and OUTPUT.md")
     p.add_argument("--plot", default="benchmarks/results/fidelity.png",
                    help="PCA panels, one per set, one file per group (NAME_<lm>_<n>.png; empty: none)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.temperature_grid and min(args.temperature_grid) <= 0:
+        p.error(f"--temperature-grid: temperatures must be positive, got {min(args.temperature_grid)}")
+    if args.val_samples < 2:
+        p.error(f"--val-samples must be at least 2 (FID needs 2 texts), got {args.val_samples}")
+    return args
 
 
 def _timings(workdir: Path) -> dict:

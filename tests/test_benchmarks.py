@@ -231,3 +231,15 @@ def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mo
     assert table[2] == "| run | val FID at tau 0.6 | val FID at tau 0.8 | val FID at tau 1 | chosen |"
     assert table[4].startswith("| smollm2-135m:mop | 0.0000 |") and table[4].endswith("| 0.6 |")
     assert fidelity.pick_temperature({0.7: 0.2, 1.0: 0.2, 0.5: 0.3}) == 1.0
+
+
+def test_fidelity_rejects_a_bad_temperature_grid(capsys):
+    import fidelity
+
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--temperature-grid", "0.7", "0"])
+    assert "temperatures must be positive, got 0.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--val-samples", "1"])
+    assert "--val-samples must be at least 2" in capsys.readouterr().err
+    assert fidelity.parse_args(["--temperature-grid", "0.6", "1.0"]).temperature_grid == [0.6, 1.0]
