@@ -243,3 +243,25 @@ def test_fidelity_rejects_a_bad_temperature_grid(capsys):
         fidelity.parse_args(["--val-samples", "1"])
     assert "--val-samples must be at least 2" in capsys.readouterr().err
     assert fidelity.parse_args(["--temperature-grid", "0.6", "1.0"]).temperature_grid == [0.6, 1.0]
+
+
+def test_fidelity_generate_passes_the_split_config_and_temperature_to_generate_py(tmp_path, monkeypatch):
+    import argparse
+
+    import fidelity
+
+    cmds = []
+    monkeypatch.setattr(fidelity.subprocess, "run", lambda cmd, **kw: cmds.append(cmd))
+    args = argparse.Namespace(num_samples=3, model_samples=[], ablation_samples=None, config="base.yaml",
+                              seed=0, batch_size=8, max_new_tokens=None, attributes=None,
+                              baseline_temperature=0.9)
+    fidelity.generate(args, tmp_path, tmp_path / "gate", "smollm2-135m:fewshot", split="val",
+                      config="val.yaml", n=5, temperature=0.6)
+    fidelity.generate(args, tmp_path / "b", tmp_path / "gate", "smollm2-135m:fewshot")
+    chosen, default = cmds
+    assert chosen[chosen.index("--temperature") + 1] == "0.6" and chosen.count("--temperature") == 1
+    assert chosen[chosen.index("--split") + 1] == "val" and chosen[chosen.index("--data") + 1] == "val.yaml"
+    assert chosen[chosen.index("--num-samples") + 1] == "5"
+    assert default[default.index("--temperature") + 1] == "0.9"  # no choice: --baseline-temperature
+    assert default[default.index("--split") + 1] == "test"
+    assert default[default.index("--data") + 1] == "base.yaml"
