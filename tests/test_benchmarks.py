@@ -137,6 +137,9 @@ def test_fidelity_table_shows_intervals_usage_and_echo_rates():
     assert mop_row.endswith("| 612 |")
     assert any(line.startswith("| real training texts (reference) | 0.0500 |") for line in lines)
     assert lines[-1] == "Not generated (incomplete): smollm2-135m:zerogen (3/1000 rows)"
+    # a set this workdir did not generate (copied in) has no generation time: a dash, not "nan"
+    copied = fidelity.table({"groups": [group], "missing": []}, {})
+    assert next(line for line in copied.splitlines() if line.startswith("| MoP |")).endswith("| – |")
 
 
 def test_gate_diagnosis_label_match_only_for_a_labelled_population():
