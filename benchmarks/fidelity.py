@@ -363,13 +363,9 @@ def _ci(row: dict, key: str, digits: int) -> str:
     return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
 
 
-def _seconds(value) -> str:
-    """A generation time, or – for a set this workdir did not generate (e.g. one copied in)."""
-    return "–" if value is None else f"{value:.0f}"
-
-
-def _rate(value) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def _rate(value, digits: int = 2) -> str:
+    """A number, or – where there is none (e.g. the generation time of a set copied into the workdir)."""
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def table(result: dict, timings: dict) -> str:
@@ -390,7 +386,7 @@ def table(result: dict, timings: dict) -> str:
                        f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
                        f"{_rate(row.get('prompt_echo'))} / {_rate(row.get('persona_start'))} / "
                        f"{_rate(row.get('exemplar_copy'))} | {row.get('temperature', '–')} | "
-                       f"{_seconds(timings.get('generate ' + row['name']))} |")
+                       f"{_rate(timings.get('generate ' + row['name']), 0)} |")
         ref = group.get("reference")
         if ref:
             out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | {_ci(ref, 'mauve', 3)} | "
