@@ -73,8 +73,9 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def split_stats(marg: torch.Tensor, pi: torch.Tensor | None, recs, pool, split: str) -> dict:
-    """marg (B, N) exemplar marginal; pi (B, K) or None."""
+def split_stats(marg: torch.Tensor, pi: torch.Tensor | None, recs, pool, split: str,
+                null: int | None = None) -> dict:
+    """marg (B, N) exemplar marginal; pi (B, K) or None; ``null``: the persona-free component's position."""
     per = {"eff_exemplars": _entropy(marg).exp()}
     labelled = any(r.label is not None for r in recs)  # a population without labels has no label match
     if labelled:
@@ -93,6 +94,8 @@ def split_stats(marg: torch.Tensor, pi: torch.Tensor | None, recs, pool, split: 
     if pi is not None:
         per["eff_personas"] = _entropy(pi).exp()
         per["top_persona"] = pi.max(-1).values
+        if null is not None:
+            per["null_persona"] = pi[:, null]
     out = {k: {"mean": float(v.mean()), "median": float(v.median())} for k, v in per.items()}
     out["n"] = len(recs)
     out["label_match_uniform"] = float(same_label.mean()) if labelled else None
@@ -125,7 +128,7 @@ def diagnose_gate(gate: Gate, art, exclude: dict, splits) -> dict:
         pi = gate.log_pi(hx, hg).exp()  # (B, K)
         om = gate.log_omega(hx, hg, pool_emb, mask).exp()  # (B, K, N)
         marg = (pi[..., None] * om).sum(1)
-        res[split] = split_stats(marg, pi, art.population[split], art.pool, split)
+        res[split] = split_stats(marg, pi, art.population[split], art.pool, split, art.null_persona_index)
         res[split].update(logit_context_share(gate, art, split))
     return res
 
@@ -175,6 +178,7 @@ def diagnose_retrieval(T: float, art, exclude: dict, splits) -> dict:
 
 
 COLS = [("eff_personas", "eff. personas"), ("top_persona", "top-persona share"),
+        ("null_persona", "persona-free mass"),
         ("eff_exemplars", "eff. exemplars / x"), ("label_match", "label-match mass"),
         ("ctx_tv", "TV(m(x), mean m)")]
 

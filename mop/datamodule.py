@@ -156,7 +156,10 @@ class PopulationDataModule(pl.LightningDataModule):
         source = Path(str(self.dataset.source))
         if source.exists():  # a user file: its content, not its name, keys the artifacts
             spec["source_sha1"] = hashlib.sha1(source.read_bytes()).hexdigest()
-        payload = dict(format=ARTIFACT_FORMAT, dataset=spec, personas=dataclasses.asdict(self.personas),
+        personas = dataclasses.asdict(self.personas)
+        if not personas["null_persona"]:  # keys built before the option existed stay valid
+            del personas["null_persona"]
+        payload = dict(format=ARTIFACT_FORMAT, dataset=spec, personas=personas,
                        persona_file=persona_file_hash, embedder=self.embedder,
                        num_exemplars=self.num_exemplars, seed=self.seed)
         return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -181,7 +184,7 @@ class PopulationDataModule(pl.LightningDataModule):
     def _build(self, out: Path) -> None:
         from mop.embed import Embedder
         from mop.index import ExemplarIndex
-        from mop.personas import load_personas_jsonl, synthesize_personas
+        from mop.personas import NULL_SOURCE, load_personas_jsonl, null_persona, synthesize_personas
 
         population = self.population()
         train = population["train"]
@@ -201,6 +204,11 @@ class PopulationDataModule(pl.LightningDataModule):
                 synthesizer=self.personas.synthesizer, lm=self.personas.lm, seed=self.personas.seed,
                 labels=[r.label for r in train], text_kind=self.personas.text_kind,
                 role=self.personas.role)
+        if self.personas.null_persona:
+            if any(p.source == NULL_SOURCE for p in personas):
+                raise MopError("data.personas.null_persona is set but the personas file already holds the "
+                               "persona-free component")
+            personas = [*personas, null_persona()]
         context_emb = {split: _encode_unique(embedder,
                                              [population.render_context(r) for r in population[split]],
                                              f"embedding {split} contexts")

@@ -264,7 +264,8 @@ def prompt_copy_rates(rows: Sequence[dict[str, Any]], export, echo_n: int = 5,
     - ``prompt_echo``: share of texts holding a run of ``echo_n`` words of their own prompt outside the
       exemplar's response (the instructions, the persona, the context, the attribute line);
     - ``persona_start``: share of texts starting with the first two words of the prompt's persona
-      ("You are ...": a base LM continuing the persona rather than writing the text; rows with a persona);
+      ("You are ...": a base LM continuing the persona rather than writing the text; rows with a persona
+      line);
     - ``exemplar_copy``: share of the texts with an exemplar that hold a run of ``copy_n`` words of the
       exemplar's response (copying the real text the prompt showed).
     """
@@ -285,7 +286,7 @@ def prompt_copy_rates(rows: Sequence[dict[str, Any]], export, echo_n: int = 5,
         if response:
             prompt = prompt.replace(response, "\n")
         echo += bool(_ngrams(words, echo_n) & _ngrams(text_tokens(prompt), echo_n))
-        if k is not None:
+        if k is not None and export.persona_texts[k]:  # the persona-free component has no persona line
             with_persona += 1
             start += words[:2] == text_tokens(export.persona_texts[k])[:2]
         if j is not None:

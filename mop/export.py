@@ -3,7 +3,7 @@
     config.json         format version, embedder name/dim, d, M, templates, sizes, LM (informational),
                         training metrics, sha256 of every other file
     gate.safetensors    W_x, W_g, W_e, log_tau (+ the frozen persona embeddings)
-    personas.jsonl      id, text, cluster size
+    personas.jsonl      id, text, cluster size, source ("none": the persona-free component, empty text)
     exemplars.jsonl     id, context fields, label, response
     exemplars.faiss + exemplar_embeddings.npy   the exemplar index
 
@@ -202,8 +202,8 @@ def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, i
         tensors = {k: v.detach().cpu().float().contiguous() for k, v in gate.state_dict().items()}
         tensors["persona_emb"] = torch.as_tensor(persona_emb).detach().cpu().float().contiguous()
         save_file(tensors, str(tmp / GATE_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        _write_jsonl(tmp / PERSONAS_FILE, ({"id": p.id, "text": p.text, "cluster_size": int(p.cluster_size)}
-                                           for p in personas))
+        _write_jsonl(tmp / PERSONAS_FILE, ({"id": p.id, "text": p.text, "cluster_size": int(p.cluster_size),
+                                            "source": p.source} for p in personas))
         _write_jsonl(tmp / EXEMPLARS_FILE, ({"id": e.id, "context": e.context, "label": e.label,
                                              "group": e.group, "response": e.response} for e in pool))
         index.save(tmp)

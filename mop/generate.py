@@ -3,8 +3,9 @@
 For each context x: k ~ pi(x), j ~ Omega_k(x) (exact dense softmax over the exemplar pool, the context's own
 record masked out), the prompt is rendered from the export's template, and the LM samples at temperature tau_k
 (top-p configurable). Baselines share the machinery and the prompt template (a line whose fields are all empty
-is dropped): ``uniform`` (untrained, uniform gate), ``persona`` (random persona, no exemplar), ``fewshot``
-(random exemplar, no persona), ``zerogen`` (context only) and ``attrprompt`` (random attribute values).
+is dropped): ``uniform`` (untrained, uniform gate), ``persona`` (random described persona, no exemplar),
+``fewshot`` (random exemplar, no persona), ``zerogen`` (context only) and ``attrprompt`` (random attribute
+values).
 
 Reproducibility: every random choice of a sample (its persona, exemplar, attribute values and each sampled
 token) comes from its own generators, seeded from (seed, sample id). Tokens are drawn by a per-row Gumbel-max
@@ -199,7 +200,12 @@ class ComponentSampler:
         hx = torch.as_tensor(hx, dtype=torch.float32)
         K = self.export.num_personas
         if self.method not in ("mop", "mop-no-exemplar"):
-            return torch.full((hx.shape[0], K), -float(torch.log(torch.tensor(float(K)))))
+            out = torch.full((hx.shape[0], K), -float("inf"))
+            # the persona baseline draws a described persona (the persona-free component would make it
+            # zerogen); the uniform gate and the random-persona ablation draw any component
+            keep = self.export.described_personas if self.method == "persona" else list(range(K))
+            out[:, keep] = -float(torch.log(torch.tensor(float(len(keep)))))
+            return out
         with torch.no_grad():
             return self.export.gate.log_pi(hx, self.export.persona_emb)
 

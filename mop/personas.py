@@ -33,14 +33,17 @@ log = logging.getLogger(__name__)
 
 SYNTHESIZERS = ("llm", "keywords")
 PERSONAS_FILE = "personas.jsonl"
+NULL_PERSONA_ID = "none"
+NULL_SOURCE = "none"
 
 
 @dataclass
 class Persona:
     """A persona g_k and the cluster it describes (empty for user-supplied personas).
 
-    ``source`` is "llm", "keywords", "fallback" (the LLM's answers failed validation, keywords used) or
-    "user".
+    ``source`` is "llm", "keywords", "fallback" (the LLM's answers failed validation, keywords used),
+    "user" or "none" (the persona-free component, :data:`NULL_PERSONA_ID`: empty text, so its prompts have no
+    persona line).
     """
 
     id: str
@@ -68,6 +71,22 @@ class PersonaList:
     def persona_sizes(self) -> list[int]:
         return [p.cluster_size for p in self.personas]
 
+    @property
+    def described_personas(self) -> list[int]:
+        """Positions of the personas with a description (all but the persona-free component)."""
+        return [k for k, p in enumerate(self.personas) if p.source != NULL_SOURCE]
+
+    @property
+    def null_persona_index(self) -> int | None:
+        """Position of the persona-free component, or None when the personas have none."""
+        return next((k for k, p in enumerate(self.personas) if p.source == NULL_SOURCE), None)
+
+
+def null_persona() -> Persona:
+    """The persona-free mixture component: its prompt drops the "Persona:" line (a line whose fields are all
+    empty is dropped), so the gate can choose, per context, to write without a persona."""
+    return Persona(id=NULL_PERSONA_ID, text="", source=NULL_SOURCE)
+
 
 @dataclass
 class PersonaSpec:
@@ -82,6 +101,8 @@ class PersonaSpec:
         text_kind: what the responses are, in words, for the persona prompts.
         role: who writes them (e.g. ``critic``), for the persona prompts.
         seed: seed of k-means and of the LLM's sampled retries.
+        null_persona: add a persona-free component (:func:`null_persona`) after the K personas, so the
+            gate mixes K + 1 components and one of them is the few-shot prompt (no persona line).
     """
 
     num_personas: PositiveInt = 20
@@ -91,6 +112,7 @@ class PersonaSpec:
     text_kind: str = "texts"
     role: str = "writer"
     seed: int = 0
+    null_persona: bool = False
 
 
 
@@ -702,16 +724,22 @@ def _parse_personas(path: str | Path, default_source: str) -> list[Persona]:
 
     personas: list[Persona] = []
     for n, row in iter_jsonl_objects(path, f"{path}:"):
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
+        text, source = row.get("text"), str(row.get("source", default_source))
+        if source == NULL_SOURCE:
+            if text not in ("", None) or row.get("id", NULL_PERSONA_ID) != NULL_PERSONA_ID:
+                raise MopError(f"{path}: line {n} has source \"{NULL_SOURCE}\" (the persona-free component) "
+                               f"but an id other than \"{NULL_PERSONA_ID}\" or a non-empty text")
+            text = ""
+        elif not isinstance(text, str) or not text.strip():
             raise MopError(f"{path}: line {n} has no \"text\" (a non-empty string is expected)")
-        pid = str(row.get("id", "")) or _persona_id(len(personas), 1000)
+        pid = NULL_PERSONA_ID if source == NULL_SOURCE else (str(row.get("id", "")) or
+                                                              _persona_id(len(personas), 1000))
         try:
             personas.append(Persona(
                 id=pid, text=text.strip(), cluster_size=int(row.get("cluster_size", 0)),
                 member_ids=[str(i) for i in row.get("member_ids", [])],
                 representative_ids=[str(i) for i in row.get("representative_ids", [])],
-                source=str(row.get("source", default_source)),
+                source=source,
             ))
         except (TypeError, ValueError) as err:
             raise MopError(f"{path}: line {n} has a malformed field ({err})") from err

@@ -186,8 +186,9 @@ def unit_rows(rng, n: int, dim: int):
 
 def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: int = 0,
                 init_std: float | None = None, embedder: str = "minilm-l6",
-                hidden: int = 16) -> SimpleNamespace:
-    """A small export written by save_pretrained (random gate, personas and pool), plus what went into it."""
+                hidden: int = 16, null_persona: bool = False) -> SimpleNamespace:
+    """A small export written by save_pretrained (random gate, personas and pool), plus what went into it;
+    ``null_persona``: the last of the k personas is the persona-free component."""
     import numpy as np
     import torch
 
@@ -196,6 +197,7 @@ def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: i
     from mop.gating import Gate
     from mop.index import ExemplarIndex
     from mop.personas import Persona
+    from mop.personas import null_persona as null_persona_component
 
     rng = np.random.default_rng(seed)
     gate = Gate(dim, k, hidden, init_std=init_std, seed=seed)
@@ -211,6 +213,9 @@ def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: i
     ids, texts = ([f"p{i:03d}" for i in range(k)],
                   [f"You are critic number {i}, fond of films." for i in range(k)])
     personas = [Persona(id=i, text=t, cluster_size=n) for n, (i, t) in enumerate(zip(ids, texts), 1)]
+    if null_persona:
+        personas[-1] = null_persona_component()
+        ids[-1], texts[-1] = personas[-1].id, personas[-1].text
     path = save_pretrained(out, gate=gate, personas=personas, persona_emb=persona_emb, pool=pool,
                            index=ExemplarIndex(pool_emb, kind="flat", device="cpu"), config=config)
     return SimpleNamespace(path=path, gate=gate, persona_ids=ids, persona_texts=texts,

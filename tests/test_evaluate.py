@@ -501,3 +501,9 @@ def test_prompt_copy_rates_find_echoes_of_the_prompt_and_copies_of_the_exemplar(
     assert rates["persona_start"] == pytest.approx(1 / 4)
     assert rates["exemplar_copy"] == pytest.approx(1 / 4)
     assert prompt_copy_rates(rows[3:4], export)["prompt_echo"] == 0.0
+    # the persona-free component has no persona line: its rows do not count towards persona_start
+    null_export = load_export(make_export(tmp_path / "null", dim=16, k=3, n_pool=4, null_persona=True).path)
+    null_rows = [row("You are critic number 1, and this film is fine.", persona="none"),
+                 row("You are critic number 1, and this film is fine.", persona="p001")]
+    assert prompt_copy_rates(null_rows[:1], null_export)["persona_start"] is None
+    assert prompt_copy_rates(null_rows, null_export)["persona_start"] == 1.0

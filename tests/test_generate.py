@@ -21,6 +21,7 @@ from mop.data import Record
 from mop.errors import MopError
 from mop.export import load_export
 from mop.generate import (
+    Component,
     ComponentSampler,
     Sampling,
     build_prompt,
@@ -153,6 +154,28 @@ def test_baselines_share_the_template(tmp_path):
     assert lines[-1] == "Review:" and lines[-2].startswith("Attributes: style=") and "aspect=" in lines[-2]
     fixed = ComponentSampler(export, "mop", temperature=0.25).sample(hx, ["c0"], [0], seed=0)[0]
     assert fixed.temperature == 0.25
+
+
+def test_the_persona_free_component_writes_the_fewshot_prompt(tmp_path):
+    """With a null persona the export has K + 1 components: the gate may pick it (its prompt is few-shot's,
+    no persona line), the uniform gate draws it 1 / (K + 1) of the time, the persona baseline never."""
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=4, null_persona=True).path)
+    assert export.null_persona_index == 3 and export.described_personas == [0, 1, 2]
+    assert export.persona_ids[3] == "none" and export.persona_texts[3] == ""
+    record = _contexts(1)[0]
+    with_null = build_prompt(export, record, Component(3, 2, 1.0))
+    fewshot = build_prompt(export, record, Component(None, 2, 1.0))
+    assert with_null == fewshot and "Persona:" not in with_null and "Example: you wrote" in with_null
+    n = 1200
+    hx = torch.zeros(n, 16)
+    persona = np.bincount([c.persona for c in ComponentSampler(export, "persona").sample(
+        hx, [None] * n, range(n), seed=0)], minlength=4)
+    assert persona[3] == 0 and _chisquare(persona[:3], np.full(3, 1 / 3)) > 1e-3
+    uniform = np.bincount([c.persona for c in ComponentSampler(export, "uniform").sample(
+        hx, [None] * n, range(n), seed=0)], minlength=4)
+    assert _chisquare(uniform, np.full(4, 1 / 4)) > 1e-3
+    gated = ComponentSampler(export, "mop")
+    assert torch.isfinite(gated.log_pi(hx[:1])).all()  # the gate weighs the null component like any other
 
 
 # ------------------------------------------------------------------------------------------------ LM sampling

