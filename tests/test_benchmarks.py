@@ -162,6 +162,14 @@ def test_gate_diagnosis_label_match_only_for_a_labelled_population():
     text = gate_diagnosis.markdown({"g": {"train": bare}}, ["train"])
     assert "– (no labels)" in text and "1.000" not in text
 
+    # the persona-free component's mass is reported where the personas have one, and only there
+    pi = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    with_null = gate_diagnosis.split_stats(marg, pi, labelled, pool, "val", null=1)
+    assert with_null["null_persona"]["mean"] == pytest.approx(0.6)
+    assert "null_persona" not in gate_diagnosis.split_stats(marg, pi, labelled, pool, "val")
+    row = gate_diagnosis.markdown({"g": {"val": with_null}}, ["val"]).splitlines()
+    assert "persona-free mass" in row[3] and "| 0.600 / 0.400 |" in row[5]  # mean / (lower) median
+
 
 def test_fidelity_val_config_drops_only_the_val_cap(tmp_path):
     import fidelity
