@@ -170,11 +170,18 @@ class Embedder:
 
     # --- encoding ------------------------------------------------------------------------------------------
     def _forward(self, texts: list[str]) -> np.ndarray:
-        out = self.model.encode(
-            texts, batch_size=len(texts), show_progress_bar=False, convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-        return _l2_normalise(out)
+        """L2-normalised embeddings; a text the tokenizer turns into no token at all (the empty text, for a
+        tokenizer that adds no special tokens) has no embedding and gets the zero vector."""
+        tokenize = getattr(self.model, "preprocess", None) or getattr(self.model, "tokenize", None)
+        mask = tokenize(texts).get("attention_mask") if tokenize is not None else None
+        has_tokens = (mask.sum(-1) > 0).tolist() if mask is not None else [True] * len(texts)
+        keep = [t for t, ok in zip(texts, has_tokens) if ok]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if keep:
+            vecs = self.model.encode(keep, batch_size=len(keep), show_progress_bar=False,
+                                     convert_to_numpy=True, normalize_embeddings=True)
+            out[np.flatnonzero(has_tokens)] = _l2_normalise(vecs)
+        return out
 
     def encode(self, texts: list[str], desc: str = "embedding", show_progress: bool = True) -> np.ndarray:
         """Embed ``texts`` -> (N, dim) float32, L2-normalised; only cache misses reach the model."""
