@@ -172,9 +172,13 @@ class Embedder:
     def _forward(self, texts: list[str]) -> np.ndarray:
         """L2-normalised embeddings; a text the tokenizer turns into no token at all (the empty text, for a
         tokenizer that adds no special tokens) has no embedding and gets the zero vector."""
+        has_tokens = [True] * len(texts)
+        blank = [i for i, t in enumerate(texts) if not t.strip()]  # only a blank text can lack tokens
         tokenize = getattr(self.model, "preprocess", None) or getattr(self.model, "tokenize", None)
-        mask = tokenize(texts).get("attention_mask") if tokenize is not None else None
-        has_tokens = (mask.sum(-1) > 0).tolist() if mask is not None else [True] * len(texts)
+        if blank and tokenize is not None:
+            mask = tokenize([texts[i] for i in blank]).get("attention_mask")
+            for i, n in zip(blank, mask.sum(-1).tolist() if mask is not None else [1] * len(blank)):
+                has_tokens[i] = n > 0
         keep = [t for t, ok in zip(texts, has_tokens) if ok]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if keep:

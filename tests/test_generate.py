@@ -174,8 +174,14 @@ def test_the_persona_free_component_writes_the_fewshot_prompt(tmp_path):
     uniform = np.bincount([c.persona for c in ComponentSampler(export, "uniform").sample(
         hx, [None] * n, range(n), seed=0)], minlength=4)
     assert _chisquare(uniform, np.full(4, 1 / 4)) > 1e-3
+    # the trained gate draws the persona-free component with its weight pi_none(x), like any other
+    export = load_export(make_export(tmp_path / "gate2", dim=16, k=4, init_std=0.6, null_persona=True).path)
     gated = ComponentSampler(export, "mop")
-    assert torch.isfinite(gated.log_pi(hx[:1])).all()  # the gate weighs the null component like any other
+    hx = torch.as_tensor(HashEmbedder(16).encode(["a fresh review of the movie Film 0"]))
+    pi = gated.log_pi(hx)[0].exp().numpy()
+    drawn = np.bincount([c.persona for c in gated.sample(hx.expand(n, -1), [None] * n, range(n), seed=0)],
+                        minlength=4)
+    assert drawn[3] > 0 and _chisquare(drawn, pi) > 1e-3
 
 
 # ------------------------------------------------------------------------------------------------ LM sampling
