@@ -73,6 +73,11 @@ def parse_args(argv=None):
                         "against the real val texts of the same contexts; the lowest wins and is used on "
                         "test (the ablations, mop-*, take mop's). Default: no choice (the gated methods at "
                         "tau_k, the baselines at --baseline-temperature)")
+    p.add_argument("--gate-temperature-grid", type=float, nargs="+", default=None, metavar="T",
+                   help="with --temperature-grid: also choose mop's gate temperature T (generate.py "
+                        "--gate-temperature: pi and Omega tempered to pi^(1/T), Omega^(1/T)) on val, jointly "
+                        "with its sampling temperature, over every (TAU, T) pair; the ablations take mop's. "
+                        "Default: 1 (the trained gate as it is)")
     p.add_argument("--val-samples", type=int, default=200,
                    help="texts per run and temperature in the --temperature-grid sweep")
     p.add_argument("--gate", default=None,
@@ -87,6 +92,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.temperature_grid and min(args.temperature_grid) <= 0:
         p.error(f"--temperature-grid: temperatures must be positive, got {min(args.temperature_grid)}")
+    if args.gate_temperature_grid and not args.temperature_grid:
+        p.error("--gate-temperature-grid is chosen on val together with the sampling temperature: pass "
+                "--temperature-grid too")
+    if args.gate_temperature_grid and min(args.gate_temperature_grid) <= 0:
+        p.error("--gate-temperature-grid: temperatures must be positive, got "
+                f"{min(args.gate_temperature_grid)}")
     if args.val_samples < 2:
         p.error(f"--val-samples must be at least 2 (FID needs 2 texts), got {args.val_samples}")
     return args
@@ -144,19 +155,24 @@ def samples_for(args, model: str, method: str = "") -> int:
 
 
 def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", config: str | None = None,
-             n: int | None = None, temperature: float | None = None) -> None:
+             n: int | None = None, temperature: float | None = None, gate_temperature: float = 1.0) -> None:
     """generate.py for one run into ``sample_file(workdir, run)``, resuming a partial file; ``temperature``
-    (one for every row, generate.py --temperature) must match the rows already there."""
+    (one for every row, generate.py --temperature) and ``gate_temperature`` (generate.py --gate-temperature)
+    must match the rows already there."""
     model, method = run.split(":")
     out = sample_file(workdir, run)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = samples_for(args, model, method) if n is None else n
     done = count_rows(out)
-    if temperature is not None and done:
-        first = json.loads(out.open().readline())["temperature"]
-        if abs(first - temperature) > 1e-6:
-            raise SystemExit(f"[fidelity] {out} was sampled at temperature {first}, not {temperature}: "
-                             "use another --workdir or remove it")
+    if done:
+        first = json.loads(out.open().readline())
+        if temperature is not None and abs(first["temperature"] - temperature) > 1e-6:
+            raise SystemExit(f"[fidelity] {out} was sampled at temperature {first['temperature']}, not "
+                             f"{temperature}: use another --workdir or remove it")
+        if abs(first.get("gate_temperature", 1.0) - gate_temperature) > 1e-6:
+            raise SystemExit(f"[fidelity] {out} was sampled at gate temperature "
+                             f"{first.get('gate_temperature', 1.0)}, not {gate_temperature}: use another "
+                             "--workdir or remove it")
     if done >= n:
         print(f"[fidelity] {run}: {out} complete")
         return
@@ -172,6 +188,8 @@ def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", 
         cmd += ["--temperature", str(temperature)]
     elif method not in GATED and args.baseline_temperature is not None:
         cmd += ["--temperature", str(args.baseline_temperature)]
+    if gate_temperature != 1.0:
+        cmd += ["--gate-temperature", str(gate_temperature)]
     print("[fidelity]", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(workdir / "generate.log", "a") as log:
@@ -222,6 +240,20 @@ def pick_temperature(fids: dict[float, float]) -> float:
     return min(fids, key=lambda t: (fids[t], -t))
 
 
+def pick_gate_temperature(fids: dict[float, dict[float, float]]) -> tuple[float, float]:
+    """(gate temperature, sampling temperature) of the lowest FID over ``{T: {tau: fid}}`` (a tie: the gate
+    temperature closer to 1, the trained gate, then the higher sampling temperature)."""
+    import math
+
+    return min(((g, t) for g, by_tau in fids.items() for t in by_tau),
+               key=lambda gt: (fids[gt[0]][gt[1]], abs(math.log(gt[0])), -gt[1]))
+
+
+def val_dir(workdir: Path, tau: float, gate_temperature: float = 1.0) -> Path:
+    suffix = f"-gate{gate_temperature:g}" if gate_temperature != 1.0 else ""
+    return workdir / "val" / f"tau{tau:g}{suffix}"
+
+
 def choose_temperatures(args, workdir: Path, gate: Path) -> dict:
     """Each run's sampling temperature, chosen on the validation split only (the test split is not read):
     --val-samples texts per run and temperature for the same shuffled val contexts, FID on the first embedder
@@ -231,30 +263,45 @@ def choose_temperatures(args, workdir: Path, gate: Path) -> dict:
     cfg = val_config(args.config, workdir)
     n = args.val_samples
     tuned = [r for r in args.runs if not r.split(":")[1].startswith("mop-")]
+    gate_grid = list(args.gate_temperature_grid or [1.0])
+
+    def gate_grid_of(run):  # the gate temperatures swept for a run: mop's grid, 1 (no gate to temper) else
+        return gate_grid if run.split(":")[1] == "mop" else [1.0]
     for tau in args.temperature_grid:
         for run in tuned:
-            generate(args, workdir / "val" / f"tau{tau:g}", gate, run, split="val", config=cfg, n=n,
-                     temperature=tau)
+            for g in gate_grid_of(run):
+                generate(args, val_dir(workdir, tau, g), gate, run, split="val", config=cfg, n=n,
+                         temperature=tau, gate_temperature=g)
     embedder_name = (args.embedders or ["minilm-l6"])[0]
     embedder = _make_embedder(embedder_name)
     (real_texts, _), _ = real_sets(args, gate, n, split="val", config=cfg)
     real = _encode(embedder, real_texts, "real val", False)
-    fids: dict[str, dict[float, float]] = {}
+    fids: dict[str, dict[float, dict[float, float]]] = {}  # run -> gate temperature -> tau -> FID
     for run in tuned:
-        for tau in args.temperature_grid:
-            rows = read_rows(sample_file(workdir / "val" / f"tau{tau:g}", run))[:n]
-            gen = _encode(embedder, [r["text"] for r in rows], run, False)
-            fids.setdefault(run, {})[tau] = round(fid(real, gen), 4)
-    chosen = {run: pick_temperature(f) for run, f in fids.items()}
+        for g in gate_grid_of(run):
+            for tau in args.temperature_grid:
+                rows = read_rows(sample_file(val_dir(workdir, tau, g), run))[:n]
+                gen = _encode(embedder, [r["text"] for r in rows], run, False)
+                fids.setdefault(run, {}).setdefault(g, {})[tau] = round(fid(real, gen), 4)
+    picks = {run: pick_gate_temperature(f) for run, f in fids.items()}
+    chosen = {run: tau for run, (_, tau) in picks.items()}
+    chosen_gate = {run: g for run, (g, _) in picks.items()}
     for run in args.runs:
         model, method = run.split(":")
         if method.startswith("mop-"):
             chosen[run] = chosen.get(f"{model}:mop")
+            chosen_gate[run] = chosen_gate.get(f"{model}:mop", 1.0)
     sweep = {"grid": list(args.temperature_grid), "val_samples": n, "embedder": embedder_name,
-             "criterion": "lowest FID on the validation split", "val_fid": fids, "chosen": chosen}
+             "criterion": "lowest FID on the validation split",
+             "val_fid": {run: f[1.0] for run, f in fids.items() if 1.0 in f}, "chosen": chosen}
+    if args.gate_temperature_grid:
+        sweep.update(gate_temperature_grid=gate_grid, chosen_gate_temperature=chosen_gate,
+                     val_fid_by_gate_temperature={run: {f"{g:g}": by_tau for g, by_tau in f.items()}
+                                                  for run, f in fids.items()})
     (workdir / "temperatures.json").write_text(json.dumps(sweep, indent=1))
     print(f"[fidelity] temperatures chosen on val (FID, {embedder_name}, n = {n}): "
-          + ", ".join(f"{r} {t}" for r, t in chosen.items()), flush=True)
+          + ", ".join(f"{r} {t}" + (f" (gate T {chosen_gate[r]:g})" if chosen_gate.get(r, 1.0) != 1.0 else "")
+                      for r, t in chosen.items()), flush=True)
     return sweep
 
 
@@ -264,9 +311,17 @@ def sweep_table(sweep: dict) -> str:
            f"n = {sweep['val_samples']})", "",
            "| run | " + " | ".join(f"val FID at tau {t:g}" for t in grid) + " | chosen |",
            "| --- |" + " --- |" * (len(grid) + 1)]
-    for run, fids in sweep["val_fid"].items():
-        out.append(f"| {run} | " + " | ".join(f"{fids[t]:.4f}" if t in fids else "–" for t in grid)
-                   + f" | {sweep['chosen'][run]:g} |")
+    by_gate = sweep.get("val_fid_by_gate_temperature")
+    if by_gate is None:  # a sweep without gate temperatures: the trained gate (T = 1) only
+        by_gate = {run: {"1": fids} for run, fids in sweep["val_fid"].items()}
+    chosen_gate = sweep.get("chosen_gate_temperature") or {}
+    for run, per_gate in by_gate.items():
+        for g, fids in per_gate.items():
+            fids = {float(t): v for t, v in fids.items()}  # JSON keys are strings
+            name = run if len(per_gate) == 1 else f"{run}, gate T {g}"
+            picked = len(per_gate) == 1 or float(g) == chosen_gate.get(run, 1.0)
+            out.append(f"| {name} | " + " | ".join(f"{fids[t]:.4f}" if t in fids else "–" for t in grid)
+                       + (f" | {sweep['chosen'][run]:g} |" if picked else " | – |"))
     return "\n".join(out)
 
 
@@ -321,6 +376,7 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
                           "empty": sum(not r["text"] for r in rows),
                           "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1),
                           "temperature": round(sum(r["temperature"] for r in rows) / len(rows), 3),
+                          "gate_temperature": rows[0].get("gate_temperature", 1.0),
                           **prompt_copy_rates(rows, export)}
         if not synthetic:
             continue
@@ -381,7 +437,10 @@ def table(result: dict, timings: dict) -> str:
             eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
             used = (f"{row['personas_used']} ({eff_p if eff_p is not None else '–'}) / "
                     f"{row['exemplars_used']} ({eff_e if eff_e is not None else '–'})")
-            out.append(f"| {LABELS.get(method, method)} | {_ci(row, 'fid', 4)} | {_ci(row, 'mauve', 3)} | "
+            label = LABELS.get(method, method)
+            if row.get("gate_temperature", 1.0) != 1.0:
+                label += f", gate T {row['gate_temperature']:g}"
+            out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_ci(row, 'mauve', 3)} | "
                        f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "
                        f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
                        f"{_rate(row.get('prompt_echo'))} / {_rate(row.get('persona_start'))} / "
@@ -415,7 +474,9 @@ def main(argv=None) -> int:
     sweep = choose_temperatures(args, workdir, gate) if args.temperature_grid else None
     if "generate" in steps:
         for run in args.runs:
-            generate(args, workdir, gate, run, temperature=sweep["chosen"][run] if sweep else None)
+            generate(args, workdir, gate, run, temperature=sweep["chosen"][run] if sweep else None,
+                     gate_temperature=(sweep.get("chosen_gate_temperature") or {}).get(run, 1.0)
+                     if sweep else 1.0)
     if "evaluate" not in steps:
         return 0
     result = evaluate(args, workdir, gate)

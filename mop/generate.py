@@ -161,6 +161,14 @@ def load_attributes(path: str | Path | None) -> dict[str, list[str]]:
 
 
 # ------------------------------------------------------------------------------------------- mixture sampling
+def check_gate_temperature(gate_temperature: float, method: str) -> None:
+    if not gate_temperature > 0 or gate_temperature == float("inf"):
+        raise MopError(f"gate_temperature must be positive and finite, got {gate_temperature}")
+    if gate_temperature != 1.0 and method not in GATED:
+        raise MopError(f"--gate-temperature tempers the trained gate; method '{method}' does not use it "
+                       f"(only {', '.join(sorted(GATED))} do)")
+
+
 @dataclass
 class Component:
     """The sampled mixture component of one sample: persona k, exemplar j (pool positions), temperature."""
@@ -176,15 +184,21 @@ class ComponentSampler:
 
     Temperatures: tau_k for the gated methods (``mop`` and its ablations); the mean of the export's tau_k for
     every baseline; ``temperature``, when given, replaces both.
+
+    ``gate_temperature`` T flattens (T > 1) or sharpens (T < 1) the trained gate's weights before they are
+    sampled: pi(x)^(1/T) and Omega_k(x)^(1/T), each renormalised (its logits divided by T). T = 1 is the
+    trained gate; T -> infinity tends to the uniform gate. Only the gated methods have a gate to temper.
     """
 
     def __init__(self, export, method: str = "mop", temperature: float | None = None,
-                 attributes: dict[str, list[str]] | None = None):
+                 attributes: dict[str, list[str]] | None = None, gate_temperature: float = 1.0):
         if method not in METHODS:
             raise MopError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
         if temperature is not None and not temperature > 0:
             raise MopError(f"temperature must be positive, got {temperature}")
+        check_gate_temperature(gate_temperature, method)
         self.export, self.method, self.temperature = export, method, temperature
+        self.gate_temperature = float(gate_temperature)
         self.attributes = (attributes or load_attributes(None)) if method == "attrprompt" else None
         self._pool = export.pool_emb  # (N, D) h(e_j)
         self._pos_of: dict[str, list[int]] = {}
@@ -207,7 +221,15 @@ class ComponentSampler:
             out[:, keep] = -float(torch.log(torch.tensor(float(len(keep)))))
             return out
         with torch.no_grad():
-            return self.export.gate.log_pi(hx, self.export.persona_emb)
+            return self._tempered(self.export.gate.log_pi(hx, self.export.persona_emb))
+
+    def _tempered(self, log_w):
+        """Log weights over the last dim divided by the gate temperature and renormalised (-inf stays)."""
+        import torch
+
+        if self.gate_temperature == 1.0:
+            return log_w
+        return torch.log_softmax(log_w / self.gate_temperature, dim=-1)
 
     def log_omega(self, hx, persona, record_ids: Sequence[str | None]):
         """(B, D), (B,) chosen k -> (B, N) log Omega_k(x) over the pool, the record's own id masked out
@@ -228,8 +250,8 @@ class ComponentSampler:
                 q = self.export.gate.queries(torch.as_tensor(hx, dtype=torch.float32),
                                              self.export.persona_emb,
                                              torch.as_tensor(persona)[:, None])  # (B, 1, D)
-            else:
-                q = torch.zeros(B, 1, self._pool.shape[1])
+                return self._tempered(Gate.omega(q, self._pool, mask)[:, 0])
+            q = torch.zeros(B, 1, self._pool.shape[1])
             return Gate.omega(q, self._pool, mask)[:, 0]
 
     def sample(self, hx, record_ids: Sequence[str | None], keys: Sequence[int],
@@ -540,6 +562,9 @@ class Sampling:
         top_p: nucleus sampling mass (1.0: off).
         temperature: one sampling temperature for every row (default: tau_k of the sampled persona for the
             gated methods, the mean tau of the export for the baselines).
+        gate_temperature: temper the trained gate before sampling from it (gated methods only): pi and Omega
+            become proportional to pi^(1/T) and Omega^(1/T). 1: the trained gate; above 1 flatter (more
+            personas and exemplars used; towards the uniform gate), below 1 sharper.
         stop: stop strings: a sample ends where it first writes one, and the text is cut there (default: a
             newline, unless a tenth or more of the training responses span several lines; ``--stop`` with no
             value: none).
@@ -554,6 +579,7 @@ class Sampling:
     max_new_tokens: PositiveInt | None = None
     top_p: Probability = 1.0
     temperature: PositiveFloat | None = None
+    gate_temperature: PositiveFloat = 1.0
     stop: list[str] | None = None
     chat_template: Literal["auto", "on", "off"] = "auto"
 
@@ -568,8 +594,15 @@ class Sampling:
             raise MopError(f"temperature must be positive, got {self.temperature}")
         if self.method not in METHODS:
             raise MopError(f"unknown method '{self.method}', expected one of {', '.join(METHODS)}")
+        check_gate_temperature(self.gate_temperature, self.method)
         if self.chat_template not in ("auto", "on", "off"):
             raise MopError(f"chat_template must be auto, on or off, got {self.chat_template!r}")
+
+
+def run_identity(model_name: str, adapter: str | None, sampling: Sampling) -> dict[str, Any]:
+    """The settings every row of one output file shares (mop.outputs.IDENTITY), written into each row."""
+    return {"model": model_name, "adapter": adapter, "method": sampling.method, "seed": sampling.seed,
+            "gate_temperature": sampling.gate_temperature}
 
 
 class SingleProcess:
@@ -626,9 +659,9 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MopError("the export's prompts use a chat template but this tokenizer has none "
                        "(a base model?); pass --chat-template off")
-    sampler = ComponentSampler(export, method, sampling.temperature, attributes)
+    sampler = ComponentSampler(export, method, sampling.temperature, attributes, sampling.gate_temperature)
     stop = default_stop(export) if sampling.stop is None else list(sampling.stop)
-    identity = {"model": model_name, "adapter": adapter, "method": method, "seed": seed}
+    identity = run_identity(model_name, adapter, sampling)
     out = ShardedOutput(output, identity, rank, world)
     if out.dropped_partial and rank == 0:
         print(f"[mop] dropped an incomplete last line of {out.path} (an interrupted run)", file=sys.stderr)
@@ -776,7 +809,7 @@ def generate_command(
     if attributes and sampling.method != "attrprompt":
         raise MopError("--attributes is only used by --method attrprompt")
     attribute_lists = load_attributes(attributes) if sampling.method == "attrprompt" else None
-    identity = {"model": model, "adapter": adapter, "method": sampling.method, "seed": sampling.seed}
+    identity = run_identity(model, adapter, sampling)
     OutputFile(output, identity)  # a missing directory or another run's output fails before any loading
     # Every input is checked before anything heavy is loaded: the model paths, the export's files, the
     # contexts and the embedder's dimension.

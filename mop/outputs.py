@@ -24,7 +24,9 @@ from typing import Any
 
 from mop.errors import MopError
 
-IDENTITY = ("model", "adapter", "method", "seed")
+IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature")
+# the value of an identity key in rows written before the key existed
+IDENTITY_DEFAULTS = {"gate_temperature": 1.0}
 
 
 def read_lines(path: Path) -> tuple[list[bytes], int, int]:
@@ -51,8 +53,8 @@ def parse_ids(path: Path, lines: Sequence[bytes], identity: dict[str, Any]) -> l
         if first is None:
             first = row
     if first is not None:
-        theirs = {k: first.get(k) for k in IDENTITY}
-        ours = {k: identity.get(k) for k in IDENTITY}
+        theirs = {k: first.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY}
+        ours = {k: identity.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY}
         if theirs != ours:
             diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in IDENTITY if theirs[k] != ours[k])
             raise MopError(f"output '{path}' holds rows generated with other settings: {diff}; "

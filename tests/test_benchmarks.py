@@ -193,6 +193,9 @@ def test_fidelity_refuses_to_resume_a_set_sampled_at_another_temperature(tmp_pat
     with pytest.raises(SystemExit, match="sampled at temperature 1.0, not 0.7"):
         fidelity.generate(args, tmp_path, tmp_path / "gate", "smollm2-135m:fewshot", temperature=0.7)
     fidelity.generate(args, tmp_path, tmp_path / "gate", "smollm2-135m:fewshot", temperature=1.0)  # complete
+    with pytest.raises(SystemExit, match="sampled at gate temperature 1.0, not 2.0"):
+        fidelity.generate(args, tmp_path, tmp_path / "gate", "smollm2-135m:fewshot", temperature=1.0,
+                          gate_temperature=2.0)
 
 
 def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mops(tmp_path, monkeypatch):
@@ -209,7 +212,9 @@ def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mo
     best = {"smollm2-135m:mop": 0.6, "smollm2-135m:fewshot": 1.0}
     calls = []
 
-    def fake_generate(args, workdir, gate, run, *, split="test", config=None, n=None, temperature=None):
+    def fake_generate(args, workdir, gate, run, *, split="test", config=None, n=None, temperature=None,
+                      gate_temperature=1.0):
+        assert gate_temperature == 1.0  # no --gate-temperature-grid: the trained gate only
         calls.append((run, split, n, temperature))
         out = fidelity.sample_file(workdir, run)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -227,10 +232,11 @@ def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mo
         ([str(i) for i in range(n)], None), None))
     monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name: Embedder())
     args = argparse.Namespace(config=str(REPO / "configs" / "fidelity.yaml"), val_samples=40,
-                              temperature_grid=[0.6, 0.8, 1.0], embedders=None,
+                              temperature_grid=[0.6, 0.8, 1.0], embedders=None, gate_temperature_grid=None,
                               runs=["smollm2-135m:mop", "smollm2-135m:fewshot",
                                     "smollm2-135m:mop-no-exemplar"])
     sweep = fidelity.choose_temperatures(args, tmp_path, tmp_path / "gate")
+    assert "chosen_gate_temperature" not in sweep
     assert sweep["chosen"] == {"smollm2-135m:mop": 0.6, "smollm2-135m:fewshot": 1.0,
                                "smollm2-135m:mop-no-exemplar": 0.6}
     assert {c[0] for c in calls} == {"smollm2-135m:mop", "smollm2-135m:fewshot"}  # no ablation sweep
@@ -244,6 +250,67 @@ def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mo
     assert fidelity.pick_temperature({0.7: 0.2, 1.0: 0.2, 0.5: 0.3}) == 1.0
 
 
+def test_fidelity_chooses_mops_gate_temperature_jointly_on_val(tmp_path, monkeypatch):
+    """--gate-temperature-grid: mop is sampled at every (tau, T) pair, the other runs at T = 1 only; the pair
+    of the lowest val FID is chosen, the ablations take mop's, and each pair has its own val folder."""
+    import argparse
+
+    import fidelity
+    import numpy as np
+
+    import mop.evaluate
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(40, 4))
+    best = {"smollm2-135m:mop": (1.0, 2.0), "smollm2-135m:fewshot": (0.6, 1.0)}  # (tau, T)
+    calls = []
+
+    def fake_generate(args, workdir, gate, run, *, split="test", config=None, n=None, temperature=None,
+                      gate_temperature=1.0):
+        calls.append((run, temperature, gate_temperature, workdir.name))
+        out = fidelity.sample_file(workdir, run)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tau, g = best[run]
+        shift = abs(temperature - tau) * 3 + abs(gate_temperature - g) * 2
+        out.write_text("".join(json.dumps({"text": f"{shift}|{i}", "temperature": temperature}) + "\n"
+                               for i in range(n)))
+
+    class Embedder:
+        def encode(self, texts):
+            return np.stack([real[int(t.split("|")[1]) % 40] + float(t.split("|")[0]) if "|" in t
+                             else real[int(t)] for t in texts])
+
+    monkeypatch.setattr(fidelity, "generate", fake_generate)
+    monkeypatch.setattr(fidelity, "real_sets", lambda args, gate, n, split, config: (
+        ([str(i) for i in range(n)], None), None))
+    monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name: Embedder())
+    args = argparse.Namespace(config=str(REPO / "configs" / "fidelity.yaml"), val_samples=40,
+                              temperature_grid=[0.6, 1.0], embedders=None,
+                              gate_temperature_grid=[1.0, 2.0, 4.0],
+                              runs=["smollm2-135m:mop", "smollm2-135m:fewshot",
+                                    "smollm2-135m:mop-random-persona"])
+    sweep = fidelity.choose_temperatures(args, tmp_path, tmp_path / "gate")
+    assert sweep["chosen"] == {"smollm2-135m:mop": 1.0, "smollm2-135m:fewshot": 0.6,
+                               "smollm2-135m:mop-random-persona": 1.0}
+    assert sweep["chosen_gate_temperature"] == {"smollm2-135m:mop": 2.0, "smollm2-135m:fewshot": 1.0,
+                                                "smollm2-135m:mop-random-persona": 2.0}
+    mop_calls = [c for c in calls if c[0] == "smollm2-135m:mop"]
+    assert sorted((c[1], c[2]) for c in mop_calls) == [(t, g) for t in (0.6, 1.0) for g in (1.0, 2.0, 4.0)]
+    assert {c[2] for c in calls if c[0] == "smollm2-135m:fewshot"} == {1.0} and len(calls) == 8
+    assert len({c[3] for c in mop_calls}) == 6  # one val folder per pair
+    by_gate = sweep["val_fid_by_gate_temperature"]["smollm2-135m:mop"]
+    assert by_gate["2"][1.0] < by_gate["1"][1.0] and by_gate["2"][1.0] < by_gate["4"][1.0]
+    assert sweep["val_fid"]["smollm2-135m:mop"] == by_gate["1"]  # T = 1, as a sweep without the grid
+    saved = json.loads((tmp_path / "temperatures.json").read_text())
+    assert saved["chosen_gate_temperature"]["smollm2-135m:mop"] == 2.0
+    table = fidelity.sweep_table(saved).splitlines()  # the table reads the saved (string-keyed) sweep
+    rows = {line.split(" | ")[0][2:]: line for line in table[4:]}
+    assert rows["smollm2-135m:mop, gate T 2"].endswith("| 1 |")
+    assert rows["smollm2-135m:mop, gate T 4"].endswith("| – |")
+    assert rows["smollm2-135m:fewshot"].endswith("| 0.6 |")
+    assert fidelity.pick_gate_temperature({1.0: {1.0: 0.2}, 2.0: {1.0: 0.2}, 0.5: {1.0: 0.3}}) == (1.0, 1.0)
+
+
 def test_fidelity_rejects_a_bad_temperature_grid(capsys):
     import fidelity
 
@@ -254,6 +321,12 @@ def test_fidelity_rejects_a_bad_temperature_grid(capsys):
         fidelity.parse_args(["--val-samples", "1"])
     assert "--val-samples must be at least 2" in capsys.readouterr().err
     assert fidelity.parse_args(["--temperature-grid", "0.6", "1.0"]).temperature_grid == [0.6, 1.0]
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--gate-temperature-grid", "1", "2"])
+    assert "pass --temperature-grid too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--temperature-grid", "1", "--gate-temperature-grid", "1", "-2"])
+    assert "--gate-temperature-grid: temperatures must be positive" in capsys.readouterr().err
 
 
 def test_fidelity_generate_passes_the_split_config_and_temperature_to_generate_py(tmp_path, monkeypatch):
@@ -269,7 +342,11 @@ def test_fidelity_generate_passes_the_split_config_and_temperature_to_generate_p
     fidelity.generate(args, tmp_path, tmp_path / "gate", "smollm2-135m:fewshot", split="val",
                       config="val.yaml", n=5, temperature=0.6)
     fidelity.generate(args, tmp_path / "b", tmp_path / "gate", "smollm2-135m:fewshot")
-    chosen, default = cmds
+    fidelity.generate(args, tmp_path / "c", tmp_path / "gate", "smollm2-135m:mop", temperature=1.0,
+                      gate_temperature=2.0)
+    chosen, default, tempered = cmds
+    assert "--gate-temperature" not in chosen + default
+    assert tempered[tempered.index("--gate-temperature") + 1] == "2.0"
     assert chosen[chosen.index("--temperature") + 1] == "0.6" and chosen.count("--temperature") == 1
     assert chosen[chosen.index("--split") + 1] == "val" and chosen[chosen.index("--data") + 1] == "val.yaml"
     assert chosen[chosen.index("--num-samples") + 1] == "5"

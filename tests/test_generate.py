@@ -126,6 +126,45 @@ def test_ablations_keep_one_half_of_the_gate(tmp_path):
     assert all(c.temperature == pytest.approx(float(export.tau[c.persona])) for c in no_ex[:50] + rnd[:50])
 
 
+def test_gate_temperature_tempers_pi_and_omega_and_only_the_gate(tmp_path):
+    """T divides the gate's logits: draws follow pi^(1/T) and Omega_k^(1/T) renormalised; T = 1 is the trained
+    gate, a large T nears the uniform gate, T < 1 sharpens; the baselines refuse it."""
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=6, n_pool=10, init_std=0.6).path)
+    hx = torch.as_tensor(HashEmbedder(16).encode(["a fresh review of the movie Film 0"]))
+    pi = ComponentSampler(export, "mop").log_pi(hx)[0].exp().numpy()
+    assert pi.max() > 2.5 * pi.min()
+    n = 3000
+    for T in (0.5, 3.0):
+        sampler = ComponentSampler(export, "mop", gate_temperature=T)
+        want = pi ** (1 / T) / (pi ** (1 / T)).sum()
+        assert np.allclose(sampler.log_pi(hx)[0].exp().numpy(), want, atol=1e-6)
+        comps = sampler.sample(hx.expand(n, -1), [None] * n, range(n), seed=0)
+        counts = np.bincount([c.persona for c in comps], minlength=6)
+        assert _chisquare(counts, want) > 1e-3 and _chisquare(counts, pi) < 1e-6
+        k = int(counts.argmax())
+        omega = export.gate.log_omega(hx, export.persona_emb, export.pool_emb)[0, k].exp().numpy()
+        want_omega = omega ** (1 / T) / (omega ** (1 / T)).sum()
+        ex_counts = np.bincount([c.exemplar for c in comps if c.persona == k], minlength=10)
+        assert _chisquare(ex_counts, want_omega) > 1e-3
+        assert all(c.temperature == pytest.approx(float(export.tau[c.persona])) for c in comps[:50])
+    # flatter with T, the trained gate at 1, close to uniform at a large T; the masked exemplar stays out
+    entropy = [float(-(p * np.log(p)).sum()) for p in
+               (ComponentSampler(export, "mop", gate_temperature=T).log_pi(hx)[0].exp().numpy()
+                for T in (0.5, 1.0, 2.0, 1e4))]
+    assert entropy[0] < entropy[1] < entropy[2] < entropy[3]
+    assert entropy[3] == pytest.approx(np.log(6), abs=1e-4)
+    hot = ComponentSampler(export, "mop", gate_temperature=4.0).sample(hx.expand(400, -1), ["e2"] * 400,
+                                                                    range(400), seed=1)
+    assert 2 not in {c.exemplar for c in hot}
+    for method in ("uniform", "fewshot", "zerogen", "persona"):
+        with pytest.raises(MopError, match="does not use it"):
+            ComponentSampler(export, method, gate_temperature=2.0)
+        ComponentSampler(export, method, gate_temperature=1.0)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(MopError, match="positive and finite"):
+            Sampling(num_samples=1, gate_temperature=bad).check()
+
+
 def test_own_record_is_never_an_exemplar(tmp_path):
     export = load_export(make_export(tmp_path / "gate", dim=16, k=3, n_pool=4, init_std=0.6).path)
     hx = torch.as_tensor(HashEmbedder(16).encode(["x"])).expand(400, -1)
@@ -387,6 +426,18 @@ def test_same_seed_same_rows(tmp_path, tiny_lm):
     assert again["written"] == 0 and again["skipped"] == 7
     with pytest.raises(MopError, match="other settings: method 'mop' \\(now 'zerogen'\\)"):
         run("a.jsonl", method="zerogen")
+    # the gate temperature is in every row, and a file of one is not resumed with another
+    assert {r["gate_temperature"] for r in a} == {1.0}
+    run("g.jsonl", 3, gate_temperature=2.5)
+    assert {r["gate_temperature"] for r in _rows(tmp_path / "g.jsonl")} == {2.5}
+    with pytest.raises(MopError, match="gate_temperature 2.5 \\(now 1.0\\)"):
+        run("g.jsonl", 3)
+    legacy = tmp_path / "legacy.jsonl"  # rows written before the field existed were sampled at T = 1
+    legacy.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "gate_temperature"}) + "\n"
+                              for r in a[:2]))
+    assert run("legacy.jsonl", 3)["skipped"] == 2
+    with pytest.raises(MopError, match="gate_temperature 1.0 \\(now 2.0\\)"):
+        run("legacy.jsonl", 3, gate_temperature=2.0)
     with pytest.raises(MopError, match="tokenizer has none"):
         run("f.jsonl", 2, chat_template="on")
 
