@@ -373,6 +373,7 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
             usage[run] = {"personas_used": len(set(personas)), "exemplars_used": len(set(exemplars)),
                           "effective_personas": effective_number(personas),
                           "effective_exemplars": effective_number(exemplars),
+                          "exemplar_label_match": exemplar_label_match(rows, export),
                           "empty": sum(not r["text"] for r in rows),
                           "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1),
                           "temperature": round(sum(r["temperature"] for r in rows) / len(rows), 3),
@@ -398,6 +399,17 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
     if not result["groups"]:
         raise SystemExit("no complete sample set to evaluate yet")
     return result
+
+
+def exemplar_label_match(rows: list[dict], export) -> float | None:
+    """Share of the rows with an exemplar whose exemplar has the row's label (None: no exemplars or no
+    labels). A uniform draw from the pool gives the pool's share of each label."""
+    label_of = {e.id: e.label for e in export.exemplars}
+    pairs = [(r["label"], label_of.get(r["exemplar_id"])) for r in rows
+             if r.get("exemplar_id") is not None and r.get("label") is not None]
+    if not pairs:
+        return None
+    return round(sum(a == b for a, b in pairs) / len(pairs), 3)
 
 
 def effective_number(ids: list) -> float | None:
@@ -429,9 +441,9 @@ def table(result: dict, timings: dict) -> str:
     for group in result["groups"]:
         out += [f"### {group['model']}, n = {group['n']}, embedder {group['embedder']}", "",
                 "| method | FID ↓ [95% CI] | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
-                "personas / exemplars used (effective) | Vendi | words | prompt echo / persona start / "
-                "exemplar copy | tau | gen s |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "personas / exemplars used (effective) | exemplar label match | Vendi | words | "
+                "prompt echo / persona start / exemplar copy | tau | gen s |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in group["rows"]:
             method = row["name"].split(":")[1]
             eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
@@ -442,6 +454,7 @@ def table(result: dict, timings: dict) -> str:
                 label += f", gate T {row['gate_temperature']:g}"
             out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_ci(row, 'mauve', 3)} | "
                        f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "
+                       f"{_rate(row.get('exemplar_label_match'), 3)} | "
                        f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
                        f"{_rate(row.get('prompt_echo'))} / {_rate(row.get('persona_start'))} / "
                        f"{_rate(row.get('exemplar_copy'))} | {row.get('temperature', '–')} | "
@@ -449,9 +462,9 @@ def table(result: dict, timings: dict) -> str:
         ref = group.get("reference")
         if ref:
             out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | {_ci(ref, 'mauve', 3)} | "
-                       f"{_ci(ref, 'kl_cosine', 4)} | {_ci(ref, 'f1', 3)} | – | "
+                       f"{_ci(ref, 'kl_cosine', 4)} | {_ci(ref, 'f1', 3)} | – | – | "
                        f"{ref['diversity']['vendi']:.1f} | – | – | – | – |")
-        out.append(f"| real test texts (the target) | 0 | 1 | 0 | – | – | "
+        out.append(f"| real test texts (the target) | 0 | 1 | 0 | – | – | – | "
                    f"{group['real']['diversity']['vendi']:.1f} | {group['real_words']} | – | – | – |")
         method = (group.get("bootstrap") or {}).get("method")
         out += ["", method or "", ""]

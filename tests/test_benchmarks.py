@@ -120,7 +120,7 @@ def test_fidelity_table_shows_intervals_usage_and_echo_rates():
         return {"name": name, "fid": fid, "mauve": 0.5, "kl_cosine": 0.1, "f1": None,
                 "ci95": {"fid": ci, "mauve": [0.4, 0.6], "kl_cosine": None},
                 "personas_used": 3, "effective_personas": 2.5, "exemplars_used": 7,
-                "effective_exemplars": 6.0,
+                "effective_exemplars": 6.0, "exemplar_label_match": 0.625,
                 "diversity": {"vendi": 12.0}, "mean_words": 20.1, "prompt_echo": 0.25, "persona_start": None,
                 "exemplar_copy": 0.1}
 
@@ -133,13 +133,33 @@ def test_fidelity_table_shows_intervals_usage_and_echo_rates():
     assert lines[0] == "### smollm2-135m, n = 1000, embedder minilm-l6"
     mop_row = next(line for line in lines if line.startswith("| MoP |"))
     assert "0.3100 [0.2900, 0.3300]" in mop_row and "0.500 [0.400, 0.600]" in mop_row
-    assert "| 0.1000 |" in mop_row and "3 (2.5) / 7 (6.0)" in mop_row and "0.25 / – / 0.10" in mop_row
+    assert "| 0.1000 |" in mop_row and "3 (2.5) / 7 (6.0) | 0.625 |" in mop_row
+    assert "0.25 / – / 0.10" in mop_row
+    header = lines[2].split(" | ")
+    assert all(len(line.split(" | ")) == len(header) for line in lines[4:7])  # every row fills every column
     assert mop_row.endswith("| 612 |")
     assert any(line.startswith("| real training texts (reference) | 0.0500 |") for line in lines)
     assert lines[-1] == "Not generated (incomplete): smollm2-135m:zerogen (3/1000 rows)"
     # a set this workdir did not generate (copied in) has no generation time: a dash, not "nan"
     copied = fidelity.table({"groups": [group], "missing": []}, {})
     assert next(line for line in copied.splitlines() if line.startswith("| MoP |")).endswith("| – |")
+
+
+def test_fidelity_exemplar_label_match_counts_rows_whose_exemplar_shares_their_label():
+    import types
+
+    import fidelity
+
+    from mop.data import Record
+
+    export = types.SimpleNamespace(exemplars=[Record(id="e0", response="r", context={}, label="fresh"),
+                                              Record(id="e1", response="r", context={}, label="rotten")])
+    rows = [{"label": "fresh", "exemplar_id": "e0"}, {"label": "fresh", "exemplar_id": "e1"},
+            {"label": "rotten", "exemplar_id": "e1"}, {"label": "rotten", "exemplar_id": "e1"},
+            {"label": "fresh", "exemplar_id": None}]  # no exemplar: not counted
+    assert fidelity.exemplar_label_match(rows, export) == 0.75
+    assert fidelity.exemplar_label_match([{"label": None, "exemplar_id": "e0"}], export) is None
+    assert fidelity.exemplar_label_match([{"label": "fresh", "exemplar_id": None}], export) is None
 
 
 def test_gate_diagnosis_label_match_only_for_a_labelled_population():
