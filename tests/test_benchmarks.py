@@ -218,27 +218,24 @@ def test_fidelity_refuses_to_resume_a_set_sampled_at_another_temperature(tmp_pat
                           gate_temperature=2.0)
 
 
-def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mops(tmp_path, monkeypatch):
-    import argparse
-
+def _fake_val_sweep(monkeypatch, shift_of) -> list[tuple]:
+    """Stand-ins for the sweep's generation and embedding: a run's val texts embed as the real val set shifted
+    by ``shift_of(run, tau, gate_temperature)``, so FID is smallest where the shift is. Returns the calls
+    (run, split, n, tau, gate temperature, workdir name)."""
     import fidelity
     import numpy as np
 
     import mop.evaluate
 
-    rng = np.random.default_rng(0)
-    real = rng.normal(size=(40, 4))
-    # a run's texts sit at an offset from the real set that is smallest at its "best" temperature
-    best = {"smollm2-135m:mop": 0.6, "smollm2-135m:fewshot": 1.0}
+    real = np.random.default_rng(0).normal(size=(40, 4))
     calls = []
 
     def fake_generate(args, workdir, gate, run, *, split="test", config=None, n=None, temperature=None,
                       gate_temperature=1.0):
-        assert gate_temperature == 1.0  # no --gate-temperature-grid: the trained gate only
-        calls.append((run, split, n, temperature))
+        calls.append((run, split, n, temperature, gate_temperature, workdir.name))
         out = fidelity.sample_file(workdir, run)
         out.parent.mkdir(parents=True, exist_ok=True)
-        shift = abs(temperature - best[run]) * 3
+        shift = shift_of(run, temperature, gate_temperature)
         out.write_text("".join(json.dumps({"text": f"{shift}|{i}", "temperature": temperature}) + "\n"
                                for i in range(n)))
 
@@ -251,12 +248,24 @@ def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mo
     monkeypatch.setattr(fidelity, "real_sets", lambda args, gate, n, split, config: (
         ([str(i) for i in range(n)], None), None))
     monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name: Embedder())
+    return calls
+
+
+def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mops(tmp_path, monkeypatch):
+    import argparse
+
+    import fidelity
+
+    # a run's texts sit at an offset from the real set that is smallest at its "best" temperature
+    best = {"smollm2-135m:mop": 0.6, "smollm2-135m:fewshot": 1.0}
+    calls = _fake_val_sweep(monkeypatch, lambda run, tau, g: abs(tau - best[run]) * 3)
     args = argparse.Namespace(config=str(REPO / "configs" / "fidelity.yaml"), val_samples=40,
                               temperature_grid=[0.6, 0.8, 1.0], embedders=None, gate_temperature_grid=None,
                               runs=["smollm2-135m:mop", "smollm2-135m:fewshot",
                                     "smollm2-135m:mop-no-exemplar"])
     sweep = fidelity.choose_temperatures(args, tmp_path, tmp_path / "gate")
     assert "chosen_gate_temperature" not in sweep
+    assert {c[4] for c in calls} == {1.0}  # no --gate-temperature-grid: the trained gate only
     assert sweep["chosen"] == {"smollm2-135m:mop": 0.6, "smollm2-135m:fewshot": 1.0,
                                "smollm2-135m:mop-no-exemplar": 0.6}
     assert {c[0] for c in calls} == {"smollm2-135m:mop", "smollm2-135m:fewshot"}  # no ablation sweep
@@ -276,40 +285,17 @@ def test_fidelity_chooses_mops_gate_temperature_jointly_on_val(tmp_path, monkeyp
     import argparse
 
     import fidelity
-    import numpy as np
 
-    import mop.evaluate
-
-    rng = np.random.default_rng(0)
-    real = rng.normal(size=(40, 4))
     best = {"smollm2-135m:mop": (1.0, 2.0), "smollm2-135m:fewshot": (0.6, 1.0)}  # (tau, T)
-    calls = []
-
-    def fake_generate(args, workdir, gate, run, *, split="test", config=None, n=None, temperature=None,
-                      gate_temperature=1.0):
-        calls.append((run, temperature, gate_temperature, workdir.name))
-        out = fidelity.sample_file(workdir, run)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tau, g = best[run]
-        shift = abs(temperature - tau) * 3 + abs(gate_temperature - g) * 2
-        out.write_text("".join(json.dumps({"text": f"{shift}|{i}", "temperature": temperature}) + "\n"
-                               for i in range(n)))
-
-    class Embedder:
-        def encode(self, texts):
-            return np.stack([real[int(t.split("|")[1]) % 40] + float(t.split("|")[0]) if "|" in t
-                             else real[int(t)] for t in texts])
-
-    monkeypatch.setattr(fidelity, "generate", fake_generate)
-    monkeypatch.setattr(fidelity, "real_sets", lambda args, gate, n, split, config: (
-        ([str(i) for i in range(n)], None), None))
-    monkeypatch.setattr(mop.evaluate, "_make_embedder", lambda name: Embedder())
+    raw = _fake_val_sweep(monkeypatch,
+                          lambda run, tau, g: abs(tau - best[run][0]) * 3 + abs(g - best[run][1]) * 2)
     args = argparse.Namespace(config=str(REPO / "configs" / "fidelity.yaml"), val_samples=40,
                               temperature_grid=[0.6, 1.0], embedders=None,
                               gate_temperature_grid=[1.0, 2.0, 4.0],
                               runs=["smollm2-135m:mop", "smollm2-135m:fewshot",
                                     "smollm2-135m:mop-random-persona"])
     sweep = fidelity.choose_temperatures(args, tmp_path, tmp_path / "gate")
+    calls = [c[:1] + c[3:] for c in raw]  # (run, tau, T, workdir name)
     assert sweep["chosen"] == {"smollm2-135m:mop": 1.0, "smollm2-135m:fewshot": 0.6,
                                "smollm2-135m:mop-random-persona": 1.0}
     assert sweep["chosen_gate_temperature"] == {"smollm2-135m:mop": 2.0, "smollm2-135m:fewshot": 1.0,
