@@ -524,6 +524,10 @@ def test_cli_errors_are_one_line(tmp_path):
     assert_one_line_error(run_cli("generate.py", *base, "--contexts", str(ok), "--output",
                                   str(tmp_path / "missing" / "o.jsonl")),
                           "output directory", "does not exist")
+    assert_one_line_error(run_cli("generate", *base, "--contexts", str(ok), "--output",
+                                  str(tmp_path / "o.jsonl"), "--method", "fewshot",
+                                  "--gate-temperature", "2"),
+                          "--gate-temperature tempers the trained gate", "'fewshot' does not use it")
     assert not (tmp_path / "o.jsonl").exists()
 
 
