@@ -245,8 +245,9 @@ def pick_gate_temperature(fids: dict[float, dict[float, float]]) -> tuple[float,
     temperature closer to 1, the trained gate, then the higher sampling temperature)."""
     import math
 
-    return min(((g, t) for g, by_tau in fids.items() for t in by_tau),
-               key=lambda gt: (fids[gt[0]][gt[1]], abs(math.log(gt[0])), -gt[1]))
+    best = {g: pick_temperature(by_tau) for g, by_tau in fids.items()}  # each gate temperature's best tau
+    g = min(best, key=lambda g: (fids[g][best[g]], abs(math.log(g)), -best[g]))
+    return g, best[g]
 
 
 def val_dir(workdir: Path, tau: float, gate_temperature: float = 1.0) -> Path:
