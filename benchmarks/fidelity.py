@@ -78,6 +78,10 @@ def parse_args(argv=None):
                         "--gate-temperature: pi and Omega tempered to pi^(1/T), Omega^(1/T)) on val, jointly "
                         "with its sampling temperature, over every (TAU, T) pair; the ablations take mop's. "
                         "Default: 1 (the trained gate as it is)")
+    p.add_argument("--exemplar-label", choices=("auto", "match", "any"), default="auto",
+                   help="generate.py --exemplar-label for every run: match draws every exemplar (MoP's and "
+                        "the baselines' alike) among those with the context's label; auto: as the gate was "
+                        "trained")
     p.add_argument("--val-samples", type=int, default=200,
                    help="texts per run and temperature in the --temperature-grid sweep")
     p.add_argument("--gate", default=None,
@@ -190,6 +194,8 @@ def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", 
         cmd += ["--temperature", str(args.baseline_temperature)]
     if gate_temperature != 1.0:
         cmd += ["--gate-temperature", str(gate_temperature)]
+    if args.exemplar_label != "auto":
+        cmd += ["--exemplar-label", args.exemplar_label]
     print("[fidelity]", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(workdir / "generate.log", "a") as log:

@@ -31,10 +31,21 @@ def exemplar_text(population: Population, record: Record) -> str:
     return f"{population.render_context(record)}\n{record.response}"
 
 
+def other_label_positions(labels, pool: list[Record]) -> list[list[int]]:
+    """Per label (None: no label), the pool positions of the exemplars whose label is another one: what
+    label-consistent exemplars exclude (exemplars without a label are never excluded)."""
+    by_label: dict[str, list[int]] = {}
+    for j, e in enumerate(pool):
+        if e.label is not None:
+            by_label.setdefault(e.label, []).append(j)
+    return [[] if lab is None else sorted(j for other, js in by_label.items() if other != lab for j in js)
+            for lab in labels]
+
+
 def exclusions(records: list[Record], pool: list[Record], same_response: bool = True,
-               same_group: bool = False) -> list[list[int]]:
+               same_group: bool = False, other_label: bool = False) -> list[list[int]]:
     """Target masking: pool positions a record may not use as exemplar (itself; optionally same
-    text/group)."""
+    text/group, or another label)."""
     by_id: dict[str, list[int]] = {}
     by_text: dict[str, list[int]] = {}
     by_group: dict[str, list[int]] = {}
@@ -43,13 +54,16 @@ def exclusions(records: list[Record], pool: list[Record], same_response: bool = 
         by_text.setdefault(e.response.strip().lower(), []).append(j)
         if e.group is not None:
             by_group.setdefault(e.group, []).append(j)
+    others = other_label_positions([r.label for r in records], pool) if other_label else None
     out = []
-    for r in records:
+    for n, r in enumerate(records):
         ex = set(by_id.get(r.id, []))
         if same_response:
             ex.update(by_text.get(r.response.strip().lower(), []))
         if same_group and r.group is not None:
             ex.update(by_group.get(r.group, []))
+        if others is not None:
+            ex.update(others[n])
         out.append(sorted(ex))
     return out
 
@@ -69,6 +83,7 @@ class PopulationDataModule(pl.LightningDataModule):
         artifacts_dir: str = "artifacts",
         mask_same_response: bool = True,
         mask_same_group: bool = False,
+        mask_other_label: bool = False,
         seed: int = 0,
     ):
         """
@@ -83,6 +98,9 @@ class PopulationDataModule(pl.LightningDataModule):
             artifacts_dir: where embeddings, personas and the index are cached, keyed by their inputs.
             mask_same_response: also mask exemplars whose response equals the target's.
             mask_same_group: also mask exemplars from the target's group (e.g. the same movie).
+            mask_other_label: label-consistent exemplars: also mask exemplars whose label differs from the
+                target's, so Omega is learned (and, from the export, sampled) over the exemplars of the
+                context's own label only.
             seed: seed of the exemplar-pool sample and of the per-epoch shuffling of the training records.
         """
         super().__init__()
@@ -106,6 +124,7 @@ class PopulationDataModule(pl.LightningDataModule):
         self.artifacts_root = Path(artifacts_dir)
         self.mask_same_response = mask_same_response
         self.mask_same_group = mask_same_group
+        self.mask_other_label = mask_other_label
         self.seed = seed
         self.artifacts: Artifacts | None = None
         self.exclude: dict[str, list[list[int]]] = {}
@@ -124,6 +143,9 @@ class PopulationDataModule(pl.LightningDataModule):
         n_train = len(population["train"])
         if n_train == 0:
             raise MopError(f"the training split of '{self.dataset.source}' is empty ({population.summary()})")
+        if self.mask_other_label and all(r.label is None for r in population["train"]):
+            raise MopError(f"data.mask_other_label needs labelled records, but '{self.dataset.source}' has "
+                           "no label (set data.dataset.label_column)")
         synth = self.personas.synthesizer
         if synth == "file":
             if not self.personas.file:
@@ -235,7 +257,7 @@ class PopulationDataModule(pl.LightningDataModule):
         self.artifacts = Artifacts.load(path, self.population())
         pool = self.artifacts.pool
         self.exclude = {s: exclusions(self.population()[s], pool, self.mask_same_response,
-                                      self.mask_same_group)
+                                      self.mask_same_group, self.mask_other_label)
                         for s in ("train", "val", "test")}
 
     # ------------------------------------------------------------------------------------------ loaders

@@ -57,13 +57,14 @@ class GateConfig:
     context_columns: list[str] = field(default_factory=list)
     use_chat_template: bool = False
     trained_with_lm: str | None = None  # informational: any causal LM can drive the gate
+    mask_other_label: bool = False  # trained on label-consistent exemplars: generation samples them too
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: dict[str, Any] | None = None  # file, epoch, global_step, when exported from a checkpoint
 
     @classmethod
     def from_training(cls, hparams: Mapping[str, Any], population, embedder: str, embed_dim: int, *,
                       metrics: Mapping[str, float] | None = None,
-                      checkpoint: dict[str, Any] | None = None) -> GateConfig:
+                      checkpoint: dict[str, Any] | None = None, mask_other_label: bool = False) -> GateConfig:
         """From the model's hyper-parameters (``MixtureOfPersonas.hparams``) and the training population."""
         from mop.prompts import DEFAULT_TEMPLATE
 
@@ -74,7 +75,8 @@ class GateConfig:
                    num_candidates=int(hparams.get("num_candidates", 4)),
                    context_columns=list(population.spec.context_columns),
                    use_chat_template=bool(hparams.get("use_chat_template", False)),
-                   trained_with_lm=hparams.get("lm"), metrics=dict(metrics or {}), checkpoint=checkpoint)
+                   trained_with_lm=hparams.get("lm"), metrics=dict(metrics or {}), checkpoint=checkpoint,
+                   mask_other_label=bool(mask_other_label))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> GateConfig:
@@ -224,7 +226,8 @@ def export_from_module(module, trainer, out_dir: str | Path | None = None) -> Pa
     if out_dir is None:
         out_dir = hp.export_dir or Path(trainer.log_dir or trainer.default_root_dir) / "gate"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-    config = GateConfig.from_training(hp, art.population, art.embedder, art.embed_dim, metrics=metrics)
+    config = GateConfig.from_training(hp, art.population, art.embedder, art.embed_dim, metrics=metrics,
+                                      mask_other_label=getattr(trainer.datamodule, "mask_other_label", False))
     return save_pretrained(out_dir, gate=module.gate, personas=art.personas, persona_emb=art.persona_emb,
                            pool=art.pool, index=art.index, config=config)
 
@@ -545,7 +548,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, artifacts_dir:
     hp.setdefault("lm", meta.get("lm"))
     config = GateConfig.from_training(
         hp, art.population, meta.get("embedder"), dim,
-        checkpoint={"file": path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")})
+        checkpoint={"file": path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
+        mask_other_label=bool(meta.get("mask_other_label", False)))
     return save_pretrained(out_dir, gate=gate, personas=art.personas, persona_emb=art.persona_emb,
                            pool=art.pool, index=art.index, config=config)
 

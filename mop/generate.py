@@ -188,10 +188,16 @@ class ComponentSampler:
     ``gate_temperature`` T flattens (T > 1) or sharpens (T < 1) the trained gate's weights before they are
     sampled: pi(x)^(1/T) and Omega_k(x)^(1/T), each renormalised (its logits divided by T). T = 1 is the
     trained gate; T -> infinity tends to the uniform gate. Only the gated methods have a gate to temper.
+
+    ``match_label``: every method that draws an exemplar (the gated ones and the uniform baselines alike)
+    draws it among the exemplars with the context's label (``labels`` of :meth:`sample`; a context without a
+    label, or an exemplar without one, is not restricted): Omega_k(x), or the uniform draw, renormalised over
+    them.
     """
 
     def __init__(self, export, method: str = "mop", temperature: float | None = None,
-                 attributes: dict[str, list[str]] | None = None, gate_temperature: float = 1.0):
+                 attributes: dict[str, list[str]] | None = None, gate_temperature: float = 1.0,
+                 match_label: bool = False):
         if method not in METHODS:
             raise MopError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
         if temperature is not None and not temperature > 0:
@@ -199,6 +205,7 @@ class ComponentSampler:
         check_gate_temperature(gate_temperature, method)
         self.export, self.method, self.temperature = export, method, temperature
         self.gate_temperature = float(gate_temperature)
+        self.match_label = bool(match_label)
         self.attributes = (attributes or load_attributes(None)) if method == "attrprompt" else None
         self._pool = export.pool_emb  # (N, D) h(e_j)
         self._pos_of: dict[str, list[int]] = {}
@@ -231,11 +238,14 @@ class ComponentSampler:
             return log_w
         return torch.log_softmax(log_w / self.gate_temperature, dim=-1)
 
-    def log_omega(self, hx, persona, record_ids: Sequence[str | None]):
-        """(B, D), (B,) chosen k -> (B, N) log Omega_k(x) over the pool, the record's own id masked out
-        (uniform over the pool for the methods that do not use the gate's exemplar weights)."""
+    def log_omega(self, hx, persona, record_ids: Sequence[str | None],
+                  labels: Sequence[str | None] | None = None):
+        """(B, D), (B,) chosen k -> (B, N) log Omega_k(x) over the pool, the record's own id masked out, and
+        with ``match_label`` the exemplars of another label than ``labels[b]`` (uniform over the pool for the
+        methods that do not use the gate's exemplar weights)."""
         import torch
 
+        from mop.datamodule import other_label_positions
         from mop.gating import Gate
 
         N, B = self._pool.shape[0], len(record_ids)
@@ -243,8 +253,15 @@ class ComponentSampler:
         for b, rid in enumerate(record_ids):
             if rid is not None and rid in self._pos_of:
                 mask[b, self._pos_of[rid]] = True
+        if self.match_label and labels is not None:
+            for b, others in enumerate(other_label_positions(labels, self.export.exemplars)):
+                mask[b, others] = True
         if bool(mask.all(-1).any()):
-            raise MopError("a context has no usable exemplar (the pool holds only the context's own record)")
+            b = int(mask.all(-1).nonzero()[0])
+            why = (f"no exemplar of the pool has its label '{labels[b]}'"
+                   if self.match_label and labels is not None and labels[b] is not None
+                   else "the pool holds only the context's own record")
+            raise MopError(f"a context has no usable exemplar ({why})")
         with torch.no_grad():
             if self.method in ("mop", "mop-random-persona"):
                 q = self.export.gate.queries(torch.as_tensor(hx, dtype=torch.float32),
@@ -255,9 +272,9 @@ class ComponentSampler:
             return Gate.omega(q, self._pool, mask)[:, 0]
 
     def sample(self, hx, record_ids: Sequence[str | None], keys: Sequence[int],
-               seed: int) -> list[Component]:
+               seed: int, labels: Sequence[str | None] | None = None) -> list[Component]:
         """One component per sample; ``keys[b]`` (see :func:`sample_key`) and ``seed`` fix its random
-        choices."""
+        choices; ``labels``: the contexts' labels (used with ``match_label``)."""
         import torch
 
         B = len(keys)
@@ -270,7 +287,7 @@ class ComponentSampler:
             persona = torch.stack([torch.multinomial(pi[b], 1, generator=gens[b])[0] for b in range(B)])
         if self.method in USES_EXEMPLAR:
             k = persona if persona is not None else torch.zeros(B, dtype=torch.long)
-            omega = self.log_omega(hx, k, record_ids).exp()  # (B, N)
+            omega = self.log_omega(hx, k, record_ids, labels).exp()  # (B, N)
             exemplar = torch.stack([torch.multinomial(omega[b], 1, generator=gens[b])[0] for b in range(B)])
         out = []
         for b in range(B):
@@ -565,6 +582,9 @@ class Sampling:
         gate_temperature: temper the trained gate before sampling from it (gated methods only): pi and Omega
             become proportional to pi^(1/T) and Omega^(1/T). 1: the trained gate; above 1 flatter (more
             personas and exemplars used; towards the uniform gate), below 1 sharper.
+        exemplar_label: which exemplars a context may be given, for every method that draws one: match (only
+            those with the context's label, Omega renormalised over them), any (the whole pool) or auto (as
+            the gate was trained: match for an export trained with data.mask_other_label).
         stop: stop strings: a sample ends where it first writes one, and the text is cut there (default: a
             newline, unless a tenth or more of the training responses span several lines; ``--stop`` with no
             value: none).
@@ -580,6 +600,7 @@ class Sampling:
     top_p: Probability = 1.0
     temperature: PositiveFloat | None = None
     gate_temperature: PositiveFloat = 1.0
+    exemplar_label: Literal["auto", "match", "any"] = "auto"
     stop: list[str] | None = None
     chat_template: Literal["auto", "on", "off"] = "auto"
 
@@ -595,14 +616,21 @@ class Sampling:
         if self.method not in METHODS:
             raise MopError(f"unknown method '{self.method}', expected one of {', '.join(METHODS)}")
         check_gate_temperature(self.gate_temperature, self.method)
+        if self.exemplar_label not in ("auto", "match", "any"):
+            raise MopError(f"exemplar_label must be auto, match or any, got {self.exemplar_label!r}")
         if self.chat_template not in ("auto", "on", "off"):
             raise MopError(f"chat_template must be auto, on or off, got {self.chat_template!r}")
 
 
-def run_identity(model_name: str, adapter: str | None, sampling: Sampling) -> dict[str, Any]:
-    """The settings every row of one output file shares (mop.outputs.IDENTITY), written into each row."""
+def run_identity(model_name: str, adapter: str | None, sampling: Sampling,
+                 trained_label_match: bool = False) -> dict[str, Any]:
+    """The settings every row of one output file shares (mop.outputs.IDENTITY), written into each row;
+    ``exemplar_label`` auto is resolved with ``trained_label_match`` (the export's ``mask_other_label``)."""
+    label = sampling.exemplar_label
+    if label == "auto":
+        label = "match" if trained_label_match else "any"
     return {"model": model_name, "adapter": adapter, "method": sampling.method, "seed": sampling.seed,
-            "gate_temperature": sampling.gate_temperature}
+            "gate_temperature": sampling.gate_temperature, "exemplar_label": label}
 
 
 class SingleProcess:
@@ -659,9 +687,13 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MopError("the export's prompts use a chat template but this tokenizer has none "
                        "(a base model?); pass --chat-template off")
-    sampler = ComponentSampler(export, method, sampling.temperature, attributes, sampling.gate_temperature)
+    identity = run_identity(model_name, adapter, sampling, export.gate_config.mask_other_label)
+    if identity["exemplar_label"] == "match" and method in USES_EXEMPLAR \
+            and all(r.label is None for r in records):
+        raise MopError("exemplar_label match needs the contexts' labels, and these contexts have none")
+    sampler = ComponentSampler(export, method, sampling.temperature, attributes, sampling.gate_temperature,
+                               match_label=identity["exemplar_label"] == "match")
     stop = default_stop(export) if sampling.stop is None else list(sampling.stop)
-    identity = run_identity(model_name, adapter, sampling)
     out = ShardedOutput(output, identity, rank, world)
     if out.dropped_partial and rank == 0:
         print(f"[mop] dropped an incomplete last line of {out.path} (an interrupted run)", file=sys.stderr)
@@ -698,7 +730,7 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
         recs = [records[plan[n][0]] for n in batch]
         hx = contexts_of([plan[n][0] for n in batch]) if context_emb is not None else None
         keys = [sample_key(sids[n]) for n in batch]
-        comps = sampler.sample(hx, [r.id for r in recs], keys, seed)
+        comps = sampler.sample(hx, [r.id for r in recs], keys, seed, labels=[r.label for r in recs])
         prompts = [build_prompt(export, r, c) for r, c in zip(recs, comps)]
         new_ids = sample_continuations(
             model, tokenizer, prompts, [c.temperature for c in comps],
@@ -809,17 +841,17 @@ def generate_command(
     if attributes and sampling.method != "attrprompt":
         raise MopError("--attributes is only used by --method attrprompt")
     attribute_lists = load_attributes(attributes) if sampling.method == "attrprompt" else None
-    identity = run_identity(model, adapter, sampling)
-    OutputFile(output, identity)  # a missing directory or another run's output fails before any loading
-    # Every input is checked before anything heavy is loaded: the model paths, the export's files, the
-    # contexts and the embedder's dimension.
+    # Every input is checked before anything heavy is loaded: the output, the model paths, the export's
+    # files, the contexts and the embedder's dimension.
     from mop.assets import check_model_path
     from mop.export import check_embed_dim, check_export_files
 
+    export_config = read_export_config(gating)
+    identity = run_identity(model, adapter, sampling, bool(export_config.get("mask_other_label", False)))
+    OutputFile(output, identity)  # a missing directory or another run's output fails before any loading
     check_model_path(model, "model")
     if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
         raise MopError(f"adapter '{adapter}' has no adapter_config.json: not a PEFT adapter folder")
-    export_config = read_export_config(gating)
     check_export_files(gating, export_config)
     if prompt_template is not None:  # before the contexts are read: it decides the fields they need
         from mop.prompts import validate_prompt_template

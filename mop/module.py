@@ -354,7 +354,8 @@ class MixtureOfPersonas(pl.LightningModule):
         checkpoint["mop"] = {"artifacts_dir": str(art.directory), "embedder": art.embedder,
                              "dataset": dataclasses.asdict(self._dm.dataset),
                              "embed_dim": art.embed_dim, "num_personas": len(art.persona_texts),
-                             "persona_texts": art.persona_texts, "lm": self.hparams.lm}
+                             "persona_texts": art.persona_texts, "lm": self.hparams.lm,
+                             "mask_other_label": bool(getattr(self._dm, "mask_other_label", False))}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("mop")

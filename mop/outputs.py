@@ -24,9 +24,9 @@ from typing import Any
 
 from mop.errors import MopError
 
-IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature")
+IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature", "exemplar_label")
 # the value of an identity key in rows written before the key existed
-IDENTITY_DEFAULTS = {"gate_temperature": 1.0}
+IDENTITY_DEFAULTS = {"gate_temperature": 1.0, "exemplar_label": "any"}
 
 
 def read_lines(path: Path) -> tuple[list[bytes], int, int]:

@@ -186,9 +186,11 @@ def unit_rows(rng, n: int, dim: int):
 
 def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: int = 0,
                 init_std: float | None = None, embedder: str = "minilm-l6",
-                hidden: int = 16, null_persona: bool = False) -> SimpleNamespace:
+                hidden: int = 16, null_persona: bool = False,
+                mask_other_label: bool = False) -> SimpleNamespace:
     """A small export written by save_pretrained (random gate, personas and pool), plus what went into it;
-    ``null_persona``: the last of the k personas is the persona-free component."""
+    ``null_persona``: the last of the k personas is the persona-free component; ``mask_other_label``: the
+    export says it was trained on label-consistent exemplars."""
     import numpy as np
     import torch
 
@@ -209,7 +211,8 @@ def make_export(out: Path, dim: int = 384, k: int = 5, n_pool: int = 12, seed: i
     pool_emb = unit_rows(rng, n_pool, dim)
     config = GateConfig(embedder=embedder, embed_dim=dim, hidden_dim=hidden, num_candidates=4,
                         prompt_template=PROMPT, context_template=CONTEXT, context_columns=["movie"],
-                        use_chat_template=False, trained_with_lm="tiny", metrics={"val/nll": 1.5})
+                        use_chat_template=False, trained_with_lm="tiny", metrics={"val/nll": 1.5},
+                        mask_other_label=mask_other_label)
     ids, texts = ([f"p{i:03d}" for i in range(k)],
                   [f"You are critic number {i}, fond of films." for i in range(k)])
     personas = [Persona(id=i, text=t, cluster_size=n) for n, (i, t) in enumerate(zip(ids, texts), 1)]

@@ -158,6 +158,13 @@ def test_export_from_checkpoint(tmp_path, write_csv):
     assert got.exemplars == pool and got.persona_sizes == [3, 4, 5, 6]
     assert got.config["context_template"] == CONTEXT and got.config["trained_with_lm"] == "smollm2-135m"
     assert got.config["checkpoint"] == {"file": "last.ckpt", "epoch": 1, "global_step": 30}
+    # a gate trained on label-consistent exemplars (data.mask_other_label) says so, so generation does too
+    assert got.config["mask_other_label"] is False and not got.gate_config.mask_other_label
+    raw = torch.load(ckpt, weights_only=True)
+    raw["mop"]["mask_other_label"] = True
+    torch.save(raw, ckpt)
+    assert load_export(export_checkpoint(ckpt, tmp_path / "gate-label", config_path=str(cfg))
+                       ).gate_config.mask_other_label is True
 
 
 def test_export_cli_errors_are_one_line(tmp_path, write_csv):

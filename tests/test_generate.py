@@ -173,6 +173,57 @@ def test_own_record_is_never_an_exemplar(tmp_path):
         assert {c.exemplar for c in comps} == {0, 1, 3}, method
 
 
+def test_label_matched_exemplars_are_drawn_among_the_contexts_label_only(tmp_path):
+    """exemplar_label match: every exemplar-drawing method draws among the exemplars with the context's label,
+    the gate's Omega renormalised over them (mop) or uniformly (the baselines); the own record stays out; an
+    unlabelled context is not restricted; a label the pool lacks is refused."""
+    export = load_export(make_export(tmp_path / "gate", dim=16, k=6, n_pool=10, init_std=0.6).path)
+    rotten = [j for j, e in enumerate(export.exemplars) if e.label == "rotten"]
+    assert rotten == [1, 3, 5, 7, 9]
+    hx = torch.as_tensor(HashEmbedder(16).encode(["a rotten review of the movie Film 1"]))
+    n = 3000
+    comps = ComponentSampler(export, "mop", match_label=True).sample(hx.expand(n, -1), [None] * n, range(n),
+                                                                      seed=0, labels=["rotten"] * n)
+    assert {c.exemplar for c in comps} <= set(rotten)
+    k = int(np.bincount([c.persona for c in comps]).argmax())
+    omega = export.gate.log_omega(hx, export.persona_emb, export.pool_emb)[0, k].exp().numpy()
+    want = np.zeros(10)
+    want[rotten] = omega[rotten] / omega[rotten].sum()
+    ex_counts = np.bincount([c.exemplar for c in comps if c.persona == k], minlength=10)
+    assert _chisquare(ex_counts[rotten], want[rotten]) > 1e-3
+    assert _chisquare(ex_counts[rotten], np.full(5, 0.2)) < 1e-3  # the gate's weights, not a uniform draw
+    for method in ("fewshot", "uniform", "mop-random-persona"):
+        got = ComponentSampler(export, method, match_label=True).sample(
+            hx.expand(n, -1), ["e3"] * n, range(n), seed=1, labels=["rotten"] * n)
+        assert {c.exemplar for c in got} <= {1, 5, 7, 9}, method  # rotten, and never the own record e3
+        if method != "mop-random-persona":
+            assert _chisquare(np.bincount([c.exemplar for c in got], minlength=10)[[1, 5, 7, 9]],
+                              np.full(4, 0.25)) > 1e-3
+    # off by default; an unlabelled context is not restricted even with match_label
+    free = ComponentSampler(export, "fewshot").sample(hx.expand(400, -1), [None] * 400, range(400), seed=2,
+                                                      labels=["rotten"] * 400)
+    unlabelled = ComponentSampler(export, "fewshot", match_label=True).sample(
+        hx.expand(400, -1), [None] * 400, range(400), seed=2, labels=[None] * 400)
+    for got in (free, unlabelled):
+        assert {c.exemplar for c in got} == set(range(10))
+    with pytest.raises(MopError, match="no exemplar of the pool has its label 'mixed'"):
+        ComponentSampler(export, "mop", match_label=True).sample(hx, [None], [0], seed=0, labels=["mixed"])
+    with pytest.raises(MopError, match="exemplar_label must be auto, match or any"):
+        Sampling(num_samples=1, exemplar_label="same").check()
+
+
+def test_label_exclusions_mask_exactly_the_other_labels():
+    from mop.datamodule import exclusions
+
+    pool = [Record(id=f"e{j}", response=f"text {j}", context={}, label=lab)
+            for j, lab in enumerate(["fresh", "rotten", "fresh", None, "rotten"])]
+    records = [Record(id="e0", response="text 0", context={}, label="fresh"),
+               Record(id="x", response="other", context={}, label="rotten"),
+               Record(id="y", response="text 2", context={}, label=None)]
+    assert exclusions(records, pool) == [[0], [], [2]]
+    assert exclusions(records, pool, other_label=True) == [[0, 1, 4], [0, 2], [2]]
+
+
 def test_baselines_share_the_template(tmp_path):
     export = load_export(make_export(tmp_path / "gate", dim=16, k=4).path)
     record = _contexts(1)[0]
@@ -438,6 +489,25 @@ def test_same_seed_same_rows(tmp_path, tiny_lm):
     assert run("legacy.jsonl", 3)["skipped"] == 2
     with pytest.raises(MopError, match="gate_temperature 1.0 \\(now 2.0\\)"):
         run("legacy.jsonl", 3, gate_temperature=2.0)
+    # which exemplars a context may get is in every row too: any by default, match draws the context's label
+    assert {r["exemplar_label"] for r in a} == {"any"}
+    run("m.jsonl", 6, exemplar_label="match")
+    matched = _rows(tmp_path / "m.jsonl")
+    labels = {e.id: e.label for e in export.exemplars}
+    assert {r["exemplar_label"] for r in matched} == {"match"}
+    assert all(labels[r["exemplar_id"]] == r["label"] for r in matched)
+    with pytest.raises(MopError, match="exemplar_label 'match' \\(now 'any'\\)"):
+        run("m.jsonl", 6)
+    # auto: as the export was trained (an export trained with data.mask_other_label samples label-matched)
+    trained = load_export(make_export(tmp_path / "gate-label", dim=16, k=4, init_std=0.6,
+                                      mask_other_label=True).path)
+    for name, setting, want in (("auto.jsonl", "auto", "match"), ("any.jsonl", "any", "any")):
+        sampling = Sampling(num_samples=6, batch_size=4, max_new_tokens=4, exemplar_label=setting)
+        generate_population(trained, model, tok, records, tmp_path / name, sampling, **kw)
+        got = _rows(tmp_path / name)
+        assert {r["exemplar_label"] for r in got} == {want}
+        if want == "match":
+            assert all(labels[r["exemplar_id"]] == r["label"] for r in got)
     with pytest.raises(MopError, match="tokenizer has none"):
         run("f.jsonl", 2, chat_template="on")
 
