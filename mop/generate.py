@@ -206,6 +206,7 @@ class ComponentSampler:
         self.export, self.method, self.temperature = export, method, temperature
         self.gate_temperature = float(gate_temperature)
         self.match_label = bool(match_label)
+        self._other_label: dict[str, list[int]] = {}  # label -> pool positions of the other labels (cached)
         self.attributes = (attributes or load_attributes(None)) if method == "attrprompt" else None
         self._pool = export.pool_emb  # (N, D) h(e_j)
         self._pos_of: dict[str, list[int]] = {}
@@ -245,7 +246,6 @@ class ComponentSampler:
         methods that do not use the gate's exemplar weights)."""
         import torch
 
-        from mop.datamodule import other_label_positions
         from mop.gating import Gate
 
         N, B = self._pool.shape[0], len(record_ids)
@@ -254,8 +254,8 @@ class ComponentSampler:
             if rid is not None and rid in self._pos_of:
                 mask[b, self._pos_of[rid]] = True
         if self.match_label and labels is not None:
-            for b, others in enumerate(other_label_positions(labels, self.export.exemplars)):
-                mask[b, others] = True
+            for b, label in enumerate(labels):
+                mask[b, self._other_label_positions(label)] = True
         if bool(mask.all(-1).any()):
             b = int(mask.all(-1).nonzero()[0])
             why = (f"no exemplar of the pool has its label '{labels[b]}'"
@@ -270,6 +270,15 @@ class ComponentSampler:
                 return self._tempered(Gate.omega(q, self._pool, mask)[:, 0])
             q = torch.zeros(B, 1, self._pool.shape[1])
             return Gate.omega(q, self._pool, mask)[:, 0]
+
+    def _other_label_positions(self, label: str | None) -> list[int]:
+        """Pool positions whose label is not ``label`` (none for an unlabelled context), computed once per
+        label rather than per batch."""
+        from mop.datamodule import other_label_positions
+
+        if label not in self._other_label:
+            self._other_label[label] = other_label_positions([label], self.export.exemplars)[0]
+        return self._other_label[label]
 
     def sample(self, hx, record_ids: Sequence[str | None], keys: Sequence[int],
                seed: int, labels: Sequence[str | None] | None = None) -> list[Component]:
