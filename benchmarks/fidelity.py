@@ -447,10 +447,10 @@ def table(result: dict, timings: dict) -> str:
     out = []
     for group in result["groups"]:
         out += [f"### {group['model']}, n = {group['n']}, embedder {group['embedder']}", "",
-                "| method | FID ↓ [95% CI] | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
+                "| method | FID ↓ [95% CI] | FID∞ ↓ | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
                 "personas / exemplars used (effective) | exemplar label match | Vendi | words | "
                 "prompt echo / persona start / exemplar copy | tau | gen s |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in group["rows"]:
             method = row["name"].split(":")[1]
             eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
@@ -459,7 +459,7 @@ def table(result: dict, timings: dict) -> str:
             label = LABELS.get(method, method)
             if row.get("gate_temperature", 1.0) != 1.0:
                 label += f", gate T {row['gate_temperature']:g}"
-            out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_ci(row, 'mauve', 3)} | "
+            out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_rate(row.get('fid_inf'), 4)} | {_ci(row, 'mauve', 3)} | "
                        f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "
                        f"{_rate(row.get('exemplar_label_match'), 3)} | "
                        f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
@@ -468,10 +468,11 @@ def table(result: dict, timings: dict) -> str:
                        f"{_rate(timings.get('generate ' + row['name']), 0)} |")
         ref = group.get("reference")
         if ref:
-            out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | {_ci(ref, 'mauve', 3)} | "
+            out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | {_rate(ref.get('fid_inf'), 4)} | "
+                       f"{_ci(ref, 'mauve', 3)} | "
                        f"{_ci(ref, 'kl_cosine', 4)} | {_ci(ref, 'f1', 3)} | – | – | "
                        f"{ref['diversity']['vendi']:.1f} | – | – | – | – |")
-        out.append(f"| real test texts (the target) | 0 | 1 | 0 | – | – | – | "
+        out.append(f"| real test texts (the target) | 0 | 0 | 1 | 0 | – | – | – | "
                    f"{group['real']['diversity']['vendi']:.1f} | {group['real_words']} | – | – | – |")
         method = (group.get("bootstrap") or {}).get("method")
         out += ["", method or "", ""]

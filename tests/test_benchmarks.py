@@ -359,3 +359,42 @@ def test_fidelity_generate_passes_the_split_config_and_temperature_to_generate_p
     assert default[default.index("--temperature") + 1] == "0.9"  # no choice: --baseline-temperature
     assert default[default.index("--split") + 1] == "test"
     assert default[default.index("--data") + 1] == "base.yaml"
+
+
+def test_fidelity_gap_cuts_at_sentence_ends_only():
+    from fidelity_gap import count_sentences, cut_sentences
+
+    text = 'A mess. It drags on ("too long!") and on... Still, 3.5 stars? Maybe'
+    assert count_sentences(text) == 5
+    assert cut_sentences(text, 1) == "A mess."
+    assert cut_sentences(text, 2) == 'A mess. It drags on ("too long!")'  # the "!" before ")" ends one
+    assert cut_sentences(text, 4) == 'A mess. It drags on ("too long!") and on... Still, 3.5 stars?'
+    assert cut_sentences(text, 9) == text  # fewer sentences than asked: whole
+    assert count_sentences("  One sentence without an end ") == 1
+    assert count_sentences("Ends with a full stop.") == 1
+
+
+def test_fidelity_gap_cut_gives_every_set_the_same_sentence_budget_per_row(tmp_path, monkeypatch):
+    import gzip
+
+    import fidelity_gap
+
+    monkeypatch.chdir(tmp_path)  # main() changes directory to ROOT: restored after the test
+    monkeypatch.setattr(fidelity_gap, "ROOT", tmp_path)
+    monkeypatch.setattr(fidelity_gap, "sentence_budget",
+                        lambda gate, n, seed: ([1, 2, 3][:n], {"one_sentence_share": 0.5, "mean_sentences": 1.5}))
+    samples = tmp_path / "sets"
+    samples.mkdir()
+    texts = ["One. Two. Three. Four.", "One. Two. Three.", "One! Two? Three. Four"]
+    for name in ("m__a", "m__b"):
+        with gzip.open(samples / f"{name}.jsonl.gz", "wt") as f:
+            for t in texts:
+                f.write(json.dumps({"text": t, "label": None}) + "\n")
+    assert fidelity_gap.main(["cut", "--samples", str(samples), "--gate", "unused", "--policy", "budget",
+                              "--workdir", str(tmp_path / "w")]) == 0
+    for name in ("m__a", "m__b"):
+        rows = [json.loads(line) for line in (tmp_path / "w" / "samples" / f"{name}.jsonl").read_text().splitlines()]
+        assert [r["text"] for r in rows] == ["One.", "One. Two.", "One! Two? Three."]
+        assert [r["uncut_text"] for r in rows] == texts
+    report = json.loads((tmp_path / "w" / "cut.json").read_text())
+    assert report["sets"]["m__a"]["cut_share"] == 1.0

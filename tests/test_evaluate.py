@@ -23,6 +23,7 @@ from mop.evaluate import (
     downstream_f1,
     evaluate_sets,
     fid,
+    fid_infinity,
     frechet_distance,
     kl_cosine,
     length_stats,
@@ -108,6 +109,28 @@ def test_fid_matches_the_closed_form_of_two_gaussians():
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-9)
     # identical Gaussians: only sampling noise, O(d^2 / n)
     assert fid(x, rng.multivariate_normal(mu1, s1, size=n), normalize=False) < 1e-3
+
+
+def test_fid_infinity_removes_most_of_the_finite_sample_bias():
+    # points on the unit sphere (fid normalises rows): the FID of 200,000 texts a side is the near-exact value;
+    # at n = 1,000 a side plain FID is biased up by ~c / n, and the 1 / n extrapolation removes most of that
+    d, n = 32, 1000
+    shift = np.r_[0.6, np.zeros(d - 1)]
+
+    def draw(seed, size, mean=0.0):
+        return np.random.default_rng(seed).normal(size=(size, d)) + mean
+    exact = fid(draw(1, 200_000), draw(2, 200_000, shift))
+    x, y, z = draw(3, n), draw(4, n, shift), draw(5, n)
+    plain, inf = fid(x, y), fid_infinity(x, y)
+    assert plain - exact > 0.01  # the bias is real
+    assert abs(inf["fid_inf"] - exact) < 0.25 * (plain - exact)
+    assert inf["sizes"] == [200, 300, 400, 600, 800, 1000] and inf["fids"][-1] == pytest.approx(plain)
+    assert inf["slope"] > 0  # FID falls with more texts
+    same = fid_infinity(x, z)["fid_inf"]  # one distribution: near 0, far below the plain FID
+    assert abs(same) < 0.1 * fid(x, z)
+    assert fid_infinity(x, y, seed=1)["fid_inf"] != inf["fid_inf"]  # the subsamples follow the seed
+    assert fid_infinity(x, y) == inf  # and are fixed by it
+    assert fid_infinity(draw(6, 6), draw(7, 6)) is None  # fewer than 3 sizes of >= 5 texts
 
 
 def test_fid_l2_normalises_rows():
@@ -402,10 +425,11 @@ def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, f
     assert report["embedder"] == "minilm-l6" and me["file"] == str(same)
     assert me["ci95"]["fid"][0] == 0.0 and me["bootstrap"]["f1"]["resamples"] == 20
     assert report["bootstrap"]["resamples"] == 20 and report["bootstrap"]["mauve_resamples"] == 2
-    assert ("| set | n | FID ↓ [95% CI] | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
+    assert ("| set | n | FID ↓ [95% CI] | FID∞ ↓ | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
             "distinct-1 / -2 | Vendi | words mean / median | length W1 ↓ |") in printed
     assert "| mop/smollm2-135m | 60 | 0.0000 [0.0000, " in printed
-    assert "| real train (reference) | 60 | " in printed and "| real (evaluated split) | 60 | – |" in printed
+    assert abs(me["fid_inf"]) < 1e-6 and me["fid_inf_fit"]["sizes"][-1] == 60  # a set against itself
+    assert "| real train (reference) | 60 | " in printed and "| real (evaluated split) | 60 | – | – |" in printed
     assert "bootstrap over texts" in printed and "20 resamples for FID / KL-cos / F1" in printed
     data = png.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 10_000

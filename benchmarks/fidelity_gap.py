@@ -1,0 +1,203 @@
+"""Where the fidelity gap lies: length, or what the texts say (issue 13).
+
+Every generated Rotten Tomatoes set is 33-41 words long against the population's 19, and 30-41% of generated
+reviews are one sentence against 88% of the real ones. Two questions, answered on the committed sets without
+generating anything:
+
+``cut``: does matching the population's length close the gap? Each text of a committed set is cut at a
+sentence end, the same rule for every method, decided from the training responses alone (never from a metric):
+
+- ``first``: the first sentence;
+- ``budget``: as many sentences as a count drawn (seeded, by row position, so every method's row i gets the
+  same count) from the training responses' sentence counts.
+
+Cutting a sampled text at a sentence end is what stopping the generation there would have written: a row's
+tokens depend only on its prompt, temperature and seed (``mop.generate.sample_continuations``), so the prefix
+is the same. The cut sets land in ``WORKDIR/samples`` under the names ``benchmarks/fidelity.py`` reads, so
+its evaluate step scores them with every interval:
+
+    python benchmarks/fidelity_gap.py cut --samples benchmarks/results/fidelity_scale_samples \\
+        --gate benchmarks/results/fidelity_scale_gate --policy budget --workdir runs/rt_cut_budget
+    python benchmarks/fidelity.py --config configs/fidelity.yaml --gate benchmarks/results/fidelity_scale_gate \\
+        --workdir runs/rt_cut_budget --num-samples 1000 --embedders minilm-l6 --steps evaluate \\
+        --runs smollm2-135m:mop smollm2-135m:zerogen ... --output benchmarks/results/fidelity_gap_budget
+
+``decompose``: FID = ||mu_r - mu_g||^2 (the mean term: what the texts are about, on average) + the covariance
+term (how they spread), and FID extrapolated to infinitely many texts (``mop.evaluate.fid_infinity``: plain
+FID at n = 1,000 is biased up by about c / n, and c is nearly the same for every set), for every set of a
+folder and for the real training texts, against the same real test texts as ``benchmarks/fidelity.py``:
+
+    python benchmarks/fidelity_gap.py decompose --config configs/fidelity.yaml \\
+        --gate benchmarks/results/fidelity_scale_gate --samples benchmarks/results/fidelity_scale_samples \\
+        --num-samples 1000 --output benchmarks/results/fidelity_gap_decompose
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# a sentence ends at a run of . ! ? (closing quotes or brackets kept with it) followed by whitespace or the end
+SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
+
+
+def sentence_ends(text: str) -> list[int]:
+    """The character offsets just past each sentence end of ``text`` (stripped)."""
+    return [m.end() for m in SENTENCE_END.finditer(text.strip())]
+
+
+def count_sentences(text: str) -> int:
+    """Sentences in ``text``: its sentence ends before the last character, plus one (an unterminated tail is a
+    sentence)."""
+    text = text.strip()
+    return sum(e < len(text) for e in sentence_ends(text)) + 1
+
+
+def cut_sentences(text: str, k: int) -> str:
+    """``text`` cut after its k-th sentence end (whole, if it has fewer)."""
+    text = text.strip()
+    ends = sentence_ends(text)
+    return text[:ends[k - 1]].strip() if len(ends) >= k else text
+
+
+def read_set(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sets_in(folder: Path) -> dict[str, Path]:
+    """``model__method`` -> file, for the ``.jsonl`` and ``.jsonl.gz`` sets of a folder."""
+    out = {}
+    for p in sorted(folder.iterdir()):
+        for suffix in (".jsonl.gz", ".jsonl"):
+            if p.name.endswith(suffix):
+                out[p.name[: -len(suffix)]] = p
+    if not out:
+        raise SystemExit(f"no .jsonl(.gz) sets in {folder}")
+    return out
+
+
+def sentence_budget(gate: Path, n: int, seed: int):
+    """n sentence counts drawn from the export's training responses (its exemplars), and their distribution."""
+    import numpy as np
+
+    from mop.export import load_export
+
+    counts = np.array([count_sentences(e.response) for e in load_export(gate).exemplars])
+    draws = np.random.default_rng(seed).choice(counts, size=n)
+    return [int(k) for k in draws], {"one_sentence_share": round(float((counts == 1).mean()), 3),
+                                     "mean_sentences": round(float(counts.mean()), 2)}
+
+
+def cut(args) -> int:
+    samples, workdir = Path(args.samples), Path(args.workdir)
+    out_dir = workdir / "samples"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = {name: read_set(path) for name, path in sets_in(samples).items()}
+    n = max(len(rows) for rows in sets.values())
+    budget, dist = sentence_budget(Path(args.gate), n, args.seed)
+    print(f"[gap] training responses: {dist['one_sentence_share']:.1%} one sentence, "
+          f"{dist['mean_sentences']} sentences on average; policy {args.policy}")
+    report = {"policy": args.policy, "seed": args.seed, "samples": str(samples), "training": dist, "sets": {}}
+    for name, rows in sets.items():
+        before = [r["text"] for r in rows]
+        after = [cut_sentences(t, 1 if args.policy == "first" else budget[i]) for i, t in enumerate(before)]
+        with open(out_dir / f"{name}.jsonl", "w") as f:
+            for row, text in zip(rows, after):
+                f.write(json.dumps({**row, "text": text, "uncut_text": row["text"]}) + "\n")
+        stats = {"rows": len(rows), "cut_share": round(sum(a != b.strip() for a, b in zip(after, before)) / len(rows), 3),
+                 "words_before": round(sum(len(t.split()) for t in before) / len(rows), 1),
+                 "words_after": round(sum(len(t.split()) for t in after) / len(rows), 1),
+                 "one_sentence_before": round(sum(count_sentences(t) == 1 for t in before) / len(rows), 3)}
+        report["sets"][name] = stats
+        print(f"[gap] {name}: {stats['cut_share']:.1%} of {stats['rows']} texts cut, words "
+              f"{stats['words_before']} -> {stats['words_after']} (one sentence before: "
+              f"{stats['one_sentence_before']:.1%})")
+    (workdir / "cut.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def decompose(args) -> int:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fidelity import real_sets
+
+    from mop.evaluate import _encode, _make_embedder, fid, fid_infinity, l2_normalise
+
+    embedder = _make_embedder(args.embedder)
+    ns = types.SimpleNamespace(config=args.config, seed=args.seed)
+    (real_texts, _), (train_texts, _) = real_sets(ns, Path(args.gate), args.num_samples)
+    real = l2_normalise(_encode(embedder, real_texts, "real", False))
+    named = {"real training texts (reference)": train_texts}
+    for name, path in sets_in(Path(args.samples)).items():
+        rows = read_set(path)[: args.num_samples]
+        if len(rows) == args.num_samples:
+            named[name] = [r["text"] for r in rows]
+    out = {"embedder": args.embedder, "n": args.num_samples, "config": args.config, "samples": args.samples,
+           "rows": []}
+    lines = ["| set | FID | mean term (share) | covariance term | FID∞ ± std over 5 subsample seeds | words |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, texts in named.items():
+        gen = l2_normalise(_encode(embedder, texts, name, False))
+        total = fid(real, gen)
+        diff = real.mean(0) - gen.mean(0)
+        mean_term = float(diff @ diff)
+        infs = [fid_infinity(real, gen, seed=args.seed + k)["fid_inf"] for k in range(5)]  # subsample seeds
+        inf, inf_std = infs[0], float(np.std(infs, ddof=1))
+        words = round(float(np.mean([len(t.split()) for t in texts])), 1)
+        out["rows"].append({"set": name, "fid": round(total, 4), "mean_term": round(mean_term, 4),
+                            "covariance_term": round(total - mean_term, 4), "fid_inf": round(inf, 4),
+                            "fid_inf_std_over_5_seeds": round(inf_std, 4),
+                            "words": words})
+        lines.append(f"| {name} | {total:.4f} | {mean_term:.4f} ({mean_term / total:.0%}) | "
+                     f"{total - mean_term:.4f} | {inf:.4f} ± {inf_std:.4f} | {words} |")
+    md = "\n".join(lines)
+    print(md)
+    if args.output:
+        Path(args.output).with_suffix(".json").write_text(json.dumps(out, indent=1))
+        Path(args.output).with_suffix(".md").write_text(
+            f"### FID decomposed: {args.samples}, n = {args.num_samples}, {args.embedder}\n\n{md}\n")
+    return 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("cut", help="write sentence-cut copies of committed sets")
+    c.add_argument("--samples", required=True, help="folder of model__method.jsonl(.gz) sets")
+    c.add_argument("--gate", required=True, help="the export whose exemplars give the sentence counts")
+    c.add_argument("--policy", choices=("first", "budget"), required=True)
+    c.add_argument("--workdir", required=True, help="writes WORKDIR/samples/*.jsonl and WORKDIR/cut.json")
+    c.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("decompose", help="FID = mean term + covariance term, per set")
+    d.add_argument("--config", required=True)
+    d.add_argument("--gate", required=True)
+    d.add_argument("--samples", required=True)
+    d.add_argument("--num-samples", type=int, required=True)
+    d.add_argument("--embedder", default="minilm-l6")
+    d.add_argument("--seed", type=int, default=0, help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
+    d.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.chdir(ROOT)
+    return cut(args) if args.command == "cut" else decompose(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
