@@ -459,7 +459,8 @@ def table(result: dict, timings: dict) -> str:
             label = LABELS.get(method, method)
             if row.get("gate_temperature", 1.0) != 1.0:
                 label += f", gate T {row['gate_temperature']:g}"
-            out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_rate(row.get('fid_inf'), 4)} | {_ci(row, 'mauve', 3)} | "
+            out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_rate(row.get('fid_inf'), 4)} | "
+                       f"{_ci(row, 'mauve', 3)} | "
                        f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "
                        f"{_rate(row.get('exemplar_label_match'), 3)} | "
                        f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
@@ -468,7 +469,8 @@ def table(result: dict, timings: dict) -> str:
                        f"{_rate(timings.get('generate ' + row['name']), 0)} |")
         ref = group.get("reference")
         if ref:
-            out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | {_rate(ref.get('fid_inf'), 4)} | "
+            out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | "
+                       f"{_rate(ref.get('fid_inf'), 4)} | "
                        f"{_ci(ref, 'mauve', 3)} | "
                        f"{_ci(ref, 'kl_cosine', 4)} | {_ci(ref, 'f1', 3)} | – | – | "
                        f"{ref['diversity']['vendi']:.1f} | – | – | – | – |")

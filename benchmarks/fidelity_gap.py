@@ -18,7 +18,8 @@ its evaluate step scores them with every interval:
 
     python benchmarks/fidelity_gap.py cut --samples benchmarks/results/fidelity_scale_samples \\
         --gate benchmarks/results/fidelity_scale_gate --policy budget --workdir runs/rt_cut_budget
-    python benchmarks/fidelity.py --config configs/fidelity.yaml --gate benchmarks/results/fidelity_scale_gate \\
+    python benchmarks/fidelity.py --config configs/fidelity.yaml \\
+        --gate benchmarks/results/fidelity_scale_gate \\
         --workdir runs/rt_cut_budget --num-samples 1000 --embedders minilm-l6 --steps evaluate \\
         --runs smollm2-135m:mop smollm2-135m:zerogen ... --output benchmarks/results/fidelity_gap_budget
 
@@ -46,7 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# a sentence ends at a run of . ! ? (closing quotes or brackets kept with it) followed by whitespace or the end
+# a sentence ends at a run of . ! ? (closing quotes or brackets kept with it) followed by whitespace or the
+# end of the text
 SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 
 
@@ -88,7 +90,8 @@ def sets_in(folder: Path) -> dict[str, Path]:
 
 
 def sentence_budget(gate: Path, n: int, seed: int):
-    """n sentence counts drawn from the export's training responses (its exemplars), and their distribution."""
+    """n sentence counts drawn from the export's training responses (its exemplars), and their
+    distribution."""
     import numpy as np
 
     from mop.export import load_export
@@ -115,7 +118,8 @@ def cut(args) -> int:
         with open(out_dir / f"{name}.jsonl", "w") as f:
             for row, text in zip(rows, after):
                 f.write(json.dumps({**row, "text": text, "uncut_text": row["text"]}) + "\n")
-        stats = {"rows": len(rows), "cut_share": round(sum(a != b.strip() for a, b in zip(after, before)) / len(rows), 3),
+        n_cut = sum(a != b.strip() for a, b in zip(after, before))
+        stats = {"rows": len(rows), "cut_share": round(n_cut / len(rows), 3),
                  "words_before": round(sum(len(t.split()) for t in before) / len(rows), 1),
                  "words_after": round(sum(len(t.split()) for t in after) / len(rows), 1),
                  "one_sentence_before": round(sum(count_sentences(t) == 1 for t in before) / len(rows), 3)}
@@ -141,12 +145,15 @@ def decompose(args) -> int:
     real = l2_normalise(_encode(embedder, real_texts, "real", False))
     named = {"real training texts (reference)": train_texts}
     for name, path in sets_in(Path(args.samples)).items():
+        if args.model and not name.startswith(f"{args.model}__"):
+            continue
         rows = read_set(path)[: args.num_samples]
         if len(rows) == args.num_samples:
             named[name] = [r["text"] for r in rows]
     out = {"embedder": args.embedder, "n": args.num_samples, "config": args.config, "samples": args.samples,
            "rows": []}
-    lines = ["| set | FID | mean term (share) | covariance term | FID∞ ± std over 5 subsample seeds | words |",
+    lines = ["| set | FID | mean term (share) | covariance term "
+             "| FID∞ ± std over 5 subsample seeds | words |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, texts in named.items():
         gen = l2_normalise(_encode(embedder, texts, name, False))
@@ -187,7 +194,9 @@ def parse_args(argv=None):
     d.add_argument("--samples", required=True)
     d.add_argument("--num-samples", type=int, required=True)
     d.add_argument("--embedder", default="minilm-l6")
-    d.add_argument("--seed", type=int, default=0, help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
+    d.add_argument("--model", default=None, help="only this LM's sets (e.g. gemma3-270m)")
+    d.add_argument("--seed", type=int, default=0,
+                   help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
     d.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
     return p.parse_args(argv)
 

@@ -119,11 +119,11 @@ def fid_infinity(real, gen, seed: int = 0, fractions: Sequence[float] = FID_INF_
     0.11 on MiniLM). For each size m = fraction x n (both sets subsampled to m without replacement,
     ``repeats`` times and averaged; once at m = n), FID(m) is fitted by least squares as a + c / m; ``a``,
     FID at 1 / m = 0, is the estimate (each FID(m) through :func:`_frechet_eigh`, equal to :func:`fid` up to
-    round-off and several times faster; the estimate can fall a little below 0: an extrapolation). Equal-size sets are
-    subsampled at the same positions on both sides (row i of a generated set was written for the context of
-    real row i in ``benchmarks/fidelity.py``; a set against itself stays at 0). Returns ``{"fid_inf",
-    "slope", "sizes", "fids"}``, or None with fewer than 3 distinct sizes of at least 5 texts. Seeded: the
-    same seed gives every set the same real subsets.
+    round-off and several times faster; the estimate can fall a little below 0: an extrapolation). Equal-size
+    sets are subsampled at the same positions on both sides (row i of a generated set was written for the
+    context of real row i in ``benchmarks/fidelity.py``; a set against itself stays at 0). Returns
+    ``{"fid_inf", "slope", "sizes", "fids"}``, or None with fewer than 3 distinct sizes of at least 5 texts.
+    Seeded: the same seed gives every set the same real subsets.
     """
     real, gen = _check_pair(real, gen)
     n = min(len(real), len(gen))
@@ -864,8 +864,9 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{_diversity_cells(real['diversity'], real['length'])} |")
     method = (result.get("bootstrap") or {}).get("method")
     if method:
-        lines.append(f"\n{method}; FID∞: FID extrapolated to infinitely many texts (a fit of FID over 1 / n on "
-                     f"subsamples); length W1: Wasserstein-1 distance of the word counts to the real texts'.")
+        lines.append(f"\n{method}; FID∞: FID extrapolated to infinitely many texts (a fit of FID over 1 / n "
+                     "on subsamples); length W1: Wasserstein-1 distance of the word counts to the real "
+                     "texts'.")
     return "\n".join(lines)
 
 

@@ -381,8 +381,8 @@ def test_fidelity_gap_cut_gives_every_set_the_same_sentence_budget_per_row(tmp_p
 
     monkeypatch.chdir(tmp_path)  # main() changes directory to ROOT: restored after the test
     monkeypatch.setattr(fidelity_gap, "ROOT", tmp_path)
-    monkeypatch.setattr(fidelity_gap, "sentence_budget",
-                        lambda gate, n, seed: ([1, 2, 3][:n], {"one_sentence_share": 0.5, "mean_sentences": 1.5}))
+    monkeypatch.setattr(fidelity_gap, "sentence_budget", lambda gate, n, seed: (
+        [1, 2, 3][:n], {"one_sentence_share": 0.5, "mean_sentences": 1.5}))
     samples = tmp_path / "sets"
     samples.mkdir()
     texts = ["One. Two. Three. Four.", "One. Two. Three.", "One! Two? Three. Four"]
@@ -393,7 +393,8 @@ def test_fidelity_gap_cut_gives_every_set_the_same_sentence_budget_per_row(tmp_p
     assert fidelity_gap.main(["cut", "--samples", str(samples), "--gate", "unused", "--policy", "budget",
                               "--workdir", str(tmp_path / "w")]) == 0
     for name in ("m__a", "m__b"):
-        rows = [json.loads(line) for line in (tmp_path / "w" / "samples" / f"{name}.jsonl").read_text().splitlines()]
+        lines = (tmp_path / "w" / "samples" / f"{name}.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
         assert [r["text"] for r in rows] == ["One.", "One. Two.", "One! Two? Three."]
         assert [r["uncut_text"] for r in rows] == texts
     report = json.loads((tmp_path / "w" / "cut.json").read_text())
