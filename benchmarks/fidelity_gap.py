@@ -31,6 +31,17 @@ folder and for the real training texts, against the same real test texts as ``be
     python benchmarks/fidelity_gap.py decompose --config configs/fidelity.yaml \\
         --gate benchmarks/results/fidelity_scale_gate --samples benchmarks/results/fidelity_scale_samples \\
         --num-samples 1000 --output benchmarks/results/fidelity_gap_decompose
+
+``blocks``: can a validation split of B texts tell the sets apart? The temperatures of
+``benchmarks/fidelity.py --temperature-grid`` are chosen by FID on 100-200 val texts. FID on each of the n / B
+disjoint blocks of B consecutive contexts (row i of every set and of the real texts belongs to context i), its
+mean and std per set, and for every pair of sets the share of blocks that order the pair as FID on all n texts
+does:
+
+    python benchmarks/fidelity_gap.py blocks --config configs/fidelity.yaml \\
+        --gate benchmarks/results/fidelity_scale_gate --samples benchmarks/results/fidelity_scale_samples \\
+        benchmarks/results/fidelity_scale_gt_samples --model smollm2-135m --num-samples 1000 --block 100 \\
+        --output benchmarks/results/fidelity_gap_blocks
 """
 
 from __future__ import annotations
@@ -178,6 +189,92 @@ def decompose(args) -> int:
     return 0
 
 
+def block_agreement(real, gens: dict, block: int) -> dict:
+    """FID of each set on all n rows and on the n // block disjoint blocks of ``block`` consecutive rows (the
+    same rows of ``real``), and, per pair of sets, the share of blocks that order the pair as the full-n FIDs
+    do (a tie in a block counts as disagreeing)."""
+    import numpy as np
+
+    from mop.evaluate import fid
+
+    n = len(real)
+    if block < 10 or block > n // 2:
+        raise SystemExit(f"--block must be between 10 and n / 2 = {n // 2}, got {block}")
+    starts = range(0, n - block + 1, block)
+    sets = {}
+    for name, gen in gens.items():
+        if len(gen) != n:
+            raise SystemExit(f"{name}: {len(gen)} rows, the real texts {n}")
+        per_block = [fid(real[i:i + block], gen[i:i + block]) for i in starts]
+        sets[name] = {"fid": fid(real, gen), "blocks": per_block, "trace_cov": _trace_cov(gen),
+                      "block_mean": float(np.mean(per_block)), "block_std": float(np.std(per_block, ddof=1))}
+    pairs = []
+    names = sorted(sets, key=lambda k: sets[k]["fid"])
+    for i, better in enumerate(names):
+        for worse in names[i + 1:]:
+            agree = np.mean([b < w for b, w in zip(sets[better]["blocks"], sets[worse]["blocks"])])
+            pairs.append({"better": better, "worse": worse,
+                          "fid_gap": sets[worse]["fid"] - sets[better]["fid"],
+                          "block_gap": sets[worse]["block_mean"] - sets[better]["block_mean"],
+                          "agreeing_blocks": float(agree)})
+    return {"n": n, "block": block, "blocks": len(starts), "real_trace_cov": _trace_cov(real), "sets": sets,
+            "pairs": pairs}
+
+
+def _trace_cov(x) -> float:
+    """The total variance of a set's embeddings: how widely its texts spread."""
+    import numpy as np
+
+    return float(np.trace(np.cov(x, rowvar=False)))
+
+
+def blocks(args) -> int:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fidelity import real_sets
+
+    from mop.evaluate import _encode, _make_embedder, l2_normalise
+
+    embedder = _make_embedder(args.embedder)
+    ns = types.SimpleNamespace(config=args.config, seed=args.seed)
+    (real_texts, _), _ = real_sets(ns, Path(args.gate), args.num_samples)
+    real = l2_normalise(_encode(embedder, real_texts, "real", False))
+    gens = {}
+    for folder in args.samples:
+        for name, path in sets_in(Path(folder)).items():
+            if args.model and not name.startswith(f"{args.model}__"):
+                continue
+            rows = read_set(path)[: args.num_samples]
+            if len(rows) < args.num_samples:
+                print(f"[gap] {folder}/{name}: {len(rows)} rows < {args.num_samples}, left out")
+                continue
+            temperature = rows[0].get("temperature")
+            label = f"{name} (tau {temperature:g})" if temperature is not None else name
+            if label in gens:  # another folder's set of the same name and temperature
+                label = f"{label} [{Path(folder).name}]"
+            gens[label] = l2_normalise(_encode(embedder, [r["text"] for r in rows], label, False))
+    res = block_agreement(real, gens, args.block)
+    lines = [f"| set | FID, n = {res['n']} | FID on {res['blocks']} blocks of {res['block']}: mean ± std | "
+             f"trace of the covariance (real texts: {res['real_trace_cov']:.3f}) |",
+             "| --- | --- | --- | --- |"]
+    for name, r in sorted(res["sets"].items(), key=lambda kv: kv[1]["fid"]):
+        lines.append(f"| {name} | {r['fid']:.4f} | {r['block_mean']:.4f} ± {r['block_std']:.4f} | "
+                     f"{r['trace_cov']:.3f} |")
+    lines += ["", f"| better at n = {res['n']} | worse | FID gap at n | mean gap on blocks | "
+              "blocks agreeing |", "| --- | --- | --- | --- | --- |"]
+    for pr in res["pairs"]:
+        lines.append(f"| {pr['better']} | {pr['worse']} | {pr['fid_gap']:.4f} | {pr['block_gap']:.4f} | "
+                     f"{pr['agreeing_blocks']:.0%} |")
+    md = "\n".join(lines)
+    print(md)
+    if args.output:
+        out = {"embedder": args.embedder, "config": args.config, "samples": args.samples, **res}
+        Path(args.output).with_suffix(".json").write_text(json.dumps(out, indent=1))
+        Path(args.output).with_suffix(".md").write_text(
+            f"### FID on disjoint blocks of {args.block} contexts: {', '.join(args.samples)}, "
+            f"{args.embedder}\n\n{md}\n")
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,6 +295,17 @@ def parse_args(argv=None):
     d.add_argument("--seed", type=int, default=0,
                    help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
     d.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
+    b = sub.add_parser("blocks", help="FID on disjoint blocks of B contexts: does a val of B order the sets?")
+    b.add_argument("--config", required=True)
+    b.add_argument("--gate", required=True)
+    b.add_argument("--samples", nargs="+", required=True, help="folders of model__method.jsonl(.gz) sets")
+    b.add_argument("--num-samples", type=int, required=True)
+    b.add_argument("--block", type=int, default=100, help="texts per block (the val size in question)")
+    b.add_argument("--embedder", default="minilm-l6")
+    b.add_argument("--model", default=None, help="only this LM's sets (e.g. smollm2-135m)")
+    b.add_argument("--seed", type=int, default=0,
+                   help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
+    b.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
     return p.parse_args(argv)
 
 
@@ -205,7 +313,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)
-    return cut(args) if args.command == "cut" else decompose(args)
+    return {"cut": cut, "decompose": decompose, "blocks": blocks}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -399,3 +399,27 @@ def test_fidelity_gap_cut_gives_every_set_the_same_sentence_budget_per_row(tmp_p
         assert [r["uncut_text"] for r in rows] == texts
     report = json.loads((tmp_path / "w" / "cut.json").read_text())
     assert report["sets"]["m__a"]["cut_share"] == 1.0
+
+
+def test_fidelity_gap_blocks_scores_disjoint_aligned_blocks_and_pair_agreement():
+    import numpy as np
+    from fidelity_gap import block_agreement
+
+    from mop.evaluate import fid, l2_normalise
+
+    rng = np.random.default_rng(0)
+    d, n = 8, 400
+    real = l2_normalise(rng.normal(size=(n, d)))
+    near = l2_normalise(rng.normal(size=(n, d)))
+    far = l2_normalise(rng.normal(size=(n, d)) + np.r_[3.0, np.zeros(d - 1)])
+    res = block_agreement(real, {"near": near, "far": far, "copy": near.copy()}, block=100)
+    assert res["blocks"] == 4
+    assert res["sets"]["far"]["blocks"][2] == pytest.approx(fid(real[200:300], far[200:300]))  # aligned rows
+    assert res["sets"]["near"]["fid"] == pytest.approx(fid(real, near))
+    assert res["sets"]["near"]["trace_cov"] == pytest.approx(np.trace(np.cov(near.T)))
+    far_pairs = [p for p in res["pairs"] if p["worse"] == "far"]
+    assert len(far_pairs) == 2 and all(p["agreeing_blocks"] == 1.0 and p["fid_gap"] > 0.5 for p in far_pairs)
+    tie = [p for p in res["pairs"] if {p["better"], p["worse"]} == {"near", "copy"}]
+    assert len(tie) == 1 and tie[0]["agreeing_blocks"] == 0.0  # equal FIDs in every block: no block agrees
+    with pytest.raises(SystemExit, match="--block"):
+        block_agreement(real, {"near": near}, block=300)
