@@ -42,6 +42,14 @@ does:
         --gate benchmarks/results/fidelity_scale_gate --samples benchmarks/results/fidelity_scale_samples \\
         benchmarks/results/fidelity_scale_gt_samples --model smollm2-135m --num-samples 1000 --block 100 \\
         --output benchmarks/results/fidelity_gap_blocks
+
+``axes``: where the covariance term comes from. Each set's variance along the real test texts' principal axes
+(over the real variance) and its mean shift there, and the share of its total variance inside the real top-50
+PCA subspace (the reference: real training texts):
+
+    python benchmarks/fidelity_gap.py axes --config configs/fidelity.yaml \\
+        --gate benchmarks/results/fidelity_scale_gate --samples benchmarks/results/fidelity_scale_samples \\
+        --model smollm2-135m --num-samples 1000 --output benchmarks/results/fidelity_gap_axes
 """
 
 from __future__ import annotations
@@ -142,18 +150,30 @@ def cut(args) -> int:
     return 0
 
 
-def decompose(args) -> int:
-    import numpy as np
-
+def load_real(args):
+    """(embed, real texts, their L2-normalised embeddings, real training texts): the same real test texts, of
+    the same shuffled contexts, as ``benchmarks/fidelity.py`` (row i of a set belongs to context i); ``embed``
+    maps (texts, name) to L2-normalised embeddings (cached)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from fidelity import real_sets
 
-    from mop.evaluate import _encode, _make_embedder, fid, fid_infinity, l2_normalise
+    from mop.evaluate import _encode, _make_embedder, l2_normalise
 
     embedder = _make_embedder(args.embedder)
+
+    def embed(texts, name):
+        return l2_normalise(_encode(embedder, texts, name, False))
     ns = types.SimpleNamespace(config=args.config, seed=args.seed)
     (real_texts, _), (train_texts, _) = real_sets(ns, Path(args.gate), args.num_samples)
-    real = l2_normalise(_encode(embedder, real_texts, "real", False))
+    return embed, real_texts, embed(real_texts, "real"), train_texts
+
+
+def decompose(args) -> int:
+    import numpy as np
+
+    from mop.evaluate import fid, fid_infinity
+
+    embed, _, real, train_texts = load_real(args)
     named = {"real training texts (reference)": train_texts}
     for name, path in sets_in(Path(args.samples)).items():
         if args.model and not name.startswith(f"{args.model}__"):
@@ -167,7 +187,7 @@ def decompose(args) -> int:
              "| FID∞ ± std over 5 subsample seeds | words |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, texts in named.items():
-        gen = l2_normalise(_encode(embedder, texts, name, False))
+        gen = embed(texts, name)
         total = fid(real, gen)
         diff = real.mean(0) - gen.mean(0)
         mean_term = float(diff @ diff)
@@ -229,15 +249,7 @@ def _trace_cov(x) -> float:
 
 
 def blocks(args) -> int:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from fidelity import real_sets
-
-    from mop.evaluate import _encode, _make_embedder, l2_normalise
-
-    embedder = _make_embedder(args.embedder)
-    ns = types.SimpleNamespace(config=args.config, seed=args.seed)
-    (real_texts, _), _ = real_sets(ns, Path(args.gate), args.num_samples)
-    real = l2_normalise(_encode(embedder, real_texts, "real", False))
+    embed, _, real, _ = load_real(args)
     gens = {}
     for folder in args.samples:
         for name, path in sets_in(Path(folder)).items():
@@ -251,7 +263,7 @@ def blocks(args) -> int:
             label = f"{name} (tau {temperature:g})" if temperature is not None else name
             if label in gens:  # another folder's set of the same name and temperature
                 label = f"{label} [{Path(folder).name}]"
-            gens[label] = l2_normalise(_encode(embedder, [r["text"] for r in rows], label, False))
+            gens[label] = embed([r["text"] for r in rows], label)
     res = block_agreement(real, gens, args.block)
     lines = [f"| set | FID, n = {res['n']} | FID on {res['blocks']} blocks of {res['block']}: mean ± std | "
              f"trace of the covariance (real texts: {res['real_trace_cov']:.3f}) |",
@@ -271,6 +283,77 @@ def blocks(args) -> int:
         Path(args.output).with_suffix(".json").write_text(json.dumps(out, indent=1))
         Path(args.output).with_suffix(".md").write_text(
             f"### FID on disjoint blocks of {args.block} contexts: {', '.join(args.samples)}, "
+            f"{args.embedder}\n\n{md}\n")
+    return 0
+
+
+def axis_profile(real, gens: dict, n_axes: int = 10, subspace: int = 50) -> dict:
+    """How each set spreads along the real texts' principal axes: per axis k (the real covariance's k-th
+    eigenvector), the set's variance over the real variance and its mean's shift in real standard deviations;
+    the set's total variance and the share of it inside the real top-``subspace`` PCA subspace."""
+    import numpy as np
+
+    mu = real.mean(0)
+    w, v = np.linalg.eigh(np.cov(real, rowvar=False))
+    order = np.argsort(w)[::-1]
+    w, v = w[order], v[:, order]
+    n_axes, subspace = min(n_axes, len(w)), min(subspace, len(w))
+
+    def profile(x):
+        centred = x - mu
+        proj = centred @ v[:, :n_axes]
+        total = _trace_cov(x)
+        inside = float(np.trace(np.atleast_2d(np.cov(centred @ v[:, :subspace], rowvar=False))))
+        return {"total_var": total, "share_in_subspace": inside / total,
+                "var_ratio": (proj.var(0, ddof=1) / w[:n_axes]).tolist(),
+                "mean_shift": (proj.mean(0) / np.sqrt(w[:n_axes])).tolist()}
+    return {"n_axes": n_axes, "subspace": subspace, "real_axis_var": w[:n_axes].tolist(),
+            "real": profile(real), "sets": {name: profile(g) for name, g in gens.items()},
+            "axes": v[:, :n_axes]}
+
+
+def axes(args) -> int:
+    import numpy as np
+
+    embed, real_texts, real, train_texts = load_real(args)
+    named = {"real training texts (reference)": train_texts}
+    for name, path in sets_in(Path(args.samples)).items():
+        if args.model and not name.startswith(f"{args.model}__"):
+            continue
+        rows = read_set(path)[: args.num_samples]
+        if len(rows) == args.num_samples:
+            named[name] = [r["text"] for r in rows]
+    res = axis_profile(real, {name: embed(texts, name) for name, texts in named.items()}, args.axes,
+                       args.subspace)
+    k, sub = res["n_axes"], res["subspace"]
+    lines = [f"| set | total variance | share in the real top-{sub} subspace | variance ÷ real's, axes 1-{k} "
+             f"(mean) | mean shift in real stds, axes 1-{k} (mean of abs) |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, r in [("real test texts (the target)", res["real"]), *res["sets"].items()]:
+        lines.append(f"| {name} | {r['total_var']:.3f} | {r['share_in_subspace']:.3f} | "
+                     f"{np.mean(r['var_ratio']):.2f} | {np.mean(np.abs(r['mean_shift'])):.2f} |")
+    names = list(res["sets"])
+    lines += ["", "| axis | real variance | " + " | ".join(names) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for a in range(k):
+        lines.append(f"| {a + 1} | {res['real_axis_var'][a]:.4f} | " + " | ".join(
+            f"{res['sets'][n]['var_ratio'][a]:.2f} / {res['sets'][n]['mean_shift'][a]:+.2f}" for n in names)
+            + " |")
+    lines += ["", "(each cell: variance ÷ the real texts' / mean shift in real standard deviations)", "",
+              "The real test texts at each end of the first axes:", ""]
+    coords = (real - real.mean(0)) @ res["axes"]
+    for a in range(min(3, k)):
+        idx = np.argsort(coords[:, a])
+        ends = [[real_texts[i][:90] for i in idx[:2]], [real_texts[i][:90] for i in idx[-2:]]]
+        lines.append(f"- axis {a + 1}: low {ends[0]}; high {ends[1]}")
+    md = "\n".join(lines)
+    print(md)
+    if args.output:
+        out = {"embedder": args.embedder, "config": args.config, "samples": args.samples,
+               "n": args.num_samples, **{key: val for key, val in res.items() if key != "axes"}}
+        Path(args.output).with_suffix(".json").write_text(json.dumps(out, indent=1))
+        Path(args.output).with_suffix(".md").write_text(
+            f"### Spread along the real texts' principal axes: {args.samples}, n = {args.num_samples}, "
             f"{args.embedder}\n\n{md}\n")
     return 0
 
@@ -306,6 +389,18 @@ def parse_args(argv=None):
     b.add_argument("--seed", type=int, default=0,
                    help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
     b.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
+    a = sub.add_parser("axes", help="each set's spread along the real texts' principal axes")
+    a.add_argument("--config", required=True)
+    a.add_argument("--gate", required=True)
+    a.add_argument("--samples", required=True)
+    a.add_argument("--num-samples", type=int, required=True)
+    a.add_argument("--axes", type=int, default=10, help="principal axes listed one by one")
+    a.add_argument("--subspace", type=int, default=50, help="the real top-S subspace of the share column")
+    a.add_argument("--embedder", default="minilm-l6")
+    a.add_argument("--model", default=None, help="only this LM's sets (e.g. smollm2-135m)")
+    a.add_argument("--seed", type=int, default=0,
+                   help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
+    a.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
     return p.parse_args(argv)
 
 
@@ -313,7 +408,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)
-    return {"cut": cut, "decompose": decompose, "blocks": blocks}[args.command](args)
+    return {"cut": cut, "decompose": decompose, "blocks": blocks, "axes": axes}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -423,3 +423,26 @@ def test_fidelity_gap_blocks_scores_disjoint_aligned_blocks_and_pair_agreement()
     assert len(tie) == 1 and tie[0]["agreeing_blocks"] == 0.0  # equal FIDs in every block: no block agrees
     with pytest.raises(SystemExit, match="--block"):
         block_agreement(real, {"near": near}, block=300)
+
+
+def test_fidelity_gap_axes_measures_spread_and_shift_along_the_real_principal_axes():
+    import numpy as np
+    from fidelity_gap import axis_profile
+
+    rng = np.random.default_rng(0)
+    n, d = 20000, 6
+    scales = np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.25])
+    real = rng.normal(size=(n, d)) * scales
+    narrow = rng.normal(size=(n, d)) * scales * np.r_[0.5, np.ones(d - 1)]  # half the spread on axis 1
+    shifted = rng.normal(size=(n, d)) * scales + np.r_[0, 3.0, np.zeros(d - 2)]  # +1 std along axis 2
+    off = rng.normal(size=(n, d)) * scales + rng.normal(size=(n, d)) * np.r_[np.zeros(d - 2), 3.0, 3.0]
+    res = axis_profile(real, {"narrow": narrow, "shifted": shifted, "off": off}, n_axes=3, subspace=2)
+    ratio = {k: np.array(r["var_ratio"]) for k, r in res["sets"].items()}
+    assert ratio["narrow"] == pytest.approx([0.25, 1, 1], abs=0.05)
+    # +1 real std along axis 2 (the sign is the eigenvector's)
+    assert abs(res["sets"]["shifted"]["mean_shift"][1]) == pytest.approx(1.0, abs=0.05)
+    assert np.abs(res["sets"]["narrow"]["mean_shift"]).max() < 0.05
+    assert res["real"]["share_in_subspace"] == pytest.approx((25 + 9) / (scales ** 2).sum(), abs=0.02)
+    # variance added off the real top-2 subspace: same inside, more in total
+    assert res["sets"]["off"]["share_in_subspace"] == pytest.approx(34 / ((scales ** 2).sum() + 18), abs=0.02)
+    assert res["sets"]["off"]["total_var"] > res["real"]["total_var"] + 17
