@@ -168,19 +168,26 @@ def load_real(args):
     return embed, real_texts, embed(real_texts, "real"), train_texts
 
 
-def decompose(args) -> int:
-    import numpy as np
-
-    from mop.evaluate import fid, fid_infinity
-
-    embed, _, real, train_texts = load_real(args)
-    named = {"real training texts (reference)": train_texts}
+def full_sets(args) -> dict[str, list[str]]:
+    """``model__method`` -> the first --num-samples texts of each set in --samples (--model's only) that has
+    that many."""
+    named = {}
     for name, path in sets_in(Path(args.samples)).items():
         if args.model and not name.startswith(f"{args.model}__"):
             continue
         rows = read_set(path)[: args.num_samples]
         if len(rows) == args.num_samples:
             named[name] = [r["text"] for r in rows]
+    return named
+
+
+def decompose(args) -> int:
+    import numpy as np
+
+    from mop.evaluate import fid, fid_infinity
+
+    embed, _, real, train_texts = load_real(args)
+    named = {"real training texts (reference)": train_texts, **full_sets(args)}
     out = {"embedder": args.embedder, "n": args.num_samples, "config": args.config, "samples": args.samples,
            "rows": []}
     lines = ["| set | FID | mean term (share) | covariance term "
@@ -316,13 +323,7 @@ def axes(args) -> int:
     import numpy as np
 
     embed, real_texts, real, train_texts = load_real(args)
-    named = {"real training texts (reference)": train_texts}
-    for name, path in sets_in(Path(args.samples)).items():
-        if args.model and not name.startswith(f"{args.model}__"):
-            continue
-        rows = read_set(path)[: args.num_samples]
-        if len(rows) == args.num_samples:
-            named[name] = [r["text"] for r in rows]
+    named = {"real training texts (reference)": train_texts, **full_sets(args)}
     res = axis_profile(real, {name: embed(texts, name) for name, texts in named.items()}, args.axes,
                        args.subspace)
     k, sub = res["n_axes"], res["subspace"]
@@ -368,39 +369,26 @@ def parse_args(argv=None):
     c.add_argument("--policy", choices=("first", "budget"), required=True)
     c.add_argument("--workdir", required=True, help="writes WORKDIR/samples/*.jsonl and WORKDIR/cut.json")
     c.add_argument("--seed", type=int, default=0)
-    d = sub.add_parser("decompose", help="FID = mean term + covariance term, per set")
-    d.add_argument("--config", required=True)
-    d.add_argument("--gate", required=True)
-    d.add_argument("--samples", required=True)
-    d.add_argument("--num-samples", type=int, required=True)
-    d.add_argument("--embedder", default="minilm-l6")
-    d.add_argument("--model", default=None, help="only this LM's sets (e.g. gemma3-270m)")
-    d.add_argument("--seed", type=int, default=0,
-                   help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
-    d.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
-    b = sub.add_parser("blocks", help="FID on disjoint blocks of B contexts: does a val of B order the sets?")
-    b.add_argument("--config", required=True)
-    b.add_argument("--gate", required=True)
+    scored = argparse.ArgumentParser(add_help=False)  # the options of every subcommand that scores sets
+    scored.add_argument("--config", required=True)
+    scored.add_argument("--gate", required=True)
+    scored.add_argument("--num-samples", type=int, required=True)
+    scored.add_argument("--embedder", default="minilm-l6")
+    scored.add_argument("--model", default=None, help="only this LM's sets (e.g. gemma3-270m)")
+    scored.add_argument("--seed", type=int, default=0,
+                        help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
+    scored.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
+    d = sub.add_parser("decompose", parents=[scored], help="FID = mean term + covariance term, per set")
+    d.add_argument("--samples", required=True, help="folder of model__method.jsonl(.gz) sets")
+    b = sub.add_parser("blocks", parents=[scored],
+                       help="FID on disjoint blocks of B contexts: does a val of B order the sets?")
     b.add_argument("--samples", nargs="+", required=True, help="folders of model__method.jsonl(.gz) sets")
-    b.add_argument("--num-samples", type=int, required=True)
     b.add_argument("--block", type=int, default=100, help="texts per block (the val size in question)")
-    b.add_argument("--embedder", default="minilm-l6")
-    b.add_argument("--model", default=None, help="only this LM's sets (e.g. smollm2-135m)")
-    b.add_argument("--seed", type=int, default=0,
-                   help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
-    b.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
-    a = sub.add_parser("axes", help="each set's spread along the real texts' principal axes")
-    a.add_argument("--config", required=True)
-    a.add_argument("--gate", required=True)
-    a.add_argument("--samples", required=True)
-    a.add_argument("--num-samples", type=int, required=True)
+    a = sub.add_parser("axes", parents=[scored],
+                       help="each set's spread along the real texts' principal axes")
+    a.add_argument("--samples", required=True, help="folder of model__method.jsonl(.gz) sets")
     a.add_argument("--axes", type=int, default=10, help="principal axes listed one by one")
     a.add_argument("--subspace", type=int, default=50, help="the real top-S subspace of the share column")
-    a.add_argument("--embedder", default="minilm-l6")
-    a.add_argument("--model", default=None, help="only this LM's sets (e.g. smollm2-135m)")
-    a.add_argument("--seed", type=int, default=0,
-                   help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
-    a.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")
     return p.parse_args(argv)
 
 
