@@ -446,3 +446,17 @@ def test_fidelity_gap_axes_measures_spread_and_shift_along_the_real_principal_ax
     # variance added off the real top-2 subspace: same inside, more in total
     assert res["sets"]["off"]["share_in_subspace"] == pytest.approx(34 / ((scales ** 2).sum() + 18), abs=0.02)
     assert res["sets"]["off"]["total_var"] > res["real"]["total_var"] + 17
+
+
+def test_oracle_exemplar_picks_the_closest_response_of_another_record():
+    import numpy as np
+    from oracle_exemplar import nearest_exemplars
+
+    from mop.evaluate import l2_normalise
+
+    pool = l2_normalise(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    real = l2_normalise(np.array([[0.9, 0.1], [0.1, 0.9], [1.0, 0.0]]))
+    best, cos = nearest_exemplars(real, pool, ["t1", "t2", "p0"], ["p0", "p1", "p2"])
+    assert best == [0, 1, 2]  # the third real text is pool record p0 itself: its own response is skipped
+    assert cos[2] == pytest.approx(np.sqrt(0.5))
+    assert cos[0] == pytest.approx(0.9 / np.sqrt(0.82))
