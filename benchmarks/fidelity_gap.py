@@ -307,13 +307,11 @@ def axis_profile(real, gens: dict, n_axes: int = 10, subspace: int = 50) -> dict
     n_axes, subspace = min(n_axes, len(w)), min(subspace, len(w))
 
     def profile(x):
-        centred = x - mu
-        proj = centred @ v[:, :n_axes]
-        total = _trace_cov(x)
-        inside = float(np.trace(np.atleast_2d(np.cov(centred @ v[:, :subspace], rowvar=False))))
-        return {"total_var": total, "share_in_subspace": inside / total,
-                "var_ratio": (proj.var(0, ddof=1) / w[:n_axes]).tolist(),
-                "mean_shift": (proj.mean(0) / np.sqrt(w[:n_axes])).tolist()}
+        axis_var = np.einsum("da,de,ea->a", v, np.cov(x, rowvar=False), v)  # the set's variance per real axis
+        total = float(axis_var.sum())  # the trace: the axes are an orthonormal basis
+        return {"total_var": total, "share_in_subspace": float(axis_var[:subspace].sum()) / total,
+                "var_ratio": (axis_var[:n_axes] / w[:n_axes]).tolist(),
+                "mean_shift": ((x.mean(0) - mu) @ v[:, :n_axes] / np.sqrt(w[:n_axes])).tolist()}
     return {"n_axes": n_axes, "subspace": subspace, "real_axis_var": w[:n_axes].tolist(),
             "real": profile(real), "sets": {name: profile(g) for name, g in gens.items()},
             "axes": v[:, :n_axes]}
