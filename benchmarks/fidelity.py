@@ -82,6 +82,9 @@ def parse_args(argv=None):
                    help="generate.py --exemplar-label for every run: match draws every exemplar (MoP's and "
                         "the baselines' alike) among those with the context's label; auto: as the gate was "
                         "trained")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling mass of every run, the val sweep's included (generate.py --top-p; "
+                        "1.0: off). A run's rows record it, so a file of one is not resumed with another")
     p.add_argument("--val-samples", type=int, default=200,
                    help="texts per run and temperature in the --temperature-grid sweep")
     p.add_argument("--gate", default=None,
@@ -96,6 +99,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.temperature_grid and min(args.temperature_grid) <= 0:
         p.error(f"--temperature-grid: temperatures must be positive, got {min(args.temperature_grid)}")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.gate_temperature_grid and not args.temperature_grid:
         p.error("--gate-temperature-grid is chosen on val together with the sampling temperature: pass "
                 "--temperature-grid too")
@@ -194,6 +199,8 @@ def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", 
         cmd += ["--temperature", str(args.baseline_temperature)]
     if gate_temperature != 1.0:
         cmd += ["--gate-temperature", str(gate_temperature)]
+    if getattr(args, "top_p", 1.0) != 1.0:
+        cmd += ["--top-p", str(args.top_p)]
     if getattr(args, "exemplar_label", "auto") != "auto":  # a Namespace built in Python may lack it
         cmd += ["--exemplar-label", args.exemplar_label]
     print("[fidelity]", " ".join(cmd), flush=True)
@@ -298,7 +305,8 @@ def choose_temperatures(args, workdir: Path, gate: Path) -> dict:
         if method.startswith("mop-"):
             chosen[run] = chosen.get(f"{model}:mop")
             chosen_gate[run] = chosen_gate.get(f"{model}:mop", 1.0)
-    sweep = {"grid": list(args.temperature_grid), "val_samples": n, "embedder": embedder_name,
+    sweep = {"grid": list(args.temperature_grid), "top_p": getattr(args, "top_p", 1.0), "val_samples": n,
+             "embedder": embedder_name,
              "criterion": "lowest FID on the validation split",
              "val_fid": {run: f[1.0] for run, f in fids.items() if 1.0 in f}, "chosen": chosen}
     if args.gate_temperature_grid:
@@ -385,6 +393,7 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
                           "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1),
                           "temperature": round(sum(r["temperature"] for r in rows) / len(rows), 3),
                           "gate_temperature": rows[0].get("gate_temperature", 1.0),
+                          "top_p": rows[0].get("top_p", 1.0),
                           **prompt_copy_rates(rows, export)}
         if not synthetic:
             continue
@@ -459,6 +468,8 @@ def table(result: dict, timings: dict) -> str:
             label = LABELS.get(method, method)
             if row.get("gate_temperature", 1.0) != 1.0:
                 label += f", gate T {row['gate_temperature']:g}"
+            if row.get("top_p", 1.0) != 1.0:
+                label += f", top-p {row['top_p']:g}"
             out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_rate(row.get('fid_inf'), 4)} | "
                        f"{_ci(row, 'mauve', 3)} | "
                        f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "

@@ -639,7 +639,7 @@ def run_identity(model_name: str, adapter: str | None, sampling: Sampling,
     if label == "auto":
         label = "match" if trained_label_match else "any"
     return {"model": model_name, "adapter": adapter, "method": sampling.method, "seed": sampling.seed,
-            "gate_temperature": sampling.gate_temperature, "exemplar_label": label}
+            "gate_temperature": sampling.gate_temperature, "exemplar_label": label, "top_p": sampling.top_p}
 
 
 class SingleProcess:

@@ -24,9 +24,9 @@ from typing import Any
 
 from mop.errors import MopError
 
-IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature", "exemplar_label")
+IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature", "exemplar_label", "top_p")
 # the value of an identity key in rows written before the key existed
-IDENTITY_DEFAULTS = {"gate_temperature": 1.0, "exemplar_label": "any"}
+IDENTITY_DEFAULTS = {"gate_temperature": 1.0, "exemplar_label": "any", "top_p": 1.0}
 
 
 def read_lines(path: Path) -> tuple[list[bytes], int, int]:

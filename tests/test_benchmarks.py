@@ -350,8 +350,12 @@ def test_fidelity_generate_passes_the_split_config_and_temperature_to_generate_p
     fidelity.generate(args, tmp_path / "b", tmp_path / "gate", "smollm2-135m:fewshot")
     fidelity.generate(args, tmp_path / "c", tmp_path / "gate", "smollm2-135m:mop", temperature=1.0,
                       gate_temperature=2.0)
-    chosen, default, tempered = cmds
+    args.top_p = 0.9
+    fidelity.generate(args, tmp_path / "d", tmp_path / "gate", "smollm2-135m:mop", temperature=1.0)
+    chosen, default, tempered, nucleus = cmds
     assert "--gate-temperature" not in chosen + default
+    assert "--top-p" not in chosen + default + tempered  # 1.0 (or a Namespace without it): generate's default
+    assert nucleus[nucleus.index("--top-p") + 1] == "0.9"
     assert tempered[tempered.index("--gate-temperature") + 1] == "2.0"
     assert chosen[chosen.index("--temperature") + 1] == "0.6" and chosen.count("--temperature") == 1
     assert chosen[chosen.index("--split") + 1] == "val" and chosen[chosen.index("--data") + 1] == "val.yaml"

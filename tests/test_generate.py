@@ -510,6 +510,17 @@ def test_same_seed_same_rows(tmp_path, tiny_lm):
             assert all(labels[r["exemplar_id"]] == r["label"] for r in got)
     with pytest.raises(MopError, match="tokenizer has none"):
         run("f.jsonl", 2, chat_template="on")
+    # the nucleus mass is in every row too: a file of one top-p is not resumed at another
+    assert {r["top_p"] for r in a} == {1.0}
+    run("p.jsonl", 3, top_p=0.5)
+    assert {r["top_p"] for r in _rows(tmp_path / "p.jsonl")} == {0.5}
+    with pytest.raises(MopError, match="top_p 0.5 \\(now 1.0\\)"):
+        run("p.jsonl", 4)
+    old = tmp_path / "old.jsonl"  # rows written before the field existed were sampled without a nucleus
+    old.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "top_p"}) + "\n" for r in a[:2]))
+    assert run("old.jsonl", 3)["skipped"] == 2
+    with pytest.raises(MopError, match="top_p 1.0 \\(now 0.9\\)"):
+        run("old.jsonl", 4, top_p=0.9)
 
 
 @pytest.mark.slow  # generate.py subprocesses, killed and rerun (about 11 s on 2 cores)
