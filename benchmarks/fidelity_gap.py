@@ -357,6 +357,54 @@ def axes(args) -> int:
     return 0
 
 
+def _diff(m: dict) -> str:
+    return f"{m['diff']:+.4f} [{m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}]"
+
+
+def paired(args) -> int:
+    """Each set against --against, on the same contexts: the difference of FID and of KL-cosine with a paired
+    bootstrap interval (``mop.evaluate.paired_difference``: each replicate resamples the contexts, the same
+    ones for the real texts and both sets)."""
+    from mop.evaluate import paired_difference
+
+    embed, _, real, _ = load_real(args)
+    many = len(args.samples) > 1
+    named = {}
+    for folder in args.samples:
+        for name, texts in full_sets(argparse.Namespace(**{**vars(args), "samples": folder})).items():
+            named[f"{Path(folder).name}/{name}" if many else name] = texts
+    if args.against not in named:
+        raise SystemExit(f"--against {args.against!r}: no set of {args.num_samples} rows by that name; sets: "
+                         f"{', '.join(named) or 'none'}")
+    base = embed(named[args.against], args.against)
+    rows, lines = [], ["| set | its FID | FID difference [95% paired CI] | share of resamples lower "
+                       "| KL-cos difference [95% paired CI] | share lower |",
+                       "| --- | --- | --- | --- | --- | --- |"]
+    for name, texts in named.items():
+        if name == args.against:
+            continue
+        res = paired_difference(real, base, embed(texts, name), draws=args.draws, seed=args.seed)
+        f, k = res["fid"], res["kl_cosine"]
+        rows.append({"set": name, **res})
+        lines.append(f"| {name} | {f['b']:.4f} | {_diff(f)} | {f['a_lower_share']:.1%} | {_diff(k)} | "
+                     f"{k['a_lower_share']:.1%} |")
+    head = (f"{args.against}: FID {rows[0]['fid']['a']:.4f}, KL-cos {rows[0]['kl_cosine']['a']:.4f}. "
+            f"A difference is {args.against}'s score minus the set's (below 0: {args.against} is closer to "
+            "the real texts); the share is that of the paired resamples where it is below 0." if rows
+            else f"{args.against}: no other set")
+    md = head + "\n\n" + "\n".join(lines)
+    print(md)
+    if args.output:
+        out = {"embedder": args.embedder, "config": args.config, "samples": args.samples,
+               "n": args.num_samples, "against": args.against, "draws": args.draws, "rows": rows}
+        Path(args.output).with_suffix(".json").write_text(json.dumps(out, indent=1))
+        Path(args.output).with_suffix(".md").write_text(
+            f"### Paired differences against {args.against}: {', '.join(args.samples)}, "
+            f"n = {args.num_samples}, {args.embedder}, {args.draws} paired resamples of the contexts"
+            f"\n\n{md}\n")
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,6 +435,13 @@ def parse_args(argv=None):
     a.add_argument("--samples", required=True, help="folder of model__method.jsonl(.gz) sets")
     a.add_argument("--axes", type=int, default=10, help="principal axes listed one by one")
     a.add_argument("--subspace", type=int, default=50, help="the real top-S subspace of the share column")
+    q = sub.add_parser("paired", parents=[scored],
+                       help="each set against one, on the same contexts: differences with paired intervals")
+    q.add_argument("--samples", nargs="+", required=True, help="folders of model__method.jsonl(.gz) sets")
+    q.add_argument("--against", required=True,
+                   help="the set the others are compared with, e.g. smollm2-135m__mop (FOLDER/NAME with "
+                        "several --samples folders)")
+    q.add_argument("--draws", type=int, default=200, help="paired bootstrap resamples")
     return p.parse_args(argv)
 
 
@@ -394,7 +449,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)
-    return {"cut": cut, "decompose": decompose, "blocks": blocks, "axes": axes}[args.command](args)
+    return {"cut": cut, "decompose": decompose, "blocks": blocks, "axes": axes,
+            "paired": paired}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ from sklearn.linear_model import LogisticRegression
 
 from mop.errors import MopError
 from mop.evaluate import (
+    _counts,
     _frechet_eigh,
     _PairBins,
     _weighted_f1,
     _weighted_moments,
+    bootstrap_metrics,
     class_ellipse,
     cosine_histogram,
     distinct_n,
@@ -28,6 +30,7 @@ from mop.evaluate import (
     kl_cosine,
     length_stats,
     mauve_score,
+    paired_difference,
     vendi_score,
 )
 
@@ -295,6 +298,37 @@ def test_bootstrap_replicates_are_those_of_the_resampled_sets():
     got = _weighted_f1(x, ylab, w, test, test_lab, wt, LogisticRegression(max_iter=5000, random_state=0))
     assert got == pytest.approx(downstream_f1(rep, np.repeat(ylab, w), np.repeat(test, wt, axis=0),
                                               np.repeat(test_lab, wt)), abs=1e-6)
+
+
+def test_paired_difference_separates_sets_whose_own_intervals_overlap():
+    rng = np.random.default_rng(3)
+    n, d = 300, 8
+    topic = rng.normal(size=(n, d))  # what context i is about: its real text and both generated ones share it
+    real = topic + 0.7 * rng.normal(size=(n, d))
+    a = topic + 0.7 * rng.normal(size=(n, d))
+    b = a + 0.08  # a, each text moved the same way: a little further from the real texts
+    out = paired_difference(real, a, b, draws=200)
+    got = out["fid"]
+    assert got["a"] == pytest.approx(fid(real, a), rel=1e-9)
+    assert got["b"] == pytest.approx(fid(real, b), rel=1e-9)
+    assert got["diff"] == pytest.approx(fid(real, a) - fid(real, b), rel=1e-9) and got["diff"] < 0
+    lo, hi = got["ci95"]
+    assert lo <= got["diff"] <= hi < 0 and got["a_lower_share"] > 0.975
+    assert out["kl_cosine"]["diff"] == pytest.approx(kl_cosine(real, a) - kl_cosine(real, b), rel=1e-9)
+    # each set resampled on its own (bootstrap_metrics, as evaluate_sets does): the two intervals overlap
+    real_draws = _counts(np.random.default_rng(1), n, 200)
+    own = [bootstrap_metrics(real, x, {"fid": fid(real, x), "kl_cosine": kl_cosine(real, x)}, real_draws,
+                             _counts(np.random.default_rng(s), n, 200), n_mauve=0)["fid"]["ci95"]
+           for x, s in ((a, 2), (b, 4))]
+    assert own[0][1] > own[1][0]
+    # the other way round: the negated difference and interval; a set against itself: exactly 0
+    back = paired_difference(real, b, a, draws=200)["fid"]
+    assert back["diff"] == pytest.approx(-got["diff"]) and back["ci95"] == pytest.approx([-hi, -lo])
+    assert back["a_lower_share"] == pytest.approx(1 - got["a_lower_share"])
+    same = paired_difference(real, a, a, draws=50)
+    assert same["fid"]["diff"] == 0 and same["fid"]["ci95"] == [0, 0] and same["fid"]["a_lower_share"] == 0
+    with pytest.raises(MopError, match="one row per context"):
+        paired_difference(real, a, b[:-1])
 
 
 def test_fid_interval_holds_the_point_shrinks_with_n_and_separates_a_shift():
