@@ -50,6 +50,18 @@ PCA subspace (the reference: real training texts):
     python benchmarks/fidelity_gap.py axes --config configs/fidelity.yaml \\
         --gate benchmarks/results/fidelity_scale_gate --samples benchmarks/results/fidelity_scale_samples \\
         --model smollm2-135m --num-samples 1000 --output benchmarks/results/fidelity_gap_axes
+
+``paired``: is one set closer to the real texts than another, on the same contexts? The per-set intervals of
+``benchmarks/fidelity.py`` resample each set on its own, so two of them can overlap while one set is closer on
+nearly every resample of the contexts. --against's FID and KL-cosine minus each other set's (below 0:
+--against is closer), with a paired bootstrap interval (``mop.evaluate.paired_difference``: each replicate
+resamples the contexts, the same ones for the real texts and both sets). Sets of several folders are named
+FOLDER/NAME:
+
+    python benchmarks/fidelity_gap.py paired --config configs/fidelity.yaml \\
+        --gate benchmarks/results/fidelity_scale_gate --samples benchmarks/results/fidelity_scale_samples \\
+        --model smollm2-135m --num-samples 1000 --against smollm2-135m__mop \\
+        --output benchmarks/results/fidelity_gap_paired
 """
 
 from __future__ import annotations

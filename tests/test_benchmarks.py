@@ -464,3 +464,40 @@ def test_oracle_exemplar_picks_the_closest_response_of_another_record():
     assert best == [0, 1, 2]  # the third real text is pool record p0 itself: its own response is skipped
     assert cos[2] == pytest.approx(np.sqrt(0.5))
     assert cos[0] == pytest.approx(0.9 / np.sqrt(0.82))
+
+
+def test_fidelity_gap_paired_compares_every_set_with_one_on_the_same_contexts(tmp_path, monkeypatch):
+    import fidelity_gap
+    import numpy as np
+
+    from mop.evaluate import fid, l2_normalise
+
+    rng = np.random.default_rng(0)
+    n, d = 60, 6
+    topic = rng.normal(size=(n, d))
+    vectors = {"real": topic + 0.5 * rng.normal(size=(n, d)), "mop": topic + 0.5 * rng.normal(size=(n, d))}
+    vectors["far"] = vectors["mop"] + 0.3  # the same texts moved away from the real ones
+    vectors["short"] = vectors["mop"][: n - 1]
+    texts = {k: [f"{k} {i}" for i in range(len(v))] for k, v in vectors.items()}
+    lookup = {t: vec for k in vectors for t, vec in zip(texts[k], vectors[k])}
+
+    def fake_load_real(args):
+        return (lambda ts, name: l2_normalise(np.stack([lookup[t] for t in ts])), texts["real"],
+                l2_normalise(vectors["real"]), [])
+    monkeypatch.setattr(fidelity_gap, "load_real", fake_load_real)
+    for folder, names in (("a", ["mop", "short"]), ("b", ["far"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / f"m__{name}.jsonl").write_text(
+                "".join(json.dumps({"text": t}) + "\n" for t in texts[name]))
+    common = ["paired", "--config", "c.yaml", "--gate", "g", "--num-samples", str(n), "--draws", "50",
+              "--samples", str(tmp_path / "a"), str(tmp_path / "b")]
+    assert fidelity_gap.main([*common, "--against", "a/m__mop", "--output", str(tmp_path / "out")]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [r["set"] for r in out["rows"]] == ["b/m__far"]  # a set of fewer rows than contexts is left out
+    got = out["rows"][0]["fid"]
+    real, mop, far = (l2_normalise(vectors[k]) for k in ("real", "mop", "far"))
+    assert got["diff"] == pytest.approx(fid(real, mop) - fid(real, far)) and got["ci95"][1] < 0
+    assert "b/m__far" in (tmp_path / "out.md").read_text()
+    with pytest.raises(SystemExit, match="no set of 60 rows by that name"):
+        fidelity_gap.main([*common, "--against", "m__mop"])
