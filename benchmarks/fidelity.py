@@ -322,8 +322,9 @@ def choose_temperatures(args, workdir: Path, gate: Path) -> dict:
 
 def sweep_table(sweep: dict) -> str:
     grid = sweep["grid"]
+    nucleus = f", every run at top-p {sweep['top_p']:g}" if sweep.get("top_p", 1.0) != 1.0 else ""
     out = [f"### Sampling temperature per method, chosen on the validation split (FID, {sweep['embedder']}, "
-           f"n = {sweep['val_samples']})", "",
+           f"n = {sweep['val_samples']}{nucleus})", "",
            "| run | " + " | ".join(f"val FID at tau {t:g}" for t in grid) + " | chosen |",
            "| --- |" + " --- |" * (len(grid) + 1)]
     by_gate = sweep.get("val_fid_by_gate_temperature")

@@ -276,6 +276,8 @@ def test_fidelity_chooses_each_runs_temperature_by_val_fid_and_ablations_take_mo
     table = fidelity.sweep_table(sweep).splitlines()
     assert table[2] == "| run | val FID at tau 0.6 | val FID at tau 0.8 | val FID at tau 1 | chosen |"
     assert table[4].startswith("| smollm2-135m:mop | 0.0000 |") and table[4].endswith("| 0.6 |")
+    assert "top-p" not in table[0] and sweep["top_p"] == 1.0
+    assert fidelity.sweep_table({**sweep, "top_p": 0.9}).splitlines()[0].endswith(", every run at top-p 0.9)")
     assert fidelity.pick_temperature({0.7: 0.2, 1.0: 0.2, 0.5: 0.3}) == 1.0
 
 
