@@ -180,11 +180,11 @@ def load_real(args):
     return embed, real_texts, embed(real_texts, "real"), train_texts
 
 
-def full_sets(args) -> dict[str, list[str]]:
-    """``model__method`` -> the first --num-samples texts of each set in --samples (--model's only) that has
-    that many."""
+def full_sets(args, folder: str | None = None) -> dict[str, list[str]]:
+    """``model__method`` -> the first --num-samples texts of each set in ``folder`` (default --samples;
+    --model's sets only) that has that many."""
     named = {}
-    for name, path in sets_in(Path(args.samples)).items():
+    for name, path in sets_in(Path(folder or args.samples)).items():
         if args.model and not name.startswith(f"{args.model}__"):
             continue
         rows = read_set(path)[: args.num_samples]
@@ -383,7 +383,7 @@ def paired(args) -> int:
     many = len(args.samples) > 1
     named = {}
     for folder in args.samples:
-        for name, texts in full_sets(argparse.Namespace(**{**vars(args), "samples": folder})).items():
+        for name, texts in full_sets(args, folder).items():
             named[f"{Path(folder).name}/{name}" if many else name] = texts
     if args.against not in named:
         raise SystemExit(f"--against {args.against!r}: no set of {args.num_samples} rows by that name; sets: "

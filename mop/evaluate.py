@@ -348,11 +348,22 @@ def _weighted_moments(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _frechet_eigh(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     """:func:`frechet_distance` through symmetric eigenproblems (faster than ``sqrtm``; equal up to
     round-off): Tr((S1 S2)^1/2) = sum of the square roots of the eigenvalues of R^T S2 R, S1 = R R^T."""
-    w, v = np.linalg.eigh(s1)
-    r = v * np.sqrt(np.clip(w, 0.0, None))
+    return _frechet_factored(mu1, _sqrt_factor(s1), np.trace(s1), mu2, s2)
+
+
+def _sqrt_factor(s: np.ndarray) -> np.ndarray:
+    """R with S = R R^T (S symmetric PSD), through its eigendecomposition."""
+    w, v = np.linalg.eigh(s)
+    return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def _frechet_factored(mu1: np.ndarray, r: np.ndarray, trace1: float, mu2: np.ndarray,
+                      s2: np.ndarray) -> float:
+    """:func:`_frechet_eigh` with S1 given as its factor R (:func:`_sqrt_factor`) and trace, so that one set's
+    factor serves several comparisons."""
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(r.T @ s2 @ r), 0.0, None)).sum()
     diff = mu1 - mu2
-    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt), 0.0)
+    return max(float(diff @ diff + trace1 + np.trace(s2) - 2.0 * trace_sqrt), 0.0)
 
 
 class _PairBins:
@@ -517,8 +528,9 @@ def paired_difference(real, a, b, draws: int = BOOTSTRAP, seed: int = 0) -> dict
              "kl_cosine": (kl_cosine(real, a, seed=seed), kl_cosine(real, b, seed=seed))}
     reps: dict[str, list[float]] = {"fid": [], "kl_cosine": []}
     for w in _counts(_stream(seed, "\0paired"), len(real), draws):
-        moments = [_weighted_moments(x, w) for x in (real, a, b)]
-        reps["fid"].append(_frechet_eigh(*moments[0], *moments[1]) - _frechet_eigh(*moments[0], *moments[2]))
+        (mu, cov), ma, mb = (_weighted_moments(x, w) for x in (real, a, b))
+        r, trace = _sqrt_factor(cov), np.trace(cov)  # the real resample's factor, once for both sets
+        reps["fid"].append(_frechet_factored(mu, r, trace, *ma) - _frechet_factored(mu, r, trace, *mb))
         p, qa, qb = (pb.histogram(w) for pb in bins)
         reps["kl_cosine"].append(float(np.sum(p * np.log(p / qa)) - np.sum(p * np.log(p / qb))))
     out: dict[str, Any] = {"n": len(real), "resamples": int(draws)}
