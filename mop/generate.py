@@ -385,7 +385,10 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     import torch
     from transformers import DynamicCache
 
+    from mop.scoring import cache_kwarg
+
     device = model.get_input_embeddings().weight.device
+    kw = cache_kwarg(model)
     n = len(prompt_ids)
     shared = [0] * n
     if share_prefixes and n > 1:
@@ -409,12 +412,12 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
         ids, mask = _left_padded(prompt_ids, device)
         cache = DynamicCache(config=model.config)
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    cache=cache, use_cache=True, logits_to_keep=1)
+                    **{kw: cache}, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float(), cache, mask
     key_ids, key_mask = _left_padded([list(k) for k in keys], device)
     key_cache = DynamicCache(config=model.config)
     model(input_ids=key_ids, attention_mask=key_mask, position_ids=(key_mask.cumsum(-1) - 1).clamp(min=0),
-          cache=key_cache, use_cache=True, logits_to_keep=1)
+          **{kw: key_cache}, use_cache=True, logits_to_keep=1)
     of_key = {k: i for i, k in enumerate(keys)}
     wp, ws, width = max(shared), max(rest), key_ids.shape[1]
     layers = []
@@ -438,7 +441,7 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
         mask[r, wp + ws - s:] = 1
         positions[r, ws - s:] = torch.arange(d, d + s)
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{kw: cache}, use_cache=True,
                 logits_to_keep=1)
     return out.logits[:, -1, :].float(), cache, mask
 
@@ -492,13 +495,16 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures:
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     new: list[list[int]] = [[] for _ in prompts]
     end_ids = torch.tensor(ends, device=device)
+    from mop.scoring import cache_kwarg
+
+    kw = cache_kwarg(model)
     with torch.inference_mode():
         logits, cache, mask = prefill(model, [list(p) for p in prompt_ids], max_new_tokens,
                                       share_prefixes=share_prefixes)
         ids = positions = None  # the next step's input: set at the end of each step
         for step in range(max_new_tokens):
             if step:
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{kw: cache},
                                use_cache=True, logits_to_keep=1).logits[:, -1, :].float()  # (b, V)
             if step < min_new_tokens:
                 logits[:, end_ids] = float("-inf")

@@ -145,6 +145,15 @@ def _as_tau(tau: torch.Tensor | float, n: int, device: torch.device, dtype: torc
     return tau
 
 
+def cache_kwarg(model) -> str:
+    """The name under which ``model``'s forward takes a key/value cache: ``cache`` in recent transformers 5
+    releases, ``past_key_values`` before (an unknown keyword would be swallowed by ``**kwargs`` and the cache
+    silently left empty). A PEFT wrapper is looked through."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class FrozenLMScorer:
     """Scores log p_LM^tau(target | prompt) under a frozen causal LM, differentiably in tau only.
 
@@ -247,8 +256,7 @@ class FrozenLMScorer:
             self.mode = "full"
         self.share_prefixes = bool(share_prefixes) and self.mode == "head"
         if self.share_prefixes:
-            params = inspect.signature(self._decoder.forward).parameters
-            self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+            self._cache_kwarg = cache_kwarg(self._decoder)
             if not self._prefix_path_matches():
                 warnings.warn(
                     f"{type(base).__name__}: scoring with shared-prefix key/values does not reproduce "

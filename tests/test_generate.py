@@ -627,3 +627,29 @@ def test_real_assets_end_to_end(tmp_path):
     assert all(r["context"]["movie"] and r["label"] in ("fresh", "rotten") and r["persona_id"] for r in rows)
     # resumed: nothing to add
     assert main(["generate", *args, "--output", str(out)]) == 0 and _rows(out) == rows
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_a_model_that_takes_past_key_values_generates_the_same(share):
+    """transformers releases before the ``cache`` keyword take the cache as ``past_key_values``: the decode
+    loop must pass it under the name the model's forward takes (under the wrong one it is swallowed by
+    ``**kwargs`` and the cache stays empty), with the same samples."""
+    from transformers import LlamaForCausalLM
+
+    class PastKeyValuesLlama(LlamaForCausalLM):  # the older signature
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None, logits_to_keep=0):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                                   position_ids=position_ids, cache=past_key_values, use_cache=use_cache,
+                                   logits_to_keep=logits_to_keep)
+
+    model, tok = make_tiny_lm("llama", seed=5)
+    old = PastKeyValuesLlama(model.config).eval()
+    old.load_state_dict(model.state_dict())
+    head = "You embody the persona in the description to complete the task. Persona: "
+    prompts = [head + f"a critic. Now review Film {i}:" for i in range(4)] + ["short"]
+    taus, seeds = [0.9] * len(prompts), list(range(len(prompts)))
+    want = sample_continuations(model, tok, prompts, taus, seeds, max_new_tokens=12, stop=(),
+                                share_prefixes=share)
+    assert sample_continuations(old, tok, prompts, taus, seeds, max_new_tokens=12, stop=(),
+                                share_prefixes=share) == want
