@@ -31,6 +31,7 @@ from common import (
     datamodule_from_config,
     hardware,
     hardware_line,
+    load_bench_lm,
     markdown_table,
     matmul_peak,
     param_counts,
@@ -129,18 +130,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="matmul size of the peak (1024 CPU, 8192 cuda)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="the model's shape from its config.json, seeded random weights (speed only)")
     parser.add_argument("--out", type=Path, default=RESULTS / "generation_speed.json")
     parser.add_argument("--mode", choices=["forced", "stops"], default="forced",
                         help="forced: equal lengths per batch size; stops: real stopping, before vs after")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from mop.assets import load_lm
-
     hw = hardware(args.device)
     prompts, _, source = training_pairs(args.config, args.samples, per_record=1)
     seeds = list(range(1000, 1000 + len(prompts)))
-    model, tok = load_lm(args.model, dtype=args.dtype, device=args.device)
+    model, tok = load_bench_lm(args.model, args.dtype, args.device, args.random_weights)
     generate_all(model, tok, prompts[:2], seeds[:2], 2, 2, args.device)  # warm-up, untimed
     if args.mode == "stops":
         return stops_mode(args, model, tok, prompts, seeds, hw)

@@ -50,6 +50,7 @@ from common import (
     Timer,
     hardware,
     hardware_line,
+    load_bench_lm,
     markdown_table,
     matmul_peak,
     param_counts,
@@ -98,11 +99,10 @@ def scorer_padding(scorer, prompt_ids, target_ids, step: int) -> tuple[int, int]
 
 
 def run_model(name: str, dtype_name: str, args, prompts, targets, reference: dict) -> dict:
-    from mop.assets import load_lm
     from mop.scoring import FrozenLMScorer
 
     dtype = getattr(torch, dtype_name)
-    model, tok = load_lm(name, dtype=dtype_name, device=args.device)
+    model, tok = load_bench_lm(name, dtype_name, args.device, args.random_weights)
     scorer = FrozenLMScorer(model, tok, target_prefix=" ", max_prompt_tokens=args.max_prompt_tokens,
                             max_target_tokens=args.max_target_tokens, max_batch_tokens=args.max_batch_tokens)
     half = dtype in (torch.bfloat16, torch.float16)
@@ -298,10 +298,9 @@ def trie_tokens(seqs) -> int:
 
 
 def run_epoch_model(name: str, args, streams: dict, peak: dict, on_row=None) -> list[dict]:
-    from mop.assets import load_lm
     from mop.scoring import FrozenLMScorer
 
-    model, tok = load_lm(name, dtype="float32", device=args.device)
+    model, tok = load_bench_lm(name, "float32", args.device, args.random_weights)
     counts = param_counts(model)
     kw = dict(target_prefix=" ", max_prompt_tokens=args.max_prompt_tokens,
               max_target_tokens=args.max_target_tokens, max_batch_tokens=args.max_batch_tokens)
@@ -455,6 +454,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="matmul size of the peak (1024 CPU, 8192 cuda)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="each model's shape from its config.json, seeded random weights (speed only; "
+                             "see benchmarks/model_shapes.py)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scoring_speed.json")
     parser.add_argument("--workload", choices=["pairs", "epoch"], default="pairs",
                         help="pairs: --pairs random training pairs, fp32 + bf16 (the original rows); epoch: "

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -503,3 +504,34 @@ def test_fidelity_gap_paired_compares_every_set_with_one_on_the_same_contexts(tm
     assert "b/m__far" in (tmp_path / "out.md").read_text()
     with pytest.raises(SystemExit, match="no set of 60 rows by that name"):
         fidelity_gap.main([*common, "--against", "m__mop"])
+
+
+def test_model_shapes_build_the_same_shape_with_seeded_random_weights(tiny_model_dir, tmp_path):
+    """model_shapes: a packed folder holds no weights; build gives a loadable model of the same config, with
+    weights that are not the original's and are the same at every build; load_bench_lm(random_weights) builds
+    that model without writing it."""
+    import model_shapes
+    from common import load_bench_lm
+
+    from mop.assets import load_lm
+
+    shapes = tmp_path / "shapes"
+    model_shapes._copy_light(Path(tiny_model_dir), shapes / "tiny")
+    assert not any(p.name.endswith(model_shapes.WEIGHT_SUFFIXES) for p in shapes.rglob("*"))
+    # the tiny model was made with seed 0: seed 1 here
+    built = [model_shapes.build(shapes, tmp_path / name, "float32", seed=1) for name in ("a", "b")]
+    assert built[0] == built[1] and built[0][0].startswith("tiny (")
+    original, _ = load_lm(tiny_model_dir)
+    a, tok = load_lm(str(tmp_path / "a" / "tiny"))
+    b, _ = load_lm(str(tmp_path / "b" / "tiny"))
+    assert a.config.to_dict() | {"_name_or_path": ""} == b.config.to_dict() | {"_name_or_path": ""}
+    assert a.config.num_hidden_layers == original.config.num_hidden_layers
+    assert tok("a review")["input_ids"] == load_lm(tiny_model_dir)[1]("a review")["input_ids"]
+    sa, sb, so = a.state_dict(), b.state_dict(), original.state_dict()
+    assert sa.keys() == so.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], so[k]) for k in sa if k.endswith("proj.weight"))
+    model_shapes.build(shapes, tmp_path / "c", "float32", seed=0)  # load_bench_lm's seed
+    sc = load_lm(str(tmp_path / "c" / "tiny"))[0].state_dict()
+    unsaved, _ = load_bench_lm(str(tmp_path / "a" / "tiny"), "float32", "cpu", random_weights=True)
+    assert all(torch.equal(unsaved.state_dict()[k], sc[k]) for k in sc)
+    assert "random weights" in unsaved.mop_name
