@@ -375,9 +375,9 @@ def _diff(m: dict) -> str:
 
 def paired(args) -> int:
     """Each set against --against, on the same contexts: the difference of FID and of KL-cosine with a paired
-    bootstrap interval (``mop.evaluate.paired_difference``: each replicate resamples the contexts, the same
-    ones for the real texts and both sets)."""
-    from mop.evaluate import paired_difference
+    bootstrap interval (``mop.evaluate.paired_differences``: each replicate resamples the contexts, the same
+    ones for the real texts and every set; the real side is computed once per replicate for all the sets)."""
+    from mop.evaluate import paired_differences
 
     embed, _, real, _ = load_real(args)
     many = len(args.samples) > 1
@@ -392,10 +392,10 @@ def paired(args) -> int:
     rows, lines = [], ["| set | its FID | FID difference [95% paired CI] | share of resamples lower "
                        "| KL-cos difference [95% paired CI] | share lower |",
                        "| --- | --- | --- | --- | --- | --- |"]
-    for name, texts in named.items():
-        if name == args.against:
-            continue
-        res = paired_difference(real, base, embed(texts, name), draws=args.draws, seed=args.seed)
+    others = {name: embed(texts, name) for name, texts in named.items() if name != args.against}
+    results = (paired_differences(real, base, list(others.values()), draws=args.draws, seed=args.seed)
+               if others else [])
+    for name, res in zip(others, results):
         f, k = res["fid"], res["kl_cosine"]
         rows.append({"set": name, **res})
         lines.append(f"| {name} | {f['b']:.4f} | {_diff(f)} | {f['a_lower_share']:.1%} | {_diff(k)} | "

@@ -513,34 +513,54 @@ def paired_difference(real, a, b, draws: int = BOOTSTRAP, seed: int = 0) -> dict
     and the share of replicates where a scores lower (better) than b, counted on the replicates re-centred as
     the interval is.
     """
+    return paired_differences(real, a, [b], draws=draws, seed=seed)[0]
+
+
+def paired_differences(real, a, others: Sequence, draws: int = BOOTSTRAP,
+                       seed: int = 0) -> list[dict[str, Any]]:
+    """:func:`paired_difference` of ``a`` against each set of ``others``, in one pass: every replicate draws
+    its context multiplicities once and computes the real and ``a`` sides once for all the comparisons, so
+    the k results equal k calls of :func:`paired_difference` (the same replicates) at about 1/k of the real
+    side's cost."""
     real, a = _check_pair(real, a)
-    _, b = _check_pair(real, b)
-    if not len(real) == len(a) == len(b):
+    others = [_check_pair(real, b)[1] for b in others]
+    if not others:
+        raise MopError("a paired comparison needs at least one set to compare with")
+    if any(not len(real) == len(a) == len(b) for b in others):
         raise MopError(f"a paired comparison needs one row per context in every set: {len(real)} real, "
-                       f"{len(a)} and {len(b)} generated rows")
+                       f"{len(a)} and {', '.join(str(len(b)) for b in others)} generated rows")
     if len(real) < MIN_TEXTS:
         raise MopError(f"a paired comparison needs at least {MIN_TEXTS} contexts, got {len(real)}")
     if draws < 1:
         raise MopError(f"draws must be at least 1, got {draws}")
-    real, a, b = l2_normalise(real), l2_normalise(a), l2_normalise(b)
-    bins = [_PairBins(x, seed=seed) for x in (real, a, b)]
-    point = {"fid": (fid(real, a), fid(real, b)),
-             "kl_cosine": (kl_cosine(real, a, seed=seed), kl_cosine(real, b, seed=seed))}
-    reps: dict[str, list[float]] = {"fid": [], "kl_cosine": []}
+    real, a = l2_normalise(real), l2_normalise(a)
+    others = [l2_normalise(b) for b in others]
+    bins_real, bins_a = _PairBins(real, seed=seed), _PairBins(a, seed=seed)
+    bins = [_PairBins(b, seed=seed) for b in others]
+    fid_a, kl_a = fid(real, a), kl_cosine(real, a, seed=seed)
+    points = [{"fid": (fid_a, fid(real, b)), "kl_cosine": (kl_a, kl_cosine(real, b, seed=seed))}
+              for b in others]
+    reps = [{"fid": [], "kl_cosine": []} for _ in others]
     for w in _counts(_stream(seed, "\0paired"), len(real), draws):
-        (mu, cov), ma, mb = (_weighted_moments(x, w) for x in (real, a, b))
-        r, trace = _sqrt_factor(cov), np.trace(cov)  # the real resample's factor, once for both sets
-        reps["fid"].append(_frechet_factored(mu, r, trace, *ma) - _frechet_factored(mu, r, trace, *mb))
-        p, qa, qb = (pb.histogram(w) for pb in bins)
-        reps["kl_cosine"].append(float(np.sum(p * np.log(p / qa)) - np.sum(p * np.log(p / qb))))
-    out: dict[str, Any] = {"n": len(real), "resamples": int(draws)}
-    for metric, (pa, pb) in point.items():
-        v = np.asarray(reps[metric])
-        ci = bootstrap_interval(v, pa - pb, bounds=(-np.inf, np.inf))["ci95"]
-        centred = v - v.mean() + (pa - pb)  # as the interval: the resamples' bias removed
-        out[metric] = {"a": pa, "b": pb, "diff": pa - pb, "ci95": ci,
-                       "a_lower_share": float((centred < 0).mean())}
-    return out
+        mu, cov = _weighted_moments(real, w)
+        r, trace = _sqrt_factor(cov), np.trace(cov)  # the real resample's factor, once for every set
+        fa = _frechet_factored(mu, r, trace, *_weighted_moments(a, w))
+        p, qa = bins_real.histogram(w), bins_a.histogram(w)
+        ka = float(np.sum(p * np.log(p / qa)))
+        for b, bb, rep in zip(others, bins, reps):
+            rep["fid"].append(fa - _frechet_factored(mu, r, trace, *_weighted_moments(b, w)))
+            rep["kl_cosine"].append(ka - float(np.sum(p * np.log(p / bb.histogram(w)))))
+    results = []
+    for point, rep in zip(points, reps):
+        out: dict[str, Any] = {"n": len(real), "resamples": int(draws)}
+        for metric, (pa, pb) in point.items():
+            v = np.asarray(rep[metric])
+            ci = bootstrap_interval(v, pa - pb, bounds=(-np.inf, np.inf))["ci95"]
+            centred = v - v.mean() + (pa - pb)  # as the interval: the resamples' bias removed
+            out[metric] = {"a": pa, "b": pb, "diff": pa - pb, "ci95": ci,
+                           "a_lower_share": float((centred < 0).mean())}
+        results.append(out)
+    return results
 
 
 def _clean_labels(labels: Sequence | None, n: int, where: str) -> list[str] | None:

@@ -31,6 +31,7 @@ from mop.evaluate import (
     length_stats,
     mauve_score,
     paired_difference,
+    paired_differences,
     vendi_score,
 )
 
@@ -329,6 +330,24 @@ def test_paired_difference_separates_sets_whose_own_intervals_overlap():
     assert same["fid"]["diff"] == 0 and same["fid"]["ci95"] == [0, 0] and same["fid"]["a_lower_share"] == 0
     with pytest.raises(MopError, match="one row per context"):
         paired_difference(real, a, b[:-1])
+
+
+def test_paired_differences_equal_one_comparison_at_a_time():
+    rng = np.random.default_rng(5)
+    n, d = 120, 6
+    topic = rng.normal(size=(n, d))
+    real, a = (topic + 0.7 * rng.normal(size=(n, d)) for _ in range(2))
+    others = [a + 0.1, a, topic + rng.normal(size=(n, d))]  # further, the same set, another spread
+    many = paired_differences(real, a, others, draws=40, seed=2)
+    one = [paired_difference(real, a, b, draws=40, seed=2) for b in others]
+    assert many == one  # the same replicates: identical figures, set by set
+    assert [m["fid"]["diff"] < 0 for m in many] == [True, False, one[2]["fid"]["diff"] < 0]
+    assert many[1]["fid"]["diff"] == 0 and many[1]["kl_cosine"]["ci95"] == [0, 0]
+    assert many[0]["fid"]["ci95"] != many[2]["fid"]["ci95"]
+    with pytest.raises(MopError, match="at least one set"):
+        paired_differences(real, a, [])
+    with pytest.raises(MopError, match="one row per context"):
+        paired_differences(real, a, [others[0], others[2][:-1]])
 
 
 def test_fid_interval_holds_the_point_shrinks_with_n_and_separates_a_shift():
