@@ -54,9 +54,11 @@ def load_datamodule(config: str, max_records: dict | None = None) -> PopulationD
     return dm, cfg
 
 
-def load_gate(spec: str, embed_dim: int, num_personas: int, model_cfg: dict, pool_emb=None) -> Gate:
+def load_gate(spec: str, embed_dim: int, num_personas: int, model_cfg: dict, pool_emb=None, art=None) -> Gate:
     """``untrained`` (the module's seed-0 start), ``untrained:SCALE`` (that start with model.omega_init_scale
-    SCALE), or an export directory."""
+    SCALE), or an export directory, whose personas and pool must be those of ``art`` (the config's artifacts)
+    when given: a gate scores whatever persona embeddings it is handed, so another config's would give
+    figures about personas it never saw."""
     if spec.split(":")[0] == "untrained":
         gate = Gate(embed_dim, num_personas, model_cfg.get("hidden_dim", 128), model_cfg.get("init_tau", 0.6),
                     seed=model_cfg.get("gate_seed", 0)).eval()
@@ -65,7 +67,15 @@ def load_gate(spec: str, embed_dim: int, num_personas: int, model_cfg: dict, poo
         return gate
     from mop.export import GateExport
 
-    return GateExport.from_pretrained(spec).gate
+    export = GateExport.from_pretrained(spec)
+    if art is not None:  # the gate is diagnosed on the config's personas and pool: they must be its own
+        if export.persona_texts != list(art.persona_texts):
+            raise SystemExit(f"--gate {spec}: its {export.num_personas} personas are not the config's "
+                             f"{len(art.persona_texts)}: diagnose it with the config it was trained with")
+        if [r.response for r in export.exemplars] != [r.response for r in art.pool]:
+            raise SystemExit(f"--gate {spec}: its exemplar pool is not the config's: diagnose it with the "
+                             "config it was trained with")
+    return export.gate
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -274,7 +284,7 @@ def main(argv=None) -> int:
     for spec in gates:
         name, _, path = spec.partition("=")
         gate = load_gate(path or name, art.embed_dim, len(art.persona_texts), cfg.get("model", {}),
-                         art.pool_emb)
+                         art.pool_emb, art)
         results[name] = diagnose_gate(gate, art, exclude, splits)
     for T in args.retrieval_T:
         results[f"retrieval@{T:g}"] = diagnose_retrieval(T, art, exclude, splits)
