@@ -43,3 +43,47 @@ def test_bad_config_value_is_one_line(tmp_path):
                    "--model.num_candidates", "0", "--data.artifacts_dir", str(tmp_path / "a"), cwd=tmp_path,
                    timeout=300)
     assert_one_line_error(proc, "num_candidates")
+
+
+def _leaves(tree, prefix=()):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, (*prefix, key))
+    else:
+        yield prefix, tree
+
+
+CONFIGS = [[p.name] for p in sorted((REPO / "configs").glob("*.yaml"))] + [
+    ["quickstart.yaml", f"trainer/{p.name}"] for p in sorted((REPO / "configs" / "trainer").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("configs", CONFIGS, ids=["+".join(c) for c in CONFIGS])
+def test_every_shipped_config_parses_to_its_own_values(configs, capsys):
+    """Each configs/*.yaml (the trainer presets as a second -c) passes train.py's parser (known keys, types),
+    and what it would train with holds every value the files set: a misspelt key or a wrong type fails here,
+    not an hour into a run."""
+    import yaml
+
+    from mop.train import train_command
+
+    args = ["fit"]
+    for name in configs:
+        args += ["-c", str(REPO / "configs" / name)]
+    with pytest.raises(SystemExit) as done:
+        train_command([*args, "--print_config"], prog="train.py")
+    assert done.value.code in (0, None)
+    parsed = yaml.safe_load(capsys.readouterr().out)
+    expected = {}  # every value the files set, a later -c overriding an earlier one
+    for name in configs:
+        written = yaml.safe_load((REPO / "configs" / name).read_text())
+        for section in ("model", "data", "trainer"):
+            for path, value in _leaves(written.get(section, {}), (section,)):
+                if not (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+                    expected[path] = value  # (class_path lists, e.g. callbacks, are printed expanded)
+    for path, value in expected.items():
+        got = parsed
+        for key in path:
+            got = got[key]
+        assert got == value, (configs, path)
+    checked = len(expected)
+    assert checked > 3
