@@ -94,9 +94,12 @@ def parse_args(argv=None):
                    help="comma-separated subset of train, generate, evaluate; with --temperature-grid the "
                         "sweep runs before generate whatever the steps (--steps sweep: the sweep alone)")
     p.add_argument("--output", default="benchmarks/results/fidelity", help="writes OUTPUT.json and OUTPUT.md")
-    p.add_argument("--plot", default="benchmarks/results/fidelity.png",
-                   help="PCA panels, one per set, one file per group (NAME_<lm>_<n>.png; empty: none)")
+    p.add_argument("--plot", default=None,
+                   help="PCA panels, one per set, one file per group (NAME_<lm>_<n>_<embedder>.png; default: "
+                        "OUTPUT.png, so a run's plots sit beside its tables; empty: none)")
     args = p.parse_args(argv)
+    if args.plot is None:  # beside OUTPUT: a run with its own --output never writes over another run's plots
+        args.plot = f"{args.output}.png"
     if args.temperature_grid and min(args.temperature_grid) <= 0:
         p.error(f"--temperature-grid: temperatures must be positive, got {min(args.temperature_grid)}")
     if not 0 < args.top_p <= 1:

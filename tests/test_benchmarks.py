@@ -338,6 +338,15 @@ def test_fidelity_chooses_mops_gate_temperature_jointly_on_val(tmp_path, monkeyp
     assert fidelity.pick_gate_temperature({1.0: {1.0: 0.2}, 2.0: {1.0: 0.2}, 0.5: {1.0: 0.3}}) == (1.0, 1.0)
 
 
+def test_fidelity_plots_go_beside_the_run_output():
+    import fidelity
+
+    assert fidelity.parse_args([]).plot == "benchmarks/results/fidelity.png"
+    assert fidelity.parse_args(["--output", "out/fid_k100.v2"]).plot == "out/fid_k100.v2.png"
+    assert fidelity.parse_args(["--output", "a/b", "--plot", "c/d.png"]).plot == "c/d.png"
+    assert fidelity.parse_args(["--output", "a/b", "--plot", ""]).plot == ""
+
+
 def test_fidelity_rejects_a_bad_temperature_grid(capsys):
     import fidelity
 
