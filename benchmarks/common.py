@@ -122,17 +122,14 @@ def peak_rss_mb() -> float:
 def load_bench_lm(name: str, dtype: str, device: str, random_weights: bool = False):
     """mop.assets.load_lm, or with ``random_weights`` the same shape built from the folder's config.json
     with seeded random weights (model_shapes.random_lm; for speed only: reads config, tokenizer)."""
-    from mop.assets import load_lm, resolve_lm
+    from mop.assets import load_lm, load_tokenizer, resolve_lm
 
     if not random_weights:
         return load_lm(name, dtype=dtype, device=device)
     from model_shapes import random_lm
-    from transformers import AutoTokenizer
 
     path = resolve_lm(name)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(path)
     model = random_lm(path, dtype, device)
     model.mop_name = f"{name} (random weights)"
     return model, tok

@@ -257,6 +257,17 @@ def check_model_path(name_or_path: str, kind: str = "model") -> None:
     _check_local_model(name, kind)
 
 
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """An LM's tokenizer as :func:`load_lm` returns it: padding with the end-of-text token where it has no pad
+    token (batched scoring and generation pad)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_lm(
     name_or_path: str = DEFAULT_LM,
     *,
@@ -272,7 +283,7 @@ def load_lm(
     """
     offline_defaults()
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if dtype not in (None, "float32", "bfloat16", "float16"):
         raise MopError(f"LM dtype must be float32, bfloat16 or float16, got {dtype!r}")
@@ -280,7 +291,7 @@ def load_lm(
     _check_local_model(path, "model")
     torch_dtype = getattr(torch, dtype) if dtype else None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
@@ -292,8 +303,6 @@ def load_lm(
         if not (Path(adapter) / "adapter_config.json").exists():
             raise MopError(f"adapter '{adapter}' has no adapter_config.json: not a PEFT adapter folder")
         model = PeftModel.from_pretrained(model, adapter)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.requires_grad_(False)
     if device:

@@ -369,7 +369,7 @@ def stop_token_ids(model, tokenizer, use_chat_template: bool) -> list[int]:
 
 
 def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefixes: bool = True,
-            min_shared_tokens: int = 16):
+            min_shared_tokens: int = 16, cache_kw: str | None = None):
     """Run a batch of prompts (token ids, unpadded) through the LM: (logits at each prompt's last token (B, V)
     float32, the key/value cache, the attention mask (B, width)).
 
@@ -381,6 +381,8 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     it would attend to alone. Not used where a sliding window could then hide a real key (the padding widens
     index distances): beyond the model's ``sliding_window`` the plain left-padded batch runs instead, and so
     it does where sharing would not run fewer positions (padding included) than the plain batch.
+    ``cache_kw``: the name the model's forward takes the cache under (:func:`mop.scoring.cache_kwarg`, looked
+    up when not given).
     """
     import torch
     from transformers import DynamicCache
@@ -388,7 +390,7 @@ def prefill(model, prompt_ids: list[list[int]], max_new_tokens: int, share_prefi
     from mop.scoring import cache_kwarg
 
     device = model.get_input_embeddings().weight.device
-    kw = cache_kwarg(model)
+    kw = cache_kw or cache_kwarg(model)
     n = len(prompt_ids)
     shared = [0] * n
     if share_prefixes and n > 1:
@@ -500,7 +502,7 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], temperatures:
     kw = cache_kwarg(model)
     with torch.inference_mode():
         logits, cache, mask = prefill(model, [list(p) for p in prompt_ids], max_new_tokens,
-                                      share_prefixes=share_prefixes)
+                                      share_prefixes=share_prefixes, cache_kw=kw)
         ids = positions = None  # the next step's input: set at the end of each step
         for step in range(max_new_tokens):
             if step:
