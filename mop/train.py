@@ -123,7 +123,13 @@ class MopCLI(LightningCLI):
             print(f"val/nll_per_token  trained gate:   {float(trained):.4f}")
         print(f"fit wall time: {time.perf_counter() - self._t0:.0f} s")
         print(f"exported gate: {out}")
-        last = getattr(self.trainer.checkpoint_callback, "last_model_path", "")
+        ckpt_cb = self.trainer.checkpoint_callback
+        best = getattr(ckpt_cb, "best_model_path", "")
+        if best and getattr(ckpt_cb, "monitor", None):
+            score = ckpt_cb.best_model_score
+            shown = f" ({ckpt_cb.monitor} {float(score):.4f})" if score is not None else ""
+            print(f"best checkpoint{shown}: {best} (export it with: mop export {best} OUT_DIR)")
+        last = getattr(ckpt_cb, "last_model_path", "")
         if last:
             print(f"last checkpoint: {last} (resume with --ckpt_path last)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from helpers import REPO, assert_one_line_error, run_cli
@@ -30,10 +31,25 @@ def test_quickstart_slice_trains_and_exports(tmp_path):
     assert sum(p.stat().st_size for p in (tmp_path / "gate").iterdir()) < 5_000_000  # no LM weights
     csvs = list((tmp_path / "runs").glob("metrics-*.csv"))
     assert csvs and "val/nll_per_token" in csvs[0].read_text().splitlines()[0]
-    # a second run reuses the artifacts (personas, embeddings, index) instead of rebuilding them
-    again = run_cli(*_overrides(tmp_path, "--validate_before_fit", "false"), cwd=tmp_path, timeout=1200)
-    assert again.returncode == 0 and "embedding responses" not in again.stderr
+    # a second run reuses the artifacts (personas, embeddings, index) instead of rebuilding them; it keeps
+    # its best epoch by validation NLL (configs/trainer/keep_best.yaml), says where, and the checkpoint
+    # exports
+    again = run_cli(*_overrides(tmp_path, "--validate_before_fit", "false", "-c",
+                                str(REPO / "configs/trainer/keep_best.yaml"), "--trainer.max_epochs", "2"),
+                    cwd=tmp_path, timeout=1200)
+    assert again.returncode == 0 and "embedding responses" not in again.stderr, again.stderr[-3000:]
     assert len(list((tmp_path / "artifacts").iterdir())) == 2  # one artifacts folder + its lock
+    best = re.search(r"best checkpoint \(val/nll_per_token ([\d.]+)\): (\S+) ", again.stdout)
+    assert best, again.stdout[-2000:]
+    rows = max((tmp_path / "runs").glob("metrics-*.csv"), key=lambda p: p.stat().st_mtime).read_text()
+    header, *lines = [line.split(",") for line in rows.splitlines()]
+    col = header.index("val/nll_per_token")
+    vals = [float(r[col]) for r in lines if r[col]]
+    assert len(vals) == 2 and float(best.group(1)) == pytest.approx(min(vals), abs=1e-4)
+    assert re.fullmatch(r"best-epoch=[01]\.ckpt", (ckpt := Path(best.group(2))).name) and ckpt.is_file()
+    out = run_cli("export", str(ckpt), str(tmp_path / "best"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "best" / "config.json").read_text())["num_personas"] == 4
 
 
 @pytest.mark.slow  # a fresh train.py process imports Lightning (about 12 s on 2 cores); the bad-input matrix
