@@ -54,27 +54,26 @@ def load_datamodule(config: str, max_records: dict | None = None) -> PopulationD
     return dm, cfg
 
 
-def load_gate(spec: str, embed_dim: int, num_personas: int, model_cfg: dict, pool_emb=None, art=None) -> Gate:
+def load_gate(spec: str, art, model_cfg: dict) -> Gate:
     """``untrained`` (the module's seed-0 start), ``untrained:SCALE`` (that start with model.omega_init_scale
-    SCALE), or an export directory, whose personas and pool must be those of ``art`` (the config's artifacts)
-    when given: a gate scores whatever persona embeddings it is handed, so another config's would give
-    figures about personas it never saw."""
+    SCALE), or an export directory, for the config's artifacts ``art`` (dimension, personas, pool). An
+    export's personas and pool must be those of ``art``: a gate scores whatever persona embeddings it is
+    handed, so another config's would give figures about personas it never saw."""
     if spec.split(":")[0] == "untrained":
-        gate = Gate(embed_dim, num_personas, model_cfg.get("hidden_dim", 128), model_cfg.get("init_tau", 0.6),
-                    seed=model_cfg.get("gate_seed", 0)).eval()
+        gate = Gate(art.embed_dim, len(art.persona_texts), model_cfg.get("hidden_dim", 128),
+                    model_cfg.get("init_tau", 0.6), seed=model_cfg.get("gate_seed", 0)).eval()
         if ":" in spec:
-            gate.init_retrieval_prior(torch.as_tensor(pool_emb), float(spec.split(":")[1]))
+            gate.init_retrieval_prior(torch.as_tensor(art.pool_emb), float(spec.split(":")[1]))
         return gate
     from mop.export import GateExport
 
     export = GateExport.from_pretrained(spec)
-    if art is not None:  # the gate is diagnosed on the config's personas and pool: they must be its own
-        if export.persona_texts != list(art.persona_texts):
-            raise SystemExit(f"--gate {spec}: its {export.num_personas} personas are not the config's "
-                             f"{len(art.persona_texts)}: diagnose it with the config it was trained with")
-        if [r.response for r in export.exemplars] != [r.response for r in art.pool]:
-            raise SystemExit(f"--gate {spec}: its exemplar pool is not the config's: diagnose it with the "
-                             "config it was trained with")
+    if export.persona_texts != list(art.persona_texts):
+        raise SystemExit(f"--gate {spec}: its {export.num_personas} personas are not the config's "
+                         f"{len(art.persona_texts)}: diagnose it with the config it was trained with")
+    if [r.response for r in export.exemplars] != [r.response for r in art.pool]:
+        raise SystemExit(f"--gate {spec}: its exemplar pool is not the config's: diagnose it with the "
+                         "config it was trained with")
     return export.gate
 
 
@@ -283,8 +282,7 @@ def main(argv=None) -> int:
     results = {}
     for spec in gates:
         name, _, path = spec.partition("=")
-        gate = load_gate(path or name, art.embed_dim, len(art.persona_texts), cfg.get("model", {}),
-                         art.pool_emb, art)
+        gate = load_gate(path or name, art, cfg.get("model", {}))
         results[name] = diagnose_gate(gate, art, exclude, splits)
     for T in args.retrieval_T:
         results[f"retrieval@{T:g}"] = diagnose_retrieval(T, art, exclude, splits)

@@ -199,15 +199,15 @@ def test_gate_diagnosis_refuses_an_export_of_other_personas_or_pool(tmp_path):
     from helpers import make_export
 
     made = make_export(tmp_path / "gate", dim=16, k=3, n_pool=4)
-    own = R(persona_texts=list(made.persona_texts), pool=list(made.pool))  # the config's, as exported
-    gate = gate_diagnosis.load_gate(str(tmp_path / "gate"), 16, 3, {}, art=own)
+    own = R(persona_texts=list(made.persona_texts), pool=list(made.pool), embed_dim=16, pool_emb=None)
+    gate = gate_diagnosis.load_gate(str(tmp_path / "gate"), own, {})  # the config's, as exported
     assert torch.equal(gate.log_tau, made.gate.log_tau)
-    more = R(persona_texts=[*own.persona_texts, "You are one more critic."], pool=own.pool)
+    more = R(**{**vars(own), "persona_texts": [*own.persona_texts, "You are one more critic."]})
     with pytest.raises(SystemExit, match="its 3 personas are not the config's 4"):
-        gate_diagnosis.load_gate(str(tmp_path / "gate"), 16, 4, {}, art=more)
-    other_pool = R(persona_texts=own.persona_texts, pool=[R(response="another review"), *own.pool[1:]])
+        gate_diagnosis.load_gate(str(tmp_path / "gate"), more, {})
+    other_pool = R(**{**vars(own), "pool": [R(response="another review"), *own.pool[1:]]})
     with pytest.raises(SystemExit, match="exemplar pool is not the config's"):
-        gate_diagnosis.load_gate(str(tmp_path / "gate"), 16, 3, {}, art=other_pool)
+        gate_diagnosis.load_gate(str(tmp_path / "gate"), other_pool, {})
 
 
 def test_fidelity_val_config_drops_only_the_val_cap(tmp_path):
