@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--config", default="configs/quickstart.yaml", help="training config (data, personas, LM)")
     p.add_argument("--workdir", default="runs/fidelity", help="gate, samples, logs (resumable)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the gate")
+    p.add_argument("--train-args", default="", metavar="ARGS",
+                   help="further train.py fit overrides, one string "
+                        "(e.g. --train-args='--model.explore_samples 16')")
     p.add_argument("--num-samples", type=int, default=1000,
                    help="texts per method (the same contexts for all)")
     p.add_argument("--model-samples", nargs="*", default=["gemma3-270m=200"], metavar="MODEL=N",
@@ -135,8 +139,14 @@ def train(args, workdir: Path) -> Path:
         return gate
     cmd = [sys.executable, "train.py", "fit", "-c", args.config, "--model.export_dir", str(gate),
            "--trainer.default_root_dir", str(workdir), "--trainer.logger.init_args.save_dir", str(workdir),
-           "--trainer.max_epochs", str(args.epochs)]
+           "--trainer.max_epochs", str(args.epochs), *shlex.split(args.train_args)]
     last = workdir / "checkpoints" / "last.ckpt"
+    recorded = workdir / "train_args.txt"  # a resumed fit must not change its overrides half-way
+    if last.exists() and recorded.exists() and recorded.read_text() != args.train_args:
+        raise SystemExit(f"{workdir} was trained with --train-args={recorded.read_text()!r}, not "
+                         f"{args.train_args!r}: resume with the same overrides or use another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(args.train_args)
     if last.exists():
         cmd += ["--ckpt_path", str(last)]
     print("[fidelity]", " ".join(cmd), flush=True)
@@ -521,7 +531,8 @@ def main(argv=None) -> int:
     timings = _timings(workdir)
     gate_cfg = json.loads((gate / "config.json").read_text())
     result.update({
-        "config": args.config, "epochs": args.epochs, "num_samples": args.num_samples,
+        "config": args.config, "epochs": args.epochs, "train_args": args.train_args,
+        "num_samples": args.num_samples,
         "ablation_samples": args.ablation_samples,
         "model_samples": args.model_samples, "seed": args.seed,
         "max_new_tokens": args.max_new_tokens, "timings_s": timings, "temperatures": sweep,

@@ -395,6 +395,25 @@ def test_fidelity_generate_passes_the_split_config_and_temperature_to_generate_p
     assert default[default.index("--data") + 1] == "base.yaml"
 
 
+def test_fidelity_train_passes_its_overrides_and_refuses_to_resume_with_others(tmp_path, monkeypatch):
+    import fidelity
+
+    cmds = []
+    monkeypatch.setattr(fidelity.subprocess, "run", lambda cmd, **kw: cmds.append(cmd))
+    args = fidelity.parse_args(["--config", "c.yaml", "--epochs", "1",
+                                "--train-args=--model.explore_samples 16 --model.lr 0.01"])
+    fidelity.train(args, tmp_path / "w")
+    assert cmds[0][-4:] == ["--model.explore_samples", "16", "--model.lr", "0.01"]
+    assert cmds[0][cmds[0].index("--trainer.max_epochs") + 1] == "1" and "--ckpt_path" not in cmds[0]
+    (tmp_path / "w" / "checkpoints").mkdir()
+    (tmp_path / "w" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    fidelity.train(args, tmp_path / "w")  # the same overrides: resumes
+    assert cmds[1][cmds[1].index("--ckpt_path") + 1] == str(tmp_path / "w" / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit, match="was trained with --train-args='--model.explore_samples 16"):
+        fidelity.train(fidelity.parse_args(["--train-args=--model.explore_samples 8"]), tmp_path / "w")
+    assert len(cmds) == 2
+
+
 def test_fidelity_gap_cuts_at_sentence_ends_only():
     from fidelity_gap import count_sentences, cut_sentences
 
