@@ -538,7 +538,7 @@ def main(argv=None) -> int:
         "max_new_tokens": args.max_new_tokens, "timings_s": timings, "temperatures": sweep,
         "gate_metrics": gate_cfg.get("metrics", {}),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-        "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/fidelity.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     })
     md = table(result, timings)
     out = Path(args.output)
