@@ -157,6 +157,13 @@ def train(args, workdir: Path) -> Path:
     return gate
 
 
+def trained_with(workdir: Path, gate: Path) -> str | None:
+    """The --train-args the gate was fitted with, when this workdir trained it (None: not known here)."""
+    recorded = workdir / "train_args.txt"
+    same = gate.resolve() == (workdir / "gate").resolve()
+    return recorded.read_text() if same and recorded.exists() else None
+
+
 def sample_file(workdir: Path, run: str) -> Path:
     model, method = run.split(":")
     return workdir / "samples" / f"{model}__{method}.jsonl"
@@ -531,7 +538,7 @@ def main(argv=None) -> int:
     timings = _timings(workdir)
     gate_cfg = json.loads((gate / "config.json").read_text())
     result.update({
-        "config": args.config, "epochs": args.epochs, "train_args": args.train_args,
+        "config": args.config, "epochs": args.epochs, "train_args": trained_with(workdir, gate),
         "num_samples": args.num_samples,
         "ablation_samples": args.ablation_samples,
         "model_samples": args.model_samples, "seed": args.seed,

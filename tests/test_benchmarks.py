@@ -412,6 +412,9 @@ def test_fidelity_train_passes_its_overrides_and_refuses_to_resume_with_others(t
     with pytest.raises(SystemExit, match="was trained with --train-args='--model.explore_samples 16"):
         fidelity.train(fidelity.parse_args(["--train-args=--model.explore_samples 8"]), tmp_path / "w")
     assert len(cmds) == 2
+    recorded = fidelity.trained_with(tmp_path / "w", tmp_path / "w" / "gate")
+    assert recorded == "--model.explore_samples 16 --model.lr 0.01"
+    assert fidelity.trained_with(tmp_path / "w", tmp_path / "other_gate") is None
 
 
 def test_fidelity_gap_cuts_at_sentence_ends_only():
