@@ -190,6 +190,45 @@ def test_exploration_pair_makes_an_unbiased_estimate_of_the_full_mixture():
     assert torch.all(exact - top_only > 10 * stderr)  # the top-M sum alone is biased low: the test can fail
 
 
+def test_loss_gradient_is_the_em_update_towards_the_posterior_over_the_scored_pairs():
+    """The issue's "EM-style update": one M-step of -sum_s r_s log(pi Omega)_s, r the posterior over the
+    scored pairs (exploration pairs included) held fixed, has exactly the gradient of the mixture NLL
+    (Fisher's identity), because the exploration weight's proposal terms are detached. So EM with one gate
+    step per E-step is the trainer as it is; only several M-steps per E-step would differ (not
+    implemented)."""
+    K, N = 3, 6
+    dm = synthetic_datamodule(n_train=N, n_val=2, k=K, n_pool=N)
+    art = dm.artifacts
+    gate = Gate(art.embed_dim, K, 8, init_std=0.7, seed=0)  # spread: exploration pairs carry posterior mass
+    hx, hg, pool = (torch.as_tensor(a) for a in (art.context_emb["train"][:2], art.persona_emb, art.pool_emb))
+    excl = dm.exclude["train"][:2]
+    lik = torch.randn(K, N, generator=torch.Generator().manual_seed(1)) * 3  # log p_LM of pair (k, j)
+    c = select_candidates(gate, hx, hg, pool, art.index, excl, 2, explore=True, explore_samples=3,
+                          generator=torch.Generator().manual_seed(0))
+    log_lik = lik[c.persona, c.exemplar.clamp(min=0)].masked_fill(c.exemplar < 0, float("-inf"))
+    assert c.log_weight.shape[1] > 2 and torch.isfinite(c.log_weight[:, 2:]).any()  # exploration pairs scored
+    params = [p for n, p in gate.named_parameters() if p.requires_grad and "tau" not in n]  # tau: the LM's
+    grad_nll = torch.autograd.grad(mixture_nll(c.log_weight, log_lik).sum(), params, retain_graph=True)
+    joint = c.log_weight + log_lik
+    r = torch.softmax(joint.detach(), dim=-1)  # E-step: the posterior over the scored pairs
+    mask = torch.zeros(2, N, dtype=torch.bool)
+    for b, ex in enumerate(excl):
+        mask[b, ex] = True
+    log_pair = gate.log_pi(hx, hg)[:, :, None] + gate.log_omega(hx, hg, pool, mask)  # (B, K, N)
+    rows = torch.arange(2)[:, None].expand_as(c.persona)
+    scored = log_pair[rows, c.persona, c.exemplar.clamp(min=0)]  # log pi_k Omega_kj of each scored pair
+    finite = torch.isfinite(c.log_weight)
+    m_step = -(r * scored.masked_fill(~finite, 0.0)).sum()  # M-step objective, r held fixed
+    grad_em = torch.autograd.grad(m_step, params, retain_graph=True)
+    for g1, g2 in zip(grad_nll, grad_em):
+        assert g1.abs().max() > 1e-4  # the gradients are not trivially zero
+        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    # the control: EM over the top-M pairs alone (the truncated sum) has another gradient: the test can fail
+    r_top = torch.softmax(joint[:, :2].detach(), dim=-1)
+    grad_top = torch.autograd.grad(-(r_top * scored[:, :2]).sum(), params)
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(grad_nll, grad_top))
+
+
 class IndifferentScorer(GroupScorer):
     """A stand-in LM that gives every response the same likelihood whatever the persona and exemplar."""
 
