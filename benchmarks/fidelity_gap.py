@@ -382,9 +382,15 @@ def paired(args) -> int:
     embed, _, real, _ = load_real(args)
     many = len(args.samples) > 1
     named = {}
-    for folder in args.samples:
+    for spec in args.samples:  # FOLDER (labelled by its name) or LABEL=FOLDER
+        label, sep, folder = spec.partition("=")
+        if not sep or Path(spec).exists():
+            label, folder = Path(spec).name, spec
         for name, texts in full_sets(args, folder).items():
-            named[f"{Path(folder).name}/{name}" if many else name] = texts
+            key = f"{label}/{name}" if many else name
+            if key in named:
+                raise SystemExit(f"--samples: two folders give a set named {key!r}; label them LABEL=FOLDER")
+            named[key] = texts
     if args.against not in named:
         raise SystemExit(f"--against {args.against!r}: no set of {args.num_samples} rows by that name; sets: "
                          f"{', '.join(named) or 'none'}")
@@ -449,7 +455,9 @@ def parse_args(argv=None):
     a.add_argument("--subspace", type=int, default=50, help="the real top-S subspace of the share column")
     q = sub.add_parser("paired", parents=[scored],
                        help="each set against one, on the same contexts: differences with paired intervals")
-    q.add_argument("--samples", nargs="+", required=True, help="folders of model__method.jsonl(.gz) sets")
+    q.add_argument("--samples", nargs="+", required=True,
+                   help="folders of model__method.jsonl(.gz) sets, each FOLDER (its sets named "
+                        "FOLDER_NAME/model__method) or LABEL=FOLDER (LABEL/model__method)")
     q.add_argument("--against", required=True,
                    help="the set the others are compared with, e.g. smollm2-135m__mop (FOLDER/NAME with "
                         "several --samples folders)")

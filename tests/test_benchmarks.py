@@ -553,6 +553,16 @@ def test_fidelity_gap_paired_compares_every_set_with_one_on_the_same_contexts(tm
     assert "b/m__far" in (tmp_path / "out.md").read_text()
     with pytest.raises(SystemExit, match="no set of 60 rows by that name"):
         fidelity_gap.main([*common, "--against", "m__mop"])
+    # two folders of the same name would give two sets one name: refused, and told apart by LABEL=FOLDER
+    (tmp_path / "c" / "a").mkdir(parents=True)
+    (tmp_path / "c" / "a" / "m__mop.jsonl").write_text((tmp_path / "b" / "m__far.jsonl").read_text())
+    twins = [*common[:-3], "--against", "a/m__mop", "--output", str(tmp_path / "twins")]
+    with pytest.raises(SystemExit, match="two folders give a set named 'a/m__mop'"):
+        fidelity_gap.main([*twins, "--samples", str(tmp_path / "a"), str(tmp_path / "c" / "a")])
+    assert fidelity_gap.main([*twins, "--samples", str(tmp_path / "a"), f"moved={tmp_path / 'c' / 'a'}"]) == 0
+    rows = json.loads((tmp_path / "twins.json").read_text())["rows"]
+    assert [r["set"] for r in rows] == ["moved/m__mop"]
+    assert rows[0]["fid"]["diff"] == pytest.approx(got["diff"])  # the moved set is the far one
 
 
 def test_model_shapes_build_the_same_shape_with_seeded_random_weights(tiny_model_dir, tmp_path):
