@@ -301,6 +301,17 @@ def run(func: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("mop: interrupted", file=sys.stderr)
         return 130
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the torch.distributed process group a multi-process command leaves behind (Lightning does not),
+    so that a rank exits cleanly instead of being aborted at interpreter exit by the backend's threads
+    ("terminate called without an active exception", seen with gloo after a finished DDP fit)."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -64,6 +64,7 @@ def main(out: Path) -> None:
                                                       "raw": module.raw_train,
                                                       "scored_val": module.scored_val,
                                                       "val_passes": RecordingModule.val_passes}))
+    torch.distributed.destroy_process_group()  # as mop.cli.run does: else gloo may abort the exit (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,23 @@ def test_personas_settings_default_to_the_config(tmp_path, write_csv, monkeypatc
         3, "keywords", "movie reviews", "critic", "my-embedder")
     assert personas.personas_command(str(cfg), str(tmp_path / "out"), num_personas=2, role="writer") == 0
     assert (seen["k"], seen["role"], seen["text_kind"]) == (2, "writer", "movie reviews")
+
+
+def test_run_closes_the_process_group_a_command_leaves(tmp_path):
+    """A DDP fit leaves its process group alive (Lightning does not destroy it); mop.cli.run destroys it, so
+    the rank's exit is not aborted by the backend's threads."""
+    import torch.distributed as dist
+
+    from mop.cli import run
+
+    def command():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        return 0
+
+    try:
+        assert run(command) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
