@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from helpers import byte_tokenizer, make_tiny_lm, synthetic_datamodule
 
+from mop.cli import close_process_group
 from mop.module import MixtureOfPersonas
 from mop.scoring import FrozenLMScorer
 
@@ -64,7 +65,7 @@ def main(out: Path) -> None:
                                                       "raw": module.raw_train,
                                                       "scored_val": module.scored_val,
                                                       "val_passes": RecordingModule.val_passes}))
-    torch.distributed.destroy_process_group()  # as mop.cli.run does: else gloo may abort the exit (SIGABRT)
+    close_process_group()  # what mop.cli.run does at the end of every command: else gloo may abort the exit
 
 
 if __name__ == "__main__":
