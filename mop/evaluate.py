@@ -172,20 +172,51 @@ def _faiss_warnings_dropped():
                 sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def _svd_falls_back_to_gesvd():
+    """Within it, ``scipy.linalg.svd`` (which MAUVE's PCA calls through scikit-learn) retries a failed
+    divide-and-conquer SVD (LAPACK gesdd, the default) with gesvd: the same decomposition by another
+    algorithm. OpenBLAS's gesdd can fail on particular matrices ("SVD did not converge": seen on a bootstrap
+    resample of 200 MiniLM embeddings a side) where gesvd succeeds."""
+    import scipy.linalg
+
+    original = scipy.linalg.svd
+
+    def svd(a, *args, **kwargs):
+        try:
+            return original(a, *args, **kwargs)
+        except np.linalg.LinAlgError:
+            if kwargs.get("lapack_driver", "gesdd") != "gesdd":
+                raise
+            return original(a, *args, **{**kwargs, "lapack_driver": "gesvd"})
+
+    scipy.linalg.svd = svd
+    try:
+        yield
+    finally:
+        scipy.linalg.svd = original
+
+
+def _compute_mauve(real, gen, seed: int):
+    """``mauve.compute_mauve`` on features (default settings), robust to a failed gesdd (above)."""
+    import mauve
+
+    with _svd_falls_back_to_gesvd():
+        return mauve.compute_mauve(p_features=real, q_features=gen, seed=int(seed), verbose=False)
+
+
 def mauve_score(real, gen, seeds: Sequence[int] = MAUVE_SEEDS) -> dict[str, Any]:
     """MAUVE of the reference implementation (default settings) per k-means seed: mean, std (ddof 0), scores.
 
     Features are given, so ``mauve-text`` loads no model and downloads nothing. Higher is better (1: same).
     """
-    import mauve
-
     real, gen = _check_pair(real, gen)
     if not seeds:
         raise MopError("MAUVE needs at least one seed")
     scores = []
     with _faiss_warnings_dropped():
         for s in seeds:
-            out = mauve.compute_mauve(p_features=real, q_features=gen, seed=int(s), verbose=False)
+            out = _compute_mauve(real, gen, s)
             scores.append(float(out.mauve))
     return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "scores": scores,
             "seeds": [int(s) for s in seeds]}
@@ -463,14 +494,11 @@ def bootstrap_metrics(real_emb: np.ndarray, gen_emb: np.ndarray, point: dict[str
         out["fid"] = bootstrap_interval(fids, point["fid"])
         out["kl_cosine"] = bootstrap_interval(kls, point["kl_cosine"])
     if n_mauve:
-        import mauve
-
         scores = []
         with _faiss_warnings_dropped():
             for b, (wr, wg) in enumerate(zip(real_draws[:n_mauve], gen_draws[:n_mauve])):
-                res = mauve.compute_mauve(p_features=np.repeat(real_emb, wr, axis=0),
-                                          q_features=np.repeat(gen_emb, wg, axis=0),
-                                          seed=int(mauve_seeds[b % len(mauve_seeds)]), verbose=False)
+                res = _compute_mauve(np.repeat(real_emb, wr, axis=0), np.repeat(gen_emb, wg, axis=0),
+                                     mauve_seeds[b % len(mauve_seeds)])
                 scores.append(float(res.mauve))
         out["mauve"] = bootstrap_interval(scores, point["mauve"], bounds=(0.0, 1.0))
     if n_boot and f1_data is not None and point.get("f1") is not None:

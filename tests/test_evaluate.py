@@ -192,6 +192,32 @@ def test_mauve_is_one_for_identical_features_and_near_zero_for_disjoint_clusters
     assert apart["mean"] < 0.1 and apart["std"] >= 0
 
 
+
+def test_mauve_survives_a_failed_divide_and_conquer_svd(monkeypatch):
+    # OpenBLAS's gesdd (scipy's default SVD) fails on some matrices ("SVD did not converge"; a bootstrap
+    # resample of 200 MiniLM embeddings a side crashed the Guardian evaluation). MAUVE's PCA then retries with
+    # gesvd.
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(60, 16)), rng.normal(size=(60, 16)) + 0.5  # 120 < 10 x 16: PCA takes the full SVD
+    expected = mauve_score(x, y, seeds=(0,))["scores"]
+    real_svd, calls = scipy.linalg.svd, []
+
+    def gesdd_fails(a, *args, **kwargs):
+        calls.append(kwargs.get("lapack_driver", "gesdd"))
+        if calls[-1] == "gesdd":
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return real_svd(a, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.linalg, "svd", gesdd_fails)
+    assert mauve_score(x, y, seeds=(0,))["scores"] == pytest.approx(expected, abs=1e-9)
+    assert calls == ["gesdd", "gesvd"]
+    assert scipy.linalg.svd is gesdd_fails  # the fallback is undone afterwards
+    draws = np.ones((2, 60), dtype=np.int64)
+    out = bootstrap_metrics(x, y, {"fid": 0.0, "kl_cosine": 0.0, "mauve": expected[0]}, draws, draws, None,
+                            n_boot=0, n_mauve=2, mauve_seeds=(0,))
+    assert out["mauve"]["mean"] == pytest.approx(expected[0], abs=1e-6) and calls.count("gesvd") == 3
+
+
 # ------------------------------------------------------------------------------------------------ downstream
 def test_downstream_f1_is_one_on_separable_data_and_low_on_shuffled_labels():
     rng = np.random.default_rng(6)
