@@ -538,7 +538,9 @@ def main(argv=None) -> int:
     timings = _timings(workdir)
     gate_cfg = json.loads((gate / "config.json").read_text())
     result.update({
-        "config": args.config, "epochs": args.epochs, "train_args": trained_with(workdir, gate),
+        "config": args.config, "gate": str(gate),
+        "epochs": None if args.gate else args.epochs,  # a --gate was trained elsewhere, for unknown epochs
+        "train_args": trained_with(workdir, gate),
         "num_samples": args.num_samples,
         "ablation_samples": args.ablation_samples,
         "model_samples": args.model_samples, "seed": args.seed,

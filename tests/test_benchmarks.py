@@ -338,6 +338,26 @@ def test_fidelity_chooses_mops_gate_temperature_jointly_on_val(tmp_path, monkeyp
     assert fidelity.pick_gate_temperature({1.0: {1.0: 0.2}, 2.0: {1.0: 0.2}, 0.5: {1.0: 0.3}}) == (1.0, 1.0)
 
 
+
+def test_fidelity_records_epochs_only_for_a_gate_it_trains(tmp_path, monkeypatch):
+    import fidelity
+
+    monkeypatch.setattr(fidelity, "evaluate", lambda args, workdir, gate: {"groups": [], "missing": []})
+    for gate in (tmp_path / "elsewhere", tmp_path / "w" / "gate"):
+        gate.mkdir(parents=True)
+        (gate / "config.json").write_text(json.dumps({"metrics": {"val/nll_per_token": 4.5}}))
+    common = ["--config", str(REPO / "configs" / "fidelity.yaml"), "--workdir", str(tmp_path / "w"),
+              "--runs", "smollm2-135m:mop", "--steps", "evaluate", "--epochs", "3"]
+    elsewhere = ["--gate", str(tmp_path / "elsewhere"), "--output", str(tmp_path / "a")]
+    assert fidelity.main([*common, *elsewhere]) == 0
+    given = json.loads((tmp_path / "a.json").read_text())
+    assert given["epochs"] is None and given["gate"] == str(tmp_path / "elsewhere")  # trained elsewhere
+    assert fidelity.main([*common, "--output", str(tmp_path / "b")]) == 0
+    own = json.loads((tmp_path / "b.json").read_text())
+    assert own["epochs"] == 3 and own["gate"] == str(tmp_path / "w" / "gate")
+    assert own["gate_metrics"] == {"val/nll_per_token": 4.5}
+
+
 def test_fidelity_plots_go_beside_the_run_output():
     import fidelity
 
