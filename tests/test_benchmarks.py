@@ -614,3 +614,54 @@ def test_model_shapes_build_the_same_shape_with_seeded_random_weights(tiny_model
     unsaved, _ = load_bench_lm(str(tmp_path / "a" / "tiny"), "float32", "cpu", random_weights=True)
     assert all(torch.equal(unsaved.state_dict()[k], sc[k]) for k in sc)
     assert "random weights" in unsaved.mop_name
+
+
+def _result_file(path: Path, model: str, n: int, fids: dict[str, tuple], ref=None) -> None:
+    rows = [{"name": f"{model}:{m}", "fid": f, "ci95": {"fid": [lo, hi]}} for m, (f, lo, hi) in fids.items()]
+    group = {"n": n, "embedder": "minilm-l6", "rows": rows}
+    if ref is not None:
+        group["reference"] = {"name": "real train", "fid": ref[0], "ci95": {"fid": [ref[1], ref[2]]}}
+    other = {"n": n, "embedder": "minilm-l6", "rows": [{"name": "other-lm:mop", "fid": 9.0,
+                                                        "ci95": {"fid": [8.0, 10.0]}}]}
+    path.write_text(json.dumps({"groups": [other, group]}))
+
+
+def test_fidelity_overview_compares_each_gate_with_the_strongest_baseline(tmp_path):
+    """fidelity_overview: per method the lower FID over the panel's baseline files; each variant against the
+    best of those and of its own file's baselines; the interval test and the 30% ratio; a missing variant file
+    is listed as missing; the table, JSON and figure are written from the committed results."""
+    import fidelity_overview as ov
+
+    m = "lm"
+    _result_file(tmp_path / "main.json", m, 100, {"mop": (0.60, 0.55, 0.65), "fewshot": (1.00, 0.90, 1.10),
+                                                   "uniform": (0.90, 0.80, 1.00)}, ref=(0.5, 0.45, 0.55))
+    _result_file(tmp_path / "val.json", m, 100, {"fewshot": (0.80, 0.70, 0.90),
+                                                  "uniform": (0.95, 0.85, 1.05)})
+    _result_file(tmp_path / "close.json", m, 100, {"mop": (0.78, 0.70, 0.86), "uniform": (0.75, 0.70, 0.80)})
+    _result_file(tmp_path / "overlap.json", m, 100, {"mop": (0.70, 0.62, 0.75)})
+    variants = (("main", "main.json"), ("close", "close.json"), ("absent", "absent.json"),
+                ("o", "overlap.json"))
+    panel = ov.Panel("t", m, 100, ("main.json", "val.json"), variants)
+    s = ov.panel_summary(panel, tmp_path)
+    assert {k: b["fid"] for k, b in s["baselines"].items()} == {"fewshot": 0.80, "uniform": 0.90}
+    assert s["best_baseline"] == "fewshot" and s["target_fid"] == pytest.approx(0.56)
+    assert s["reference"]["fid"] == 0.5
+    main, close, absent, overlap = s["variants"]
+    assert not overlap["clear_of_every_baseline"]  # 0.75 is above few-shot's lower end, 0.70
+    assert main["best_baseline"] == "fewshot" and main["below_best"] == pytest.approx(0.25)
+    assert main["clear_of_every_baseline"] and not main["meets_ratio"]  # 0.65 < 0.70, but 25% < 30%
+    assert close["best_baseline"] == "uniform (close.json)" and close["best_baseline_fid"] == 0.75
+    assert close["below_best"] == pytest.approx(1 - 0.78 / 0.75) and not close["clear_of_every_baseline"]
+    assert absent == {"label": "absent", "file": "absent.json", "missing": True}
+    _result_file(tmp_path / "main.json", m, 100, {"mop": (0.50, 0.45, 0.55), "fewshot": (1.00, 0.90, 1.10)})
+    assert ov.panel_summary(panel, tmp_path)["variants"][0]["meets_ratio"]  # 0.50 <= 0.7 * 0.80
+    text = ov.markdown([s])
+    assert "| main | 0.6000 [0.5500, 0.6500] | fewshot 0.8000 | 25.0% | yes | not met |" in text
+    assert "| absent | missing (absent.json) |" in text
+    with pytest.raises(ValueError, match="no lm:mop row"):
+        ov.panel_summary(ov.Panel("t", m, 100, ("val.json",), (("v", "val.json"),)), tmp_path)
+    out = tmp_path / "overview"
+    assert ov.main(["--output", str(out)]) == 0  # the committed results
+    assert out.with_suffix(".png").stat().st_size > 0
+    committed = json.loads(out.with_suffix(".json").read_text())
+    assert committed[0]["variants"][0]["fid"] == pytest.approx(0.1568, abs=1e-4)
