@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -264,7 +265,8 @@ class PopulationDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # The order is a function of (seed, epoch) only -- Lightning calls set_epoch() -- never of torch's
         # global RNG, so a run resumed from a checkpoint visits the records in the order an uninterrupted run
-        # does.
+        # does; the training loader also starts a resumed epoch where the checkpoint left it
+        # (``batches_done_in_epoch``).
         n = len(self.artifacts.population[split])
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
@@ -272,6 +274,10 @@ class PopulationDataModule(pl.LightningDataModule):
         else:
             sampler = ExactDistributedSampler(_Indices(n), num_replicas=1, rank=0, shuffle=shuffle,
                                               seed=self.seed)
+        if split == "train":
+            sampler.batch_size = self.batch_size
+            sampler.skip_batches = lambda: batches_done_in_epoch(self.trainer, math.ceil(len(sampler)
+                                                                                          / self.batch_size))
         return DataLoader(_Indices(n), batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=_collate)
 
@@ -295,12 +301,41 @@ def _encode_unique(embedder, texts: list[str], desc: str) -> np.ndarray:
     return emb[[pos[t] for t in texts]]
 
 
+def batches_done_in_epoch(trainer, batches_per_epoch: int) -> int:
+    """Training batches of the current epoch already taken when a run is resumed from a mid-epoch
+    checkpoint (0 at an epoch's start, outside fit, or with gradient accumulation); ``batches_per_epoch``:
+    the training loader's length, before ``limit_train_batches``.
+
+    Computed from the restored global step, not from Lightning's batch counters: those do not survive every
+    resume (a mid-epoch checkpoint of a run that was itself resumed from an epoch's end records that epoch as
+    not started, and Lightning 2.6 then replays it from its first batch). In an uninterrupted run this is
+    the batch index, so a resumed run draws the same batches and the same exploration pairs
+    (mop.module) as an uninterrupted one."""
+    if trainer is None or getattr(trainer, "accumulate_grad_batches", 1) != 1:
+        return 0
+    per_epoch = trainer.num_training_batches  # set once fit has sized the loader (after its first iter())
+    if per_epoch == float("inf"):  # Lightning's sizing (_parse_num_batches) of a loader of this length
+        limit = trainer.limit_train_batches
+        per_epoch = (min(batches_per_epoch, limit) if isinstance(limit, int)
+                     else int(batches_per_epoch * limit))
+    per_epoch = int(per_epoch)
+    if per_epoch <= 0:
+        return 0
+    done = int(trainer.global_step) - int(trainer.current_epoch) * per_epoch
+    return done if 0 < done < per_epoch else 0
+
+
 class ExactDistributedSampler(DistributedSampler):
     """Shards records across ranks without duplicates: every record is seen exactly once per epoch.
 
     torch's DistributedSampler pads the shortest ranks with repeated records; here the padding is the
     index -1, which the module skips, so ranks still run the same number of steps (DDP needs that).
+    ``skip_batches`` (set on the training sampler): a callable giving the batches of ``batch_size`` records
+    to leave out at the start of an iteration (the part of an epoch a resumed run has already trained).
     """
+
+    batch_size: int = 1
+    skip_batches = None
 
     def __iter__(self):
         n = len(self.dataset)
@@ -310,7 +345,9 @@ class ExactDistributedSampler(DistributedSampler):
         else:
             order = list(range(n))
         mine = order[self.rank::self.num_replicas]
-        return iter(mine + [-1] * (self.num_samples - len(mine)))
+        mine = mine + [-1] * (self.num_samples - len(mine))
+        skip = self.skip_batches() if self.skip_batches is not None else 0
+        return iter(mine[skip * self.batch_size:])
 
     def __len__(self) -> int:
         return self.num_samples

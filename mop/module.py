@@ -17,6 +17,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
+from mop.datamodule import batches_done_in_epoch
 from mop.errors import MopError
 from mop.gating import Gate, mixture_nll, select_candidates
 from mop.prompts import DEFAULT_TEMPLATE, render_prompt, validate_prompt_template
@@ -247,15 +248,21 @@ class MixtureOfPersonas(pl.LightningModule):
 
         Training: seeded by (seed_everything, epoch, batch, rank), so a step draws the same numbers however
         the run got there, and a run resumed from a checkpoint repeats an uninterrupted run exactly (Lightning
-        checkpoints hold no RNG state). Validation: seeded by the batch's first record, so val/nll is the same
-        estimate in every run and epoch of a fixed gate."""
+        checkpoints hold no RNG state). The batch is its position in the epoch, the global step less the
+        steps of earlier epochs (mop.datamodule.batches_done_in_epoch; ``batch_idx`` in an uninterrupted
+        run), not Lightning's ``batch_idx``, which restarts at 0 on some resumes.
+        Validation: seeded by the batch's first record, so val/nll is the same estimate in every run and
+        epoch of a fixed gate."""
         gen = torch.Generator(device=idx.device)
         if split == "train" and self.training:
             import numpy as np
 
             seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) & (2**63 - 1)  # set by seed_everything
             try:
-                epoch, rank = self.trainer.current_epoch, self.trainer.global_rank
+                trainer = self.trainer
+                epoch, rank = trainer.current_epoch, trainer.global_rank
+                if trainer.accumulate_grad_batches == 1 and trainer.num_training_batches != float("inf"):
+                    batch_idx = batches_done_in_epoch(trainer, int(trainer.num_training_batches))
             except RuntimeError:  # not attached to a Trainer (a direct call)
                 epoch, rank = 0, 0
             state = np.random.SeedSequence([seed, epoch, batch_idx, rank])
