@@ -140,7 +140,10 @@ def train(args, workdir: Path) -> Path:
     cmd = [sys.executable, "train.py", "fit", "-c", args.config, "--model.export_dir", str(gate),
            "--trainer.default_root_dir", str(workdir), "--trainer.logger.init_args.save_dir", str(workdir),
            "--trainer.max_epochs", str(args.epochs), *shlex.split(args.train_args)]
-    last = workdir / "checkpoints" / "last.ckpt"
+    # the newest last*.ckpt: Lightning writes last-v1.ckpt beside a last.ckpt it did not write itself (one
+    # copied in from another run folder), and resuming from the older file would redo the work since
+    lasts = sorted((workdir / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    last = lasts[-1] if lasts else workdir / "checkpoints" / "last.ckpt"
     recorded = workdir / "train_args.txt"  # a resumed fit must not change its overrides half-way
     if last.exists() and recorded.exists() and recorded.read_text() != args.train_args:
         raise SystemExit(f"{workdir} was trained with --train-args={recorded.read_text()!r}, not "

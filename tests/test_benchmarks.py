@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -429,9 +431,15 @@ def test_fidelity_train_passes_its_overrides_and_refuses_to_resume_with_others(t
     (tmp_path / "w" / "checkpoints" / "last.ckpt").write_bytes(b"")
     fidelity.train(args, tmp_path / "w")  # the same overrides: resumes
     assert cmds[1][cmds[1].index("--ckpt_path") + 1] == str(tmp_path / "w" / "checkpoints" / "last.ckpt")
+    newer = tmp_path / "w" / "checkpoints" / "last-v1.ckpt"  # beside a last.ckpt Lightning did not write
+    newer.write_bytes(b"")
+    os.utime(newer, (time.time() + 5, time.time() + 5))
+    fidelity.train(args, tmp_path / "w")
+    assert cmds[2][cmds[2].index("--ckpt_path") + 1] == str(newer)
+    newer.unlink()
     with pytest.raises(SystemExit, match="was trained with --train-args='--model.explore_samples 16"):
         fidelity.train(fidelity.parse_args(["--train-args=--model.explore_samples 8"]), tmp_path / "w")
-    assert len(cmds) == 2
+    assert len(cmds) == 3
     recorded = fidelity.trained_with(tmp_path / "w", tmp_path / "w" / "gate")
     assert recorded == "--model.explore_samples 16 --model.lr 0.01"
     assert fidelity.trained_with(tmp_path / "w", tmp_path / "other_gate") is None
