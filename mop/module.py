@@ -24,6 +24,25 @@ from mop.prompts import DEFAULT_TEMPLATE, render_prompt, validate_prompt_templat
 from mop.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
+def _mark_epoch_started(checkpoint: dict[str, Any]) -> None:
+    """Mend the loop state of a mid-epoch checkpoint whose epoch is recorded as not started.
+
+    Lightning 2.6 does not count the epoch it starts after resuming a finished run with a larger
+    ``max_epochs`` as started, so that epoch's mid-epoch checkpoints look like "between epochs" with batches
+    already done; resumed from one, Lightning restarts the epoch's batch count at 0 and skips the epoch-end
+    validation (its batch index never reaches the epoch's length). Marked as started, the checkpoint reads
+    as an uninterrupted run's mid-epoch one does (tests/test_crash.py)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches:
+        return
+    cur = epochs["current"]
+    mid_epoch = 0 < batches["current"]["ready"] and not batches.get("is_last_batch", False)
+    if mid_epoch and cur["ready"] == cur["started"] == cur["processed"] == cur["completed"]:
+        for part in ("current", "total"):
+            epochs[part]["ready"] = epochs[part]["started"] = epochs[part]["completed"] + 1
+
+
 class MixtureOfPersonas(pl.LightningModule):
     """Mixture of Personas: learns pi(x), Omega_k(x) and tau_k against a frozen causal LM.
 
@@ -365,6 +384,7 @@ class MixtureOfPersonas(pl.LightningModule):
                              "mask_other_label": bool(getattr(self._dm, "mask_other_label", False))}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _mark_epoch_started(checkpoint)
         meta = checkpoint.get("mop")
         if meta and self.gate is None:
             self.gate = Gate(meta["embed_dim"], meta["num_personas"], self.hparams.hidden_dim,

@@ -150,6 +150,10 @@ def test_training_resumed_mid_epoch_repeats_the_uninterrupted_run(tiny_world_fil
     ref = gate("full")
     diffs = {name: max(float((ref[k] - gate(name)[k]).abs().max()) for k in ref) for name in runs}
     assert all(d == 0.0 for d in diffs.values()), f"gates differ from the full run's by {diffs}"
+    val = {name: read_export_config(tmp_path / name / "runs/tiny/gate")["metrics"].get("val/nll_per_token")
+           for name in ["full", *runs]}
+    # every run validated at the end of its last epoch, on the same gate
+    assert val["full"] is not None and all(v == val["full"] for v in val.values()), val
     for name in runs:
         assert _ckpt(ckpts(name) / "last.ckpt")["global_step"] == 2 * steps, name
 
