@@ -306,11 +306,11 @@ def batches_done_in_epoch(trainer, batches_per_epoch: int) -> int:
     checkpoint (0 at an epoch's start, outside fit, or with gradient accumulation); ``batches_per_epoch``:
     the training loader's length, before ``limit_train_batches``.
 
-    Computed from the restored global step, not from Lightning's batch counters: those do not survive every
-    resume (a mid-epoch checkpoint of a run that was itself resumed from an epoch's end records that epoch as
-    not started, and Lightning 2.6 then replays it from its first batch). In an uninterrupted run this is
-    the batch index, so a resumed run draws the same batches and the same exploration pairs
-    (mop.module) as an uninterrupted one."""
+    Lightning 2.6 alone restarts a loader that keeps no state at the epoch's first batch, so a resumed run
+    would train on those batches again; the training sampler leaves them out instead. Computed from the
+    restored global step, not from Lightning's batch counters, which do not survive every resume (see
+    mop.module._mark_epoch_started). In an uninterrupted run this is the batch index, so a resumed run draws
+    the same batches and the same exploration pairs (mop.module) as an uninterrupted one."""
     if trainer is None or getattr(trainer, "accumulate_grad_batches", 1) != 1:
         return 0
     per_epoch = trainer.num_training_batches  # set once fit has sized the loader (after its first iter())
