@@ -174,8 +174,8 @@ def plot(summaries: list[dict], path: Path) -> None:
 
     heights = [len(s["baselines"]) + len(s["variants"]) + 1 for s in summaries]
     fig, axes = plt.subplots(len(summaries), 1, figsize=(8, 0.32 * sum(heights) + 1.2 * len(summaries)),
-                             gridspec_kw={"height_ratios": heights})
-    for ax, s in zip(axes if len(summaries) > 1 else [axes], summaries):
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, s in zip(axes[:, 0], summaries):
         rows = [(f"{m}", b, "0.45") for m, b in sorted(s["baselines"].items(), key=lambda kv: -kv[1]["fid"])]
         rows += [(v["label"], v, "tab:blue") for v in reversed(s["variants"]) if not v.get("missing")]
         named = set()
@@ -190,8 +190,7 @@ def plot(summaries: list[dict], path: Path) -> None:
             ax.axvline(s["reference"]["fid"], color="tab:green", ls="--", label="real training texts")
         ax.set_title(s["title"], fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
-    last = axes[-1] if len(summaries) > 1 else axes
-    last.set_xlabel("FID on MiniLM, 95% bootstrap interval (lower is closer)")
+    axes[-1, 0].set_xlabel("FID on MiniLM, 95% bootstrap interval (lower is closer)")
     legend = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
