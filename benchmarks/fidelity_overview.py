@@ -48,6 +48,7 @@ PANELS = (
         ("label-matched in training", "fidelity_scale_labeltrain.json"),
         ("gate trained at tau 0.6", "fidelity_scale_tau06.json"),
         ("pool of 2,000 exemplars", "fidelity_pool2k.json"),
+        ("4,000 training records", "fidelity_rec4k.json"),
         ("gate trained on Gemma", "fidelity_gemma_trained_smol.json"),
     )),
     Panel("Guardian headlines, SmolLM2-135M, n = 408", "smollm2-135m", 408,
