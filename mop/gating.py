@@ -33,6 +33,9 @@ class Candidates:
     log_weight: torch.Tensor  # (B, M) log pi_k + log Omega_kj (-inf for padding)
     log_pi: torch.Tensor  # (B, K)
     approximate: bool  # True when Omega was normalised over retrieved top-k only
+    # (B,) entropy of Omega of each record's top persona, over the exemplars it may use (the retrieved
+    # ones when approximate), detached; exp of it is the effective number of exemplars
+    omega_entropy: torch.Tensor
 
 
 class Gate(nn.Module):
@@ -154,11 +157,13 @@ def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torc
         for b, ex in enumerate(exclude):
             if ex:
                 mask[b, torch.as_tensor(ex, dtype=torch.long, device=hx.device)] = True
-        log_om = Gate.omega(q_sel, pool, mask).gather(2, safe)  # (B, P, per)
+        full = Gate.omega(q_sel, pool, mask)  # (B, P, N)
+        log_om = full.gather(2, safe)  # (B, P, per)
     else:  # Omega normalised over the retrieved exemplars only (approximation, logged by the caller)
         retrieved = pool[safe]  # (B, P, per, D)
         scores = (retrieved @ q_sel[..., None]).squeeze(-1).masked_fill(~valid, float("-inf"))
-        log_om = torch.log_softmax(scores, dim=-1)
+        full = log_om = torch.log_softmax(scores, dim=-1)
+    omega_entropy = torch.special.entr(full[:, 0].detach().exp()).sum(-1)  # (B,): the top persona's Omega
     pair = log_pi.gather(1, top_p)[..., None] + log_om  # (B, P, per)
     pair = pair.masked_fill(~valid, float("-inf"))
     M = min(num_candidates, P * per_persona)
@@ -179,7 +184,7 @@ def select_candidates(gate: Gate, hx: torch.Tensor, hg: torch.Tensor, pool: torc
         exemplar = torch.cat([exemplar, *[e[1][:, M:] for e in extra]], 1)
         log_weight = torch.cat([log_weight, *[e[2][:, M:] - scale for e in extra]], 1)
     return Candidates(persona=persona, exemplar=exemplar, log_weight=log_weight, log_pi=log_pi,
-                      approximate=not exact)
+                      approximate=not exact, omega_entropy=omega_entropy)
 
 
 def _add_exploration_pair(log_pi, q, pool, index, exclude, mask, per_persona, persona, exemplar, log_weight,

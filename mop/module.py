@@ -257,6 +257,7 @@ class MixtureOfPersonas(pl.LightningModule):
                              device=nll.device)
         return {"nll": nll.mean(), "nll_per_token": nll.sum() / n_tok.sum(),
                 "entropy": self.gate.entropy(cand.log_pi),
+                "omega_entropy": cand.omega_entropy.mean(),
                 "selected_mass": (cand.log_weight[:, :self.hparams.num_candidates].detach().exp().sum(-1)
                                   .mean()),
                 "approximate": cand.approximate,
@@ -338,7 +339,8 @@ class MixtureOfPersonas(pl.LightningModule):
         B = idx.shape[0]
         tau = self.gate.tau.detach()
         self.log_dict({"train/nll": out["nll"], "train/nll_per_token": out["nll_per_token"],
-                       "gate/entropy": out["entropy"], "gate/selected_mass": out["selected_mass"],
+                       "gate/entropy": out["entropy"], "gate/omega_entropy": out["omega_entropy"],
+                       "gate/selected_mass": out["selected_mass"],
                        "gate/tau_mean": tau.mean(), "gate/tau_min": tau.min(), "gate/tau_max": tau.max(),
                        "perf/lm_seconds": self._lm_time},
                       batch_size=B, prog_bar=False, on_step=True, on_epoch=True)  # rank 0's view
@@ -358,21 +360,23 @@ class MixtureOfPersonas(pl.LightningModule):
         B = idx.shape[0]
         # ratios of sums over the whole split (all ranks): accumulated here, reduced at epoch end
         self._val_sums += torch.tensor([float(out["nll"]) * B, float(out["tokens"]), B,
-                                        float(out["entropy"]) * B], dtype=torch.float64)
+                                        float(out["entropy"]) * B, float(out["omega_entropy"]) * B],
+                                       dtype=torch.float64)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(4, dtype=torch.float64)
+        self._val_sums = torch.zeros(5, dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
         self._lm_time = 0.0  # perf/lm_seconds counts training steps only
         sums = self._val_sums.to(self.device)
         if self.trainer.world_size > 1:
-            sums = self.all_gather(sums).reshape(-1, 4).sum(0)
-        nll, tokens, records, entropy = sums.tolist()
+            sums = self.all_gather(sums).reshape(-1, sums.numel()).sum(0)
+        nll, tokens, records, entropy, omega_entropy = sums.tolist()
         if records > 0:
             self.log_dict({"val/nll": nll / records, "val/nll_per_token": nll / tokens,
                            "val/gate_entropy": entropy / records}, prog_bar=True,
                           sync_dist=True)  # already equal on every rank; the mean keeps Lightning quiet
+            self.log("val/omega_entropy", omega_entropy / records, sync_dist=True)
 
     # -------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

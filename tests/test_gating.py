@@ -119,6 +119,32 @@ def test_approximate_omega_is_used_and_flagged_above_the_pool_threshold():
     assert not exact.approximate and approx.approximate
     # with top-k covering the whole pool, the approximation is exact
     assert torch.allclose(exact.log_weight, approx.log_weight, atol=1e-5)
+    assert torch.allclose(exact.omega_entropy, approx.omega_entropy, atol=1e-5)
+
+
+def test_omega_entropy_is_that_of_the_top_personas_omega_over_the_usable_pool():
+    dm = synthetic_datamodule(n_train=12, n_val=2, k=3)
+    art = dm.artifacts
+    gate = Gate(art.embed_dim, 3, 8, seed=0)
+    hx, hg, pool = (torch.as_tensor(a) for a in (art.context_emb["train"][:4], art.persona_emb, art.pool_emb))
+    exclude = [[0], [1, 2], [], [3, 4, 5]]
+    cand = select_candidates(gate, hx, hg, pool, art.index, exclude, 3)
+    N = pool.shape[0]
+    mask = torch.zeros(4, N, dtype=torch.bool)
+    for b, ex in enumerate(exclude):
+        mask[b, ex] = True
+    with torch.no_grad():
+        top = gate.log_pi(hx, hg).argmax(-1, keepdim=True)  # (B, 1)
+        omega = gate.log_omega(hx, hg, pool, mask, personas=top)[:, 0].exp()  # (B, N)
+    expected = -(omega * omega.clamp(min=1e-30).log()).sum(-1)
+    assert torch.allclose(cand.omega_entropy, expected, atol=1e-5)
+    assert float(cand.omega_entropy.min()) > 0
+    # a gate that cannot tell exemplars apart: Omega uniform over the exemplars a record may use
+    with torch.no_grad():
+        gate.W_e.weight.zero_()
+    flat = select_candidates(gate, hx, hg, pool, art.index, exclude, 3)
+    usable = torch.tensor([N - len(ex) for ex in exclude], dtype=torch.float32)
+    assert torch.allclose(flat.omega_entropy, usable.log(), atol=1e-5)
 
 
 def test_mixture_nll_is_logsumexp():
@@ -160,6 +186,12 @@ def test_gate_learns_which_persona_explains_which_group():
     truth = torch.tensor([int(r.group) for r in art.population["val"]])
     accuracy = (log_pi.argmax(-1) == truth).float().mean().item()
     assert accuracy >= 0.9, accuracy
+    # the logged spread of Omega: val/omega_entropy is the mean over every val record of the fitted gate's
+    with torch.no_grad():
+        direct = module.mixture_loss("val", torch.arange(len(art.population["val"])))["omega_entropy"]
+    logged = trainer.callback_metrics
+    assert float(logged["val/omega_entropy"]) == pytest.approx(float(direct), abs=1e-4)
+    assert 0 < float(logged["gate/omega_entropy_epoch"]) <= math.log(60) + 1e-5
 
 
 def test_exploration_pair_makes_an_unbiased_estimate_of_the_full_mixture():
