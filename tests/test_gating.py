@@ -186,7 +186,7 @@ def test_gate_learns_which_persona_explains_which_group():
     truth = torch.tensor([int(r.group) for r in art.population["val"]])
     accuracy = (log_pi.argmax(-1) == truth).float().mean().item()
     assert accuracy >= 0.9, accuracy
-    # the logged spread of Omega: val/omega_entropy is the mean over every val record of the fitted gate's
+    # val/omega_entropy: the mean, over every val record, of the fitted gate's Omega entropy
     with torch.no_grad():
         direct = module.mixture_loss("val", torch.arange(len(art.population["val"])))["omega_entropy"]
     logged = trainer.callback_metrics
