@@ -192,6 +192,15 @@ def test_gate_learns_which_persona_explains_which_group():
     logged = trainer.callback_metrics
     assert float(logged["val/omega_entropy"]) == pytest.approx(float(direct), abs=1e-4)
     assert 0 < float(logged["gate/omega_entropy_epoch"]) <= math.log(60) + 1e-5
+    # and a training step logs its own batch's (the gate is fixed between the two calls: no optimiser step)
+    steps = {}
+    module.log_dict = lambda metrics, **kw: steps.update(metrics)
+    module.log = lambda *args, **kw: None
+    idx = torch.arange(16)
+    module.training_step(idx, 0)
+    with torch.no_grad():
+        own = module.mixture_loss("train", idx)["omega_entropy"]
+    assert float(steps["gate/omega_entropy"]) == pytest.approx(float(own), abs=1e-6)
 
 
 def test_exploration_pair_makes_an_unbiased_estimate_of_the_full_mixture():
