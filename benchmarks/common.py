@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import time
 from pathlib import Path
@@ -17,6 +18,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 SHARED_NOTE = ("machine shared with another job during the run: absolute numbers are pessimistic; "
                "read the ratios, measured side by side in one run")
+
+
+def model_slug(model: str) -> str:
+    """The file-name form of an LM named on the command line: a bundled name (``smollm2-135m``) as it is, a
+    local path or hub id with every run of other characters as ``--`` (``meta-llama/Meta-Llama-3-8B`` ->
+    ``meta-llama--Meta-Llama-3-8B``), so a set ``<slug>__<method>.jsonl`` stays inside its folder."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", model).strip("-.")
+    if not slug:
+        raise ValueError(f"no file name can be made of the LM name {model!r}")
+    return slug
 
 
 def hardware(device: str = "cpu") -> dict:

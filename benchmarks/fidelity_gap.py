@@ -78,6 +78,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import model_slug  # noqa: E402
+
 # a sentence ends at a run of . ! ? (closing quotes or brackets kept with it) followed by whitespace or the
 # end of the text
 SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
@@ -185,7 +187,7 @@ def full_sets(args, folder: str | None = None) -> dict[str, list[str]]:
     --model's sets only) that has that many."""
     named = {}
     for name, path in sets_in(Path(folder or args.samples)).items():
-        if args.model and not name.startswith(f"{args.model}__"):
+        if args.model and not name.startswith(f"{model_slug(args.model)}__"):
             continue
         rows = read_set(path)[: args.num_samples]
         if len(rows) == args.num_samples:
@@ -272,7 +274,7 @@ def blocks(args) -> int:
     gens = {}
     for folder in args.samples:
         for name, path in sets_in(Path(folder)).items():
-            if args.model and not name.startswith(f"{args.model}__"):
+            if args.model and not name.startswith(f"{model_slug(args.model)}__"):
                 continue
             rows = read_set(path)[: args.num_samples]
             if len(rows) < args.num_samples:
@@ -438,7 +440,9 @@ def parse_args(argv=None):
     scored.add_argument("--gate", required=True)
     scored.add_argument("--num-samples", type=int, required=True)
     scored.add_argument("--embedder", default="minilm-l6")
-    scored.add_argument("--model", default=None, help="only this LM's sets (e.g. gemma3-270m)")
+    scored.add_argument("--model", default=None,
+                        help="only this LM's sets (e.g. gemma3-270m, or the folder or hub id the sets were "
+                             "generated with)")
     scored.add_argument("--seed", type=int, default=0,
                         help="benchmarks/fidelity.py's --seed (the contexts' shuffle)")
     scored.add_argument("--output", default=None, help="writes OUTPUT.json and OUTPUT.md")

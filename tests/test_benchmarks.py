@@ -360,6 +360,26 @@ def test_fidelity_records_epochs_only_for_a_gate_it_trains(tmp_path, monkeypatch
     assert own["gate_metrics"] == {"val/nll_per_token": 4.5}
 
 
+def test_fidelity_makes_the_output_and_plot_folders_before_it_evaluates(tmp_path, monkeypatch):
+    """The plots are drawn during the evaluation, after hours of generation: their folder must exist then."""
+    import fidelity
+
+    seen = []
+
+    def evaluate(args, workdir, gate):
+        seen.append((Path(args.output).parent.is_dir(), Path(args.plot).parent.is_dir()))
+        return {"groups": [], "missing": []}
+    monkeypatch.setattr(fidelity, "evaluate", evaluate)
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "gate" / "config.json").write_text("{}")
+    common = ["--config", str(REPO / "configs" / "fidelity.yaml"), "--workdir", str(tmp_path / "w"),
+              "--gate", str(tmp_path / "gate"), "--runs", "smollm2-135m:mop", "--steps", "evaluate"]
+    assert fidelity.main([*common, "--output", str(tmp_path / "new" / "res")]) == 0  # plot beside it
+    assert fidelity.main([*common, "--output", str(tmp_path / "o" / "res"),
+                          "--plot", str(tmp_path / "figs" / "p.png")]) == 0
+    assert seen == [(True, True), (True, True)] and (tmp_path / "new" / "res.json").exists()
+
+
 def test_fidelity_plots_go_beside_the_run_output():
     import fidelity
 
@@ -415,6 +435,62 @@ def test_fidelity_generate_passes_the_split_config_and_temperature_to_generate_p
     assert default[default.index("--temperature") + 1] == "0.9"  # no choice: --baseline-temperature
     assert default[default.index("--split") + 1] == "test"
     assert default[default.index("--data") + 1] == "base.yaml"
+
+
+def test_model_slug_keeps_bundled_names_and_flattens_folders_and_hub_ids():
+    from common import model_slug
+
+    assert model_slug("smollm2-135m") == "smollm2-135m" and model_slug("gemma3-270m") == "gemma3-270m"
+    assert model_slug("meta-llama/Meta-Llama-3-8B-Instruct") == "meta-llama--Meta-Llama-3-8B-Instruct"
+    assert model_slug("/models/llama 3:v2/") == "models--llama--3--v2"
+    assert model_slug("./mylm") == "mylm" and model_slug("../a/b") == "a--b"
+    with pytest.raises(ValueError, match="no file name"):
+        model_slug("/")
+
+
+def test_fidelity_runs_take_an_lm_folder_or_hub_id(tmp_path, monkeypatch, capsys):
+    """A run's MODEL may be a local folder (read from where the command runs) or a hub id: its set lands in
+    the workdir's samples folder under a flat name, and --model-samples keys on the same name."""
+    import fidelity
+
+    (tmp_path / "lms" / "mylm").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    args = fidelity.parse_args(["--runs", "lms/mylm:mop", "org/big-lm:fewshot", "smollm2-135m:uniform",
+                                "--model-samples", "lms/mylm=7", "org/big-lm=5", "--workdir", "w"])
+    folder = str(tmp_path / "lms" / "mylm")
+    assert args.runs == [f"{folder}:mop", "org/big-lm:fewshot", "smollm2-135m:uniform"]
+    assert args.workdir == str(tmp_path / "w")  # read from here, not from the repository root
+    assert fidelity.parse_args([]).workdir == "runs/fidelity"  # the defaults stay the repository's
+    assert [fidelity.samples_for(args, fidelity.split_run(r)[0]) for r in args.runs] == [7, 5, 1000]
+    files = [fidelity.sample_file(Path(args.workdir), r) for r in args.runs]
+    assert all(f.parent == tmp_path / "w" / "samples" for f in files)
+    assert [f.name for f in files] == [f"{fidelity.model_slug(folder)}__mop.jsonl",  # tested above
+                                       "org--big-lm__fewshot.jsonl", "smollm2-135m__uniform.jsonl"]
+    for bad, message in ((["--runs", "smollm2-135m:mopp"], "is not MODEL:METHOD"),
+                         (["--runs", "smollm2-135m"], "is not MODEL:METHOD"),
+                         (["--model-samples", "gemma3-270m"], "is not MODEL=N"),
+                         (["--model-samples", "gemma3-270m=0"], "is not MODEL=N")):
+        with pytest.raises(SystemExit):
+            fidelity.parse_args(bad)
+        assert message in capsys.readouterr().err
+
+
+def test_fidelity_generate_args_reach_generate_py_and_win_over_its_own(tmp_path, monkeypatch):
+    import fidelity
+
+    from mop.cli import COMMANDS, _load, parse_command
+
+    cmds = []
+    monkeypatch.setattr(fidelity.subprocess, "run", lambda cmd, **kw: cmds.append(cmd))
+    args = fidelity.parse_args(["--generate-args=--batch-size 4 --dtype bfloat16 --device cpu",
+                                "--num-samples", "3"])
+    fidelity.generate(args, tmp_path, tmp_path / "gate", "org/big-lm:fewshot")
+    cmd = cmds[0]
+    assert cmd[1] == "generate.py" and cmd[cmd.index("--model") + 1] == "org/big-lm"
+    assert cmd[cmd.index("--output") + 1] == str(tmp_path / "samples" / "org--big-lm__fewshot.jsonl")
+    values = parse_command(_load(COMMANDS["generate"]), cmd[2:], "generate.py")  # as generate.py parses it
+    assert (values["batch_size"], values["dtype"], values["device"]) == (4, "bfloat16", "cpu")
+    assert values["model"] == "org/big-lm" and values["num_samples"] == 3
 
 
 def test_fidelity_train_passes_its_overrides_and_refuses_to_resume_with_others(tmp_path, monkeypatch):
