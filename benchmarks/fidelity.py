@@ -422,6 +422,13 @@ def default_embedders() -> list[str]:
     return names
 
 
+def plot_path(plot: str, model: str, n: int, embedder: str) -> Path:
+    """One group's PCA figure: NAME_<lm>_<n>_<embedder>.png beside --plot's NAME.png (the LM and the embedder
+    may be folders or hub ids)."""
+    path = Path(plot)
+    return path.with_name(f"{path.stem}_{model_slug(model)}_{n}_{model_slug(embedder)}{path.suffix}")
+
+
 def evaluate(args, workdir: Path, gate: Path) -> dict:
     """Each LM's sets are evaluated together, at that LM's number of samples, against the same real texts,
     on every embedder."""
@@ -464,10 +471,7 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
             continue
         (real_texts, real_labels), reference = real_sets(args, gate, n)
         for embedder in embedders:
-            plot = None
-            if args.plot:
-                plot = Path(args.plot)
-                plot = plot.with_name(f"{plot.stem}_{model_slug(model)}_{n}_{embedder}{plot.suffix}")
+            plot = plot_path(args.plot, model, n, embedder) if args.plot else None
             t0 = time.perf_counter()
             group = evaluate_sets(real_texts, real_labels, synthetic, embedder, reference_train=reference,
                                   seed=args.seed, plot=plot)

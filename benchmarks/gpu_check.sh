@@ -9,8 +9,9 @@
 # --shapes DIR takes the folders `python benchmarks/model_shapes.py pack DIR` writes (configs and tokenizers,
 # no weights; speed does not depend on the weights) and adds what needs no real weights: the Llama-3-8B shape
 # (the paper's LM) through the scorer, and an end-to-end run on CUDA: train.py fit (bf16-mixed, keyword
-# personas), the export, and generate.py from that export. Results (JSON, logs) go to $GPU_CHECK_OUT
-# (default benchmarks/results); a step that fails is reported and the others still run (exit status 1).
+# personas), the export, generate.py from that export, and benchmarks/fidelity.py with the LM as a folder.
+# Results (JSON, logs) go to $GPU_CHECK_OUT (default benchmarks/results); a step that fails is reported and
+# the others still run (exit status 1).
 # Without CUDA (and without --dry-run) it says so and exits 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,13 +61,13 @@ if [[ "$SCALE" == 1 ]]; then
     GEN=(--samples 64 --new-tokens 32 --batch-sizes 1 16 64)
     BIG=(--pairs 400 --step 200 --naive-batch 8 --max-batch-tokens 16384)
     TRAIN=(--trainer.max_epochs 2)
-    NGEN=128
+    NGEN=128 NFID=64
 else
     PAIRS=(--pairs 4 --step 4 --naive-batch 4)
     GEN=(--samples 4 --new-tokens 4 --batch-sizes 1 4)
     BIG=(--pairs 2 --step 2 --naive-batch 2)
     TRAIN=(--trainer.max_epochs 1 --data.dataset.max_records "{train: 40, val: 8}")
-    NGEN=4
+    NGEN=4 NFID=12  # the evaluation needs 10 texts a set
 fi
 DTYPE=bfloat16 DTYPES=(${GPU_CHECK_DTYPES:-float32 bfloat16}) BIGLM=llama3-8b
 [[ "$DEVICE" == cpu ]] && DTYPE=float32 DTYPES=(float32)
@@ -120,6 +121,13 @@ step generate 300 "$PY" generate.py --gating "$RUN/gate" --model "$M/smollm2-135
     --split test --num_samples "$NGEN" --output "$RUN/generated.jsonl" --accelerator "$ACCEL" --devices 1 \
     --dtype "$DTYPE"
 cp "$RUN/generated.jsonl" "$OUT/generated.jsonl" 2>/dev/null || true
+# the fidelity benchmark the way a stronger LM takes it, an LM folder in --runs, from the export above:
+# generation on the device and the evaluation (random weights: its figures mean nothing, the path is checked)
+step fidelity 300 "$PY" benchmarks/fidelity.py --config "$WORK/quickstart.yaml" --workdir "$RUN/fidelity" \
+    --gate "$RUN/gate" --runs "$M/smollm2-135m:mop" "$M/smollm2-135m:fewshot" --num-samples "$NFID" \
+    --model-samples --embedders "$M/minilm-l6" --steps generate,evaluate --plot "" \
+    --generate-args "--accelerator $ACCEL --devices 1 --dtype $DTYPE" --output "$RUN/fidelity/result"
+cp "$RUN/fidelity/result.md" "$OUT/fidelity_shapes.md" 2>/dev/null || true
 rm -rf "$WORK"
 if ((${#FAILED[@]})); then echo "gpu_check: failed: ${FAILED[*]}"; exit 1; fi
 echo "gpu_check: every step ran"

@@ -387,6 +387,11 @@ def test_fidelity_plots_go_beside_the_run_output():
     assert fidelity.parse_args(["--output", "out/fid_k100.v2"]).plot == "out/fid_k100.v2.png"
     assert fidelity.parse_args(["--output", "a/b", "--plot", "c/d.png"]).plot == "c/d.png"
     assert fidelity.parse_args(["--output", "a/b", "--plot", ""]).plot == ""
+    assert fidelity.plot_path("out/fid.png", "smollm2-135m", 1000, "minilm-l6") == Path(
+        "out/fid_smollm2-135m_1000_minilm-l6.png")
+    hub_embedder = "sentence-transformers/all-mpnet-base-v2"
+    assert fidelity.plot_path("out/fid.png", "/models/llama3", 200, hub_embedder) \
+        == Path("out/fid_models--llama3_200_sentence-transformers--all-mpnet-base-v2.png")
 
 
 def test_fidelity_rejects_a_bad_temperature_grid(capsys):
