@@ -30,6 +30,19 @@ def model_slug(model: str) -> str:
     return slug
 
 
+def local_lm(model: str) -> str:
+    """An LM named by a folder that exists here, as an absolute path (so that it names the same sets from any
+    working directory); a bundled name or a hub id as it is."""
+    from mop.assets import BUNDLED_LMS
+
+    return os.path.abspath(model) if model not in BUNDLED_LMS and Path(model).is_dir() else model
+
+
+def lm_file_name(model: str) -> str:
+    """The name an LM's sample sets carry: ``<lm_file_name>__<method>.jsonl``."""
+    return model_slug(local_lm(model))
+
+
 def hardware(device: str = "cpu") -> dict:
     """CPU model, cores, torch version and (on cuda) the GPU name, so numbers can be compared across
     machines."""

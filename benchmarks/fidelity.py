@@ -30,9 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import model_slug  # noqa: E402
+from common import local_lm, model_slug  # noqa: E402
 
-from mop.assets import BUNDLED_LMS  # noqa: E402
 from mop.generate import GATED, METHODS  # noqa: E402
 
 BASELINES = ("zerogen", "attrprompt", "persona", "fewshot", "uniform")
@@ -138,12 +137,12 @@ def parse_args(argv=None):
         if not sep or not model or method not in METHODS:
             p.error(f"--runs: {run!r} is not MODEL:METHOD with METHOD one of {', '.join(METHODS)}")
     # a local LM folder given relative to where the command runs (main() moves to the repository root)
-    args.runs = [f"{local_path(model)}:{method}" for model, method in map(split_run, args.runs)]
+    args.runs = [f"{local_lm(model)}:{method}" for model, method in map(split_run, args.runs)]
     for spec in args.model_samples:
         model, sep, n = spec.rpartition("=")
         if not sep or not model or not n.isdigit() or int(n) < 1:
             p.error(f"--model-samples: {spec!r} is not MODEL=N with N a positive number of texts")
-    args.model_samples = [f"{local_path(model)}={n}" for model, _, n in
+    args.model_samples = [f"{local_lm(model)}={n}" for model, _, n in
                           (x.rpartition("=") for x in args.model_samples)]
     return args
 
@@ -152,11 +151,6 @@ def split_run(run: str) -> tuple[str, str]:
     """``MODEL:METHOD`` -> (MODEL, METHOD); MODEL may hold ':' itself (a path), a method never does."""
     model, _, method = run.rpartition(":")
     return model, method
-
-
-def local_path(model: str) -> str:
-    """An LM named by a folder that exists here, as an absolute path; a bundled name or hub id as it is."""
-    return os.path.abspath(model) if model not in BUNDLED_LMS and Path(model).is_dir() else model
 
 
 def _timings(workdir: Path) -> dict:

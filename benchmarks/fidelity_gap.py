@@ -78,7 +78,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import model_slug  # noqa: E402
+from common import lm_file_name  # noqa: E402
 
 # a sentence ends at a run of . ! ? (closing quotes or brackets kept with it) followed by whitespace or the
 # end of the text
@@ -187,7 +187,7 @@ def full_sets(args, folder: str | None = None) -> dict[str, list[str]]:
     --model's sets only) that has that many."""
     named = {}
     for name, path in sets_in(Path(folder or args.samples)).items():
-        if args.model and not name.startswith(f"{model_slug(args.model)}__"):
+        if args.model and not name.startswith(f"{lm_file_name(args.model)}__"):
             continue
         rows = read_set(path)[: args.num_samples]
         if len(rows) == args.num_samples:
@@ -274,7 +274,7 @@ def blocks(args) -> int:
     gens = {}
     for folder in args.samples:
         for name, path in sets_in(Path(folder)).items():
-            if args.model and not name.startswith(f"{model_slug(args.model)}__"):
+            if args.model and not name.startswith(f"{lm_file_name(args.model)}__"):
                 continue
             rows = read_set(path)[: args.num_samples]
             if len(rows) < args.num_samples:

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import model_slug  # noqa: E402
+from common import lm_file_name  # noqa: E402
 
 
 def nearest_exemplars(real_emb, pool_emb, real_ids, pool_ids):
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     G.ComponentSampler.sample = sample
     workdir = Path(args.workdir)
-    raw = workdir / "raw" / f"{model_slug(args.model)}__mop.jsonl"
+    raw = workdir / "raw" / f"{lm_file_name(args.model)}__mop.jsonl"
     raw.parent.mkdir(parents=True, exist_ok=True)
     code = mop_main(["generate", "--gating", args.gate, "--model", args.model, "--data", args.config,
                      "--split", "test", "--shuffle", "--num-samples", str(args.num_samples),
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                      "--output", str(raw)], prog="oracle_exemplar.py")
     if code:
         return code
-    out = workdir / "samples" / f"{model_slug(args.model)}__mop-oracle-exemplar.jsonl"
+    out = workdir / "samples" / f"{lm_file_name(args.model)}__mop-oracle-exemplar.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     used = []
     with open(raw) as f, open(out, "w") as g:

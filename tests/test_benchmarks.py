@@ -480,6 +480,30 @@ def test_fidelity_runs_take_an_lm_folder_or_hub_id(tmp_path, monkeypatch, capsys
         assert message in capsys.readouterr().err
 
 
+def test_fidelity_gap_finds_the_sets_fidelity_wrote_for_an_lm_folder(tmp_path, monkeypatch):
+    """fidelity_gap.py --model takes the LM as fidelity.py --runs did (a folder relative to here) and picks
+    exactly that LM's sets."""
+    import argparse
+
+    import fidelity
+    import fidelity_gap
+
+    (tmp_path / "mylm").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = fidelity.parse_args(["--runs", "mylm:mop", "mylm:fewshot", "smollm2-135m:mop", "--workdir", "w"])
+    for run in args.runs:
+        out = fidelity.sample_file(Path(args.workdir), run)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps({"text": f"{run} {i}"}) + "\n" for i in range(3)))
+    gap = argparse.Namespace(model="mylm", num_samples=3, samples=str(tmp_path / "w" / "samples"))
+    picked = fidelity_gap.full_sets(gap)
+    assert sorted(picked) == sorted(fidelity.sample_file(Path("w"), r).name[: -len(".jsonl")]
+                                    for r in args.runs[:2])
+    assert all(texts[0].startswith(str(tmp_path / "mylm")) for texts in picked.values())
+    assert list(fidelity_gap.full_sets(argparse.Namespace(**{**vars(gap), "model": "smollm2-135m"}))) \
+        == ["smollm2-135m__mop"]
+
+
 def test_fidelity_generate_args_reach_generate_py_and_win_over_its_own(tmp_path, monkeypatch):
     import fidelity
 
