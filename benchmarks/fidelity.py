@@ -271,9 +271,8 @@ def generate(args, workdir: Path, gate: Path, run: str, *, split: str = "test", 
 def real_sets(args, gate: Path, n: int, split: str = "test", config: str | None = None):
     """The real texts of the sampled contexts of ``split`` (the plan generate.py follows) and n real training
     texts."""
-    import numpy as np
-
     from mop.data import load_dataset_config, load_population
+    from mop.evaluate import reference_draw
     from mop.export import read_export_config
     from mop.generate import dataset_contexts, sample_plan
 
@@ -286,8 +285,7 @@ def real_sets(args, gate: Path, n: int, split: str = "test", config: str | None 
     real = [records[i] for i, _ in plan]
     spec = dataclasses.replace(load_dataset_config(args.config), max_records=None)
     train_recs = load_population(spec)["train"]
-    pick = np.random.default_rng(args.seed).permutation(len(train_recs))[:n]
-    train = [train_recs[i] for i in pick]
+    train = [train_recs[i] for i in reference_draw(len(train_recs), n, args.seed)]
     return ([r.response for r in real], [r.label for r in real]), ([r.response for r in train],
                                                                    [r.label for r in train])
 

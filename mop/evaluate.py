@@ -1046,12 +1046,75 @@ def _real_sets(config: str | None, real: str | None, split: str, reference_split
     return texts, labels, reference_set, {"real": str(real), "reference": reference}, None
 
 
+def reference_draw(size: int, n: int, seed: int) -> np.ndarray:
+    """The positions of the n reference texts drawn from a training split of ``size`` records (a seeded
+    permutation's first n): the draw of ``benchmarks/fidelity.py`` and of ``mop evaluate --same-contexts``."""
+    return np.random.default_rng(seed).permutation(size)[:n]
+
+
+def _record_ids(path: str | Path) -> list[str] | None:
+    """Each row's ``record_id`` (the context it was generated for, as mop generate writes it), or None."""
+    from mop.data import read_table
+
+    df = read_table(path)
+    if "record_id" not in df.columns or df["record_id"].isna().any():
+        return None
+    return [str(v) for v in df["record_id"]]
+
+
+def _same_context_sets(config: str, split: str, sets: dict, files: dict, sample_size: int | None, seed: int,
+                       reference_split: str | None):
+    """(real texts, labels, reference set, source, sets cut to n) for ``--same-contexts``: the real texts of
+    the records the rows were generated for, in row order, the first n rows of every set."""
+    import dataclasses
+
+    from mop.data import load_dataset_config, load_population
+
+    ids = {name: _record_ids(files[name]) for name in sets}
+    lacking = [files[name] for name, v in ids.items() if v is None]
+    if lacking:
+        raise MopError("--same-contexts reads each row's record_id (rows as mop generate writes them); none "
+                       "in " + ", ".join(lacking))
+    n = sample_size or min(len(v) for v in ids.values())
+    short = [f"{files[name]} ({len(v)})" for name, v in ids.items() if len(v) < n]
+    if short:
+        raise MopError(f"--sample-size {n} is more than the rows of " + ", ".join(short))
+    (first_name, first), *others = ((name, v[:n]) for name, v in ids.items())
+    for name, v in others:
+        row = next((i for i, (a, b) in enumerate(zip(first, v)) if a != b), None)
+        if row is not None:
+            raise MopError(f"--same-contexts: {files[name]} was generated for other contexts than "
+                           f"{files[first_name]} (row {row + 1}: {v[row]} against {first[row]}); generate "
+                           "every set with the same --seed, --shuffle and split")
+    spec = load_dataset_config(config)
+    pop = load_population(dataclasses.replace(spec, max_records=None))  # every record, whatever the caps
+    by_id = {r.id: r for r in pop[split]}
+    unknown = sorted(set(first) - set(by_id))
+    if unknown:
+        raise MopError(f"--same-contexts: record(s) {', '.join(unknown[:5])} of {files[first_name]} are not "
+                       f"in split '{split}' of '{config}'")
+    real = [by_id[i] for i in first]
+    labelled = pop.spec.label_column is not None
+    ref_split, reference_set = reference_split or "train", None
+    if ref_split != "none":
+        if ref_split == split:
+            raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
+        ref = [pop[ref_split][i] for i in reference_draw(len(pop[ref_split]), n, seed)]
+        if ref:
+            reference_set = ([r.response for r in ref], [r.label for r in ref] if labelled else None)
+    cut = {name: (texts[:n], labels[:n] if labels else None) for name, (texts, labels) in sets.items()}
+    source = {"data": str(config), "split": split, "reference_split": ref_split, "same_contexts": True}
+    return ([r.response for r in real], [r.label for r in real] if labelled else None, reference_set, source,
+            cut)
+
+
 def evaluate_command(
     synthetic: list[str],
     output: str,
     config: str | None = None,
     real: str | None = None,
     split: Literal["train", "val", "test"] = "test",
+    same_contexts: bool = False,
     names: list[str] | None = None,
     overwrite: bool = False,
     plot: str | None = None,
@@ -1083,6 +1146,11 @@ def evaluate_command(
         real: a CSV / JSONL / Parquet of the real held-out texts: a text (or response) column and an optional
             label column.
         split: the split of the config's dataset holding the real held-out texts.
+        same_contexts: with -c: the real texts are those of the records the rows were generated for (each
+            row's record_id), in row order, and every set's first n rows are used (n: --sample-size, else the
+            smallest set), as benchmarks/fidelity.py evaluates: the committed sets give its tables' figures.
+            Every set must be generated for the same records in the same order; the reference row draws n
+            training texts with --seed.
         names: one name per synthetic file (default: <method>/<model> of its rows, else the file stem).
         overwrite: replace an existing output / plot.
         plot: a PNG: PCA of the real embeddings, one panel per synthetic set.
@@ -1121,10 +1189,15 @@ def evaluate_command(
         raise MopError("--reference-split goes with -c/--config; with --real pass --reference FILE")
     if config and reference:
         raise MopError("--reference goes with --real; with -c/--config use --reference-split")
+    if same_contexts and not config:
+        raise MopError("--same-contexts reads the real texts from -c/--config's dataset, not from --real")
 
     sets, files = _synthetic_sets(synthetic, names)
     real_texts, real_labels, reference_set, real_source, configured = _real_sets(
         config, real, split, reference_split, reference, text_field)
+    if same_contexts:
+        real_texts, real_labels, reference_set, real_source, sets = _same_context_sets(
+            config, split, sets, files, sample_size, seed, reference_split)
     embedder_name = embedder or configured
     if embedder_name is None:
         from mop.assets import DEFAULT_EMBEDDER

@@ -529,6 +529,76 @@ def test_cli_self_evaluation_gives_fid_zero_and_mauve_one(tmp_path, write_csv, f
     assert "F1 left out" in printed and "| unlabelled | 60 | 0.0000 [" in printed
 
 
+def test_cli_same_contexts_compares_with_the_real_texts_of_the_rows_records(
+        tmp_path, write_csv, fake_embedder, capsys, monkeypatch):
+    """--same-contexts: the real side is the texts of the records the rows were generated for, in row order
+    (whatever the config's caps), and the reference row n training texts of reference_draw, as
+    benchmarks/fidelity.py evaluates."""
+    import mop.evaluate
+    from mop.cli import main
+    from mop.data import load_dataset_config, load_population
+
+    texts, labels = reviews(400, seed=4)
+    data = write_csv([{"rid": f"q{i}", "text": t, "label": lab}
+                      for i, (t, lab) in enumerate(zip(texts, labels))])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  dataset:\n    source: {data}\n    response_column: text\n"
+                   "    label_column: label\n    id_column: rid\n    max_records: {train: 50, test: 12}\n")
+    import dataclasses
+
+    pop = load_population(dataclasses.replace(load_dataset_config(cfg), max_records=None))
+    test = [pop["test"][i] for i in np.random.default_rng(1).permutation(len(pop["test"]))[:30]]
+    assert len(pop["test"]) >= 30
+
+    def rows(path, recs, texts=None, method="mop"):
+        with open(path, "w") as fh:
+            for k, r in enumerate(recs):
+                fh.write(json.dumps({"id": f"{r.id}-0", "record_id": r.id, "label": r.label, "method": method,
+                                     "model": "m", "text": texts[k] if texts else r.response}) + "\n")
+        return str(path)
+    same = rows(tmp_path / "same.jsonl", test)  # the very texts of the contexts: FID 0 only against them
+    other = rows(tmp_path / "other.jsonl", test, texts=reviews(30, seed=9)[0], method="zerogen")
+    out = tmp_path / "r.json"
+    common = ["evaluate", "-c", str(cfg), "--synthetic", same, other, "--output", str(out), "--overwrite",
+              "--bootstrap", "0", "--mauve-bootstrap", "0", "--mauve-seeds", "1", "--no-progress"]
+    assert main([*common, "--same-contexts"]) == 0
+    report = json.loads(out.read_text())
+    me = {r["name"]: r for r in report["rows"]}["mop/m"]
+    assert me["n"] == 30 and abs(me["fid"]) < 1e-6 and report["real"]["same_contexts"] is True
+    assert main(common) == 0  # without it: the whole (capped) test split, not these texts
+    assert abs({r["name"]: r for r in json.loads(out.read_text())["rows"]}["mop/m"]["fid"]) > 1e-3
+
+    seen = {}
+    monkeypatch.setattr(mop.evaluate, "evaluate_sets", lambda real, labs, sets, emb, reference_train, **kw:
+                        seen.update(real=real, labels=labs, sets=sets, ref=reference_train) or {
+                            "rows": [], "reference": None, "notes": [], "real": {}, "n": 0})
+    monkeypatch.setattr(mop.evaluate, "format_table", lambda result: "")
+    assert main([*common, "--same-contexts", "--sample-size", "20", "--seed", "3"]) == 0
+    assert seen["real"] == [r.response for r in test[:20]] and seen["labels"] == [r.label for r in test[:20]]
+    assert [len(t) for t, _ in seen["sets"].values()] == [20, 20]
+    drawn = [pop["train"][i] for i in mop.evaluate.reference_draw(len(pop["train"]), 20, 3)]
+    assert seen["ref"] == ([r.response for r in drawn], [r.label for r in drawn]) and len(pop["train"]) > 50
+    capsys.readouterr()
+
+    shuffled = rows(tmp_path / "shuffled.jsonl", test[::-1])
+    nocontext = tmp_path / "noid.jsonl"
+    nocontext.write_text("".join(json.dumps({"text": r.response, "label": r.label}) + "\n" for r in test))
+    stranger = rows(tmp_path / "stranger.jsonl", pop["train"][:30])
+    for args, fragment in (([same, shuffled], "was generated for other contexts"),
+                           ([same, str(nocontext)], "reads each row's record_id"),
+                           ([stranger], "are not in split 'test'")):
+        assert main(["evaluate", "-c", str(cfg), "--synthetic", *args, "--output", str(out), "--overwrite",
+                     "--same-contexts"]) == 2
+        assert fragment in capsys.readouterr().err, args
+    assert main(["evaluate", "-c", str(cfg), "--synthetic", same, "--output", str(out), "--overwrite",
+                 "--same-contexts", "--sample-size", "31"]) == 2
+    assert "is more than the rows of" in capsys.readouterr().err
+    real, _, _ = _real_csv(write_csv, name="real.csv")
+    assert main(["evaluate", "--real", str(real), "--synthetic", same, "--output", str(out), "--overwrite",
+                 "--same-contexts"]) == 2
+    assert "not from --real" in capsys.readouterr().err
+
+
 def test_cli_bad_input_is_one_line(tmp_path, write_csv, fake_embedder, capsys):
     from mop.cli import main
 
