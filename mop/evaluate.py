@@ -905,7 +905,12 @@ def read_texts(path: str | Path, text_field: str | None = None, label_field: str
     """
     from mop.data import read_table
 
-    df = read_table(path)
+    return _table_texts(read_table(path), path, text_field, label_field)
+
+
+def _table_texts(df, path: str | Path, text_field: str | None = None, label_field: str = "label"
+                 ) -> tuple[list[str], list[str] | None, dict[str, Any]]:
+    """:func:`read_texts` of a table already read from ``path``."""
     fields = [text_field] if text_field else ["text", "response"]
     column = next((f for f in fields if f in df.columns), None)
     if column is None:
@@ -1001,10 +1006,14 @@ def _check_output(path: str | None, what: str, overwrite: bool) -> None:
 
 
 def _synthetic_sets(synthetic: list[str], names: list[str] | None):
-    """{name: (texts, labels)} and {name: file} of the generated files, named by --names or by their rows."""
-    sets, files = {}, {}
+    """{name: (texts, labels)}, {name: file} and {name: each row's record_id, or None where a row lacks one}
+    of the generated files, named by --names or by their rows."""
+    from mop.data import read_table
+
+    sets, files, record_ids = {}, {}, {}
     for n, path in enumerate(synthetic):
-        texts, labels, first = read_texts(path)
+        df = read_table(path)
+        texts, labels, first = _table_texts(df, path)
         name = names[n] if names else set_name(path, first)
         if name in sets:
             if names:
@@ -1012,7 +1021,17 @@ def _synthetic_sets(synthetic: list[str], names: list[str] | None):
             name = f"{name} ({Path(path).name})"
         sets[name] = (texts, labels)
         files[name] = str(path)
-    return sets, files
+        has_ids = "record_id" in df.columns and not df["record_id"].isna().any()
+        record_ids[name] = [str(v) for v in df["record_id"]] if has_ids else None
+    return sets, files, record_ids
+
+
+def _configured_embedder(config: str) -> str | None:
+    """The config's data.embedder, when it names one."""
+    from mop.data import config_data_section, read_config
+
+    configured = config_data_section(read_config(config)).get("embedder")
+    return configured if isinstance(configured, str) else None
 
 
 def _real_sets(config: str | None, real: str | None, split: str, reference_split: str | None,
@@ -1020,7 +1039,7 @@ def _real_sets(config: str | None, real: str | None, split: str, reference_split
     """(real texts, their labels, the reference training set or None, where they came from, the config's
     embedder or None): from a split of a config's dataset, or from files."""
     if config:
-        from mop.data import config_data_section, load_dataset_config, load_population, read_config
+        from mop.data import load_dataset_config, load_population
 
         pop = load_population(load_dataset_config(config))
         records = pop[split]
@@ -1029,15 +1048,12 @@ def _real_sets(config: str | None, real: str | None, split: str, reference_split
         labels = [r.label for r in records] if pop.spec.label_column else None
         ref_split, reference_set = reference_split or "train", None
         if ref_split != "none":
-            if ref_split == split:
-                raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
             ref = pop[ref_split]
             ref_labels = [r.label for r in ref] if pop.spec.label_column else None
             reference_set = ([r.response for r in ref], ref_labels) if ref else None
-        configured = config_data_section(read_config(config)).get("embedder")
         return ([r.response for r in records], labels, reference_set,
                 {"data": str(config), "split": split, "reference_split": ref_split},
-                configured if isinstance(configured, str) else None)
+                _configured_embedder(config))
     texts, labels, _ = read_texts(real, text_field)
     reference_set = None
     if reference:
@@ -1052,25 +1068,15 @@ def reference_draw(size: int, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(size)[:n]
 
 
-def _record_ids(path: str | Path) -> list[str] | None:
-    """Each row's ``record_id`` (the context it was generated for, as mop generate writes it), or None."""
-    from mop.data import read_table
-
-    df = read_table(path)
-    if "record_id" not in df.columns or df["record_id"].isna().any():
-        return None
-    return [str(v) for v in df["record_id"]]
-
-
-def _same_context_sets(config: str, split: str, sets: dict, files: dict, sample_size: int | None, seed: int,
-                       reference_split: str | None):
+def _same_context_sets(config: str, split: str, sets: dict, files: dict, ids: dict, sample_size: int | None,
+                       seed: int, reference_split: str | None):
     """(real texts, labels, reference set, source, sets cut to n) for ``--same-contexts``: the real texts of
-    the records the rows were generated for, in row order, the first n rows of every set."""
+    the records the rows were generated for (``ids``: each set's record_id per row), in row order, the first
+    n rows of every set."""
     import dataclasses
 
     from mop.data import load_dataset_config, load_population
 
-    ids = {name: _record_ids(files[name]) for name in sets}
     lacking = [files[name] for name, v in ids.items() if v is None]
     if lacking:
         raise MopError("--same-contexts reads each row's record_id (rows as mop generate writes them); none "
@@ -1097,8 +1103,6 @@ def _same_context_sets(config: str, split: str, sets: dict, files: dict, sample_
     labelled = pop.spec.label_column is not None
     ref_split, reference_set = reference_split or "train", None
     if ref_split != "none":
-        if ref_split == split:
-            raise MopError(f"--reference-split '{ref_split}' is the evaluated split itself")
         ref = [pop[ref_split][i] for i in reference_draw(len(pop[ref_split]), n, seed)]
         if ref:
             reference_set = ([r.response for r in ref], [r.label for r in ref] if labelled else None)
@@ -1191,13 +1195,17 @@ def evaluate_command(
         raise MopError("--reference goes with --real; with -c/--config use --reference-split")
     if same_contexts and not config:
         raise MopError("--same-contexts reads the real texts from -c/--config's dataset, not from --real")
+    if config and (reference_split or "train") == split:
+        raise MopError(f"--reference-split '{split}' is the evaluated split itself")
 
-    sets, files = _synthetic_sets(synthetic, names)
-    real_texts, real_labels, reference_set, real_source, configured = _real_sets(
-        config, real, split, reference_split, reference, text_field)
+    sets, files, record_ids = _synthetic_sets(synthetic, names)
     if same_contexts:
         real_texts, real_labels, reference_set, real_source, sets = _same_context_sets(
-            config, split, sets, files, sample_size, seed, reference_split)
+            config, split, sets, files, record_ids, sample_size, seed, reference_split)
+        configured = _configured_embedder(config)
+    else:
+        real_texts, real_labels, reference_set, real_source, configured = _real_sets(
+            config, real, split, reference_split, reference, text_field)
     embedder_name = embedder or configured
     if embedder_name is None:
         from mop.assets import DEFAULT_EMBEDDER

@@ -593,6 +593,10 @@ def test_cli_same_contexts_compares_with_the_real_texts_of_the_rows_records(
     assert main(["evaluate", "-c", str(cfg), "--synthetic", same, "--output", str(out), "--overwrite",
                  "--same-contexts", "--sample-size", "31"]) == 2
     assert "is more than the rows of" in capsys.readouterr().err
+    for flag in ([], ["--same-contexts"]):  # the reference split may not be the evaluated one, in either mode
+        assert main(["evaluate", "-c", str(cfg), "--synthetic", same, "--output", str(out), "--overwrite",
+                     "--split", "test", "--reference-split", "test", *flag]) == 2
+        assert "is the evaluated split itself" in capsys.readouterr().err
     real, _, _ = _real_csv(write_csv, name="real.csv")
     assert main(["evaluate", "--real", str(real), "--synthetic", same, "--output", str(out), "--overwrite",
                  "--same-contexts"]) == 2
