@@ -246,15 +246,45 @@ def _check_local_model(path: str, kind: str) -> None:
             raise MopError(f"{kind} path '{path}' is a directory without config.json: not a model folder")
 
 
-def check_model_path(name_or_path: str, kind: str = "model") -> None:
-    """Fail fast, before any loading, on a local path that does not exist or is not a model folder.
+def check_model_path(name_or_path: str, kind: str = "model", role: str = "lm") -> None:
+    """Fail fast, before any loading, on a local path that does not exist or is not a model folder, and on a
+    bundled name of the wrong kind (``role``: ``lm`` or ``embedder``).
 
-    Bundled names and anything that does not look like a local path (a hub id) pass; nothing is loaded.
+    Other bundled names and anything that does not look like a local path (a hub id) pass; nothing is loaded.
     """
     name = str(name_or_path)
+    _check_role(name, kind, role)
     if name in BUNDLED_LMS or name in BUNDLED_EMBEDDERS:
         return
     _check_local_model(name, kind)
+
+
+def _check_role(name: str, kind: str, role: str) -> None:
+    """A bundled embedder where a causal LM is expected, or the other way round, named as such."""
+    if role == "lm" and name in BUNDLED_EMBEDDERS:
+        raise MopError(f"{kind} '{name}' is a bundled sentence embedder, not a causal LM (bundled LMs: "
+                       f"{', '.join(BUNDLED_LMS)})")
+    if role == "embedder" and name in BUNDLED_LMS:
+        raise MopError(f"{kind} '{name}' is a bundled causal LM, not a sentence embedder (bundled embedders: "
+                       f"{', '.join(BUNDLED_EMBEDDERS)})")
+
+
+def _load_error(what: str, name: str, err: Exception) -> MopError:
+    """A loader's exception as one line: all of its message (some end a first line with a colon), and for a
+    hub id that could not be fetched, how to allow downloads."""
+    p = Path(name).expanduser()
+    config = p / "config.json"
+    if p.is_dir() and config.is_file() and '"format_version"' in config.read_text(errors="replace"):
+        return MopError(f"could not load {what} '{name}': it is a MoP gate export, not a model (pass it as "
+                        "--gating)")
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    hint = ""
+    if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        hint = (" (HF_HUB_OFFLINE=1, mop's default, keeps hub ids from downloading: export HF_HUB_OFFLINE=0 "
+                "to fetch it, or give a local folder)")
+    return MopError(f"could not load {what} '{name}': {text}{hint}")
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
@@ -287,6 +317,7 @@ def load_lm(
 
     if dtype not in (None, "float32", "bfloat16", "float16"):
         raise MopError(f"LM dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    _check_role(str(name_or_path), "model", "lm")
     path = resolve_lm(name_or_path)
     _check_local_model(path, "model")
     torch_dtype = getattr(torch, dtype) if dtype else None
@@ -296,7 +327,7 @@ def load_lm(
             path, dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise MopError(f"could not load causal LM '{name_or_path}': {str(err).splitlines()[0]}") from err
+        raise _load_error("causal LM", str(name_or_path), err) from err
     if adapter:
         from peft import PeftModel
 
@@ -313,6 +344,7 @@ def load_lm(
 
 def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: str | None = None):
     """Load a sentence-transformers embedder (bundled name, local path or hub id)."""
+    _check_role(str(name_or_path), "embedder", "embedder")
     path = resolve_embedder(name_or_path)
     _check_local_model(path, "embedder")
     offline_defaults()
@@ -321,7 +353,7 @@ def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: str | None = Non
     try:
         return SentenceTransformer(path, device=device or "cpu", trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise MopError(f"could not load embedder '{name_or_path}': {str(err).splitlines()[0]}") from err
+        raise _load_error("embedder", str(name_or_path), err) from err
 
 
 def install_assets(python: str = sys.executable) -> list[str]:

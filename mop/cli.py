@@ -205,10 +205,25 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
           "Expected a <class 'NoneType'>", "Problem with given class_path")
 
 
+def _schema_keys(class_path: str | None) -> list[str]:
+    """The keys a config section of class ``class_path`` (e.g. ``mop.data.DatasetSpec``) accepts."""
+    if not class_path:
+        return []
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+
+
 def _key_error(lines: list[str], key_form: Callable[[str], str]) -> str:
     """'Parser key "K": ...' and its indented details as ``KEY: reason``. A Union's report lists every
-    subtype's failure: the real one is kept, the rest dropped."""
-    key, reasons, given = "", [], None
+    subtype's failure: the real one is kept, the rest dropped. A key the section's class does not have is
+    named with a "did you mean" from that class's keys, and the section's whole value is not repeated."""
+    from mop.errors import did_you_mean
+
+    key, reasons, given, class_path, unknown = "", [], None, None, []
     for ln in lines:
         if ln.startswith(_KEY):  # 'Parser key "data.personas":' then, nested, 'Parser key "num_personas":'
             name, _, ln = ln[len(_KEY):].partition('"')
@@ -216,13 +231,21 @@ def _key_error(lines: list[str], key_form: Callable[[str], str]) -> str:
             ln = ln.lstrip(":").strip()
         if ln.startswith("Given value:"):
             given = ln.partition(":")[2].strip()
+        if ln.startswith("Problem with given class_path '"):
+            class_path = ln.split("'")[1]
+        if ln.startswith("Option '") and ln.endswith("' is not accepted"):
+            option = ln.split("'")[1]
+            unknown.append(f"unknown key '{option}'{did_you_mean([option], _schema_keys(class_path))}")
+            continue
         if not ln or ln.startswith(_NOISE):
             continue
         if ln.startswith("Not of type "):  # 'Not of type PositiveInt: must be positive, got 0'
             ln = ln.partition(": ")[2]
         reasons.append(ln.replace("Expected a typing.Literal", "expected one of ")
                        .replace(". Got value: ", ", got "))
-    if given is not None and not any("got" in r.lower() for r in reasons):
+    if unknown:  # the other lines are the other ways jsonargparse tried to read the section (a path...)
+        reasons = unknown
+    elif given is not None and not any("got" in r.lower() for r in reasons):
         reasons.append(f"got {given!r}")
     return f"{key_form(key)}: {'; '.join(reasons)}"
 

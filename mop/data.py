@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mop.assets import BUNDLED_DATASETS, bundled_dataset_path
-from mop.errors import MopError
+from mop.errors import MopError, did_you_mean, refuse_unknown_keys
 from mop.types import NonNegativeInt
 
 SPLITS = ("train", "val", "test")
@@ -71,11 +71,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "dataset") -> DatasetSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise MopError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of "
-                           f"{', '.join(sorted(known))}")
+        refuse_unknown_keys(raw, [f.name for f in dataclasses.fields(cls)], where)
         return cls(**raw)
 
 
@@ -162,7 +158,9 @@ def read_table(path: str | Path):
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise MopError(f"data file '{path}' does not exist")
+        where = "" if p.is_absolute() else f" (looked for {p.absolute()}: a relative path is read from the " \
+            "directory the command runs in)"
+        raise MopError(f"data file '{path}' does not exist{where}")
     if p.is_dir():
         raise MopError(f"data file '{path}' is a directory, expected a CSV, JSONL or Parquet file")
     if p.stat().st_size == 0:
@@ -328,6 +326,8 @@ class Population:
     spec: DatasetSpec
     splits: dict[str, list[Record]]
     dropped: dict[str, int] = field(default_factory=dict)  # rows dropped on load: {"empty": n, "words": m}
+    rows: int | None = None  # rows in the source, before any was dropped
+    capped: dict[str, int] = field(default_factory=dict)  # split -> its records before its max_records cap
 
     def __getitem__(self, split: str) -> list[Record]:
         if split not in self.splits:
@@ -379,11 +379,19 @@ def validate_spec(spec: DatasetSpec) -> None:
             raise MopError(f"max_records: unknown split '{split}', expected one of {', '.join(SPLITS)}")
         if not isinstance(cap, int) or cap <= 0:
             raise MopError(f"max_records[{split}] must be a positive integer, got {cap}")
-    allowed = set(spec.context_columns) | {"label"}
-    unknown = [f for f in template_fields(spec.context_template) if f not in allowed]
+
+
+def check_context_template(spec: DatasetSpec) -> None:
+    """The context template may name the context columns, and ``{label}`` when the dataset has labels."""
+    fields = template_fields(spec.context_template)
+    if "label" in fields and not spec.label_column:
+        raise MopError("context_template uses {label} but the dataset has no label_column: set "
+                       "data.dataset.label_column, or take {label} out of the template")
+    allowed = set(spec.context_columns) | ({"label"} if spec.label_column else set())
+    unknown = [f for f in fields if f not in allowed]
     if unknown:
         raise MopError(f"context_template uses field(s) {', '.join(unknown)} that are not context columns "
-                       f"({', '.join(sorted(allowed))})")
+                       f"({', '.join(sorted(allowed))}){did_you_mean(unknown, allowed)}")
 
 
 def load_frame(spec: DatasetSpec):
@@ -404,13 +412,9 @@ def build_records(df, spec: DatasetSpec, where: str, counts: dict[str, int] | No
                spec.id_column]
     missing = [c for c in columns if c and c not in df.columns]
     if missing:
-        import difflib
-
-        hints = {c: difflib.get_close_matches(str(c), list(map(str, df.columns)), n=1, cutoff=0.6)
-                 for c in missing}
-        hint = "; ".join(f"did you mean {m[0]!r} for {c!r}?" for c, m in hints.items() if m)
         raise MopError(f"{where}: column(s) {', '.join(repr(c) for c in missing)} not found; "
-                       f"available: {', '.join(map(str, df.columns))}" + (f" ({hint})" if hint else ""))
+                       f"available: {', '.join(map(str, df.columns))}"
+                       + did_you_mean(missing, map(str, df.columns)))
 
     def clean(value) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -486,12 +490,15 @@ def load_population(spec: DatasetSpec | dict[str, Any]) -> Population:
     df, where = load_frame(spec)
     dropped: dict[str, int] = {}
     records = build_records(df, spec, where, dropped)
+    check_context_template(spec)  # after the columns: a misspelt column is named as one, not as a field
     splits = split_records(records, spec.split, spec.seed)
+    capped = {}
     for split, cap in (spec.max_records or {}).items():
         if len(splits[split]) > cap:
+            capped[split] = len(splits[split])
             keep = np.sort(np.random.default_rng(spec.seed + 1).permutation(len(splits[split]))[:cap])
             splits[split] = [splits[split][i] for i in keep]
-    return Population(spec=spec, splits=splits, dropped=dropped)
+    return Population(spec=spec, splits=splits, dropped=dropped, rows=len(df), capped=capped)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -543,7 +550,7 @@ def show_command(config: str, split: Literal["train", "val", "test"] = "train",
     summary = pop.summary()
     labels = sorted({lab for s in summary.values() for lab in s["labels"]})
     total = sum(s["records"] for s in summary.values())
-    print(f"dataset: {pop.spec.source}  ({total} records, split {pop.spec.split} by "
+    print(f"dataset: {pop.spec.source}  ({pop.rows} rows, {total} records kept, split {pop.spec.split} by "
           f"{'group ' + repr(pop.spec.group_column) if pop.spec.group_column else 'record'}, "
           f"seed {pop.spec.seed})")
     print("| split | records | groups | " + " | ".join(labels) + (" |" if labels else ""))
@@ -555,6 +562,9 @@ def show_command(config: str, split: Literal["train", "val", "test"] = "train",
         print(f"dropped on load: {pop.dropped.get('empty', 0)} row(s) with an empty response, "
               f"{pop.dropped.get('words', 0)} outside min_words={pop.spec.min_words} / "
               f"max_words={pop.spec.max_words}")
+    if pop.capped:
+        print("capped by max_records: " + ", ".join(f"{split} {len(pop[split])} of {n}"
+                                                    for split, n in pop.capped.items()))
     records = pop[split]
     picks = np.random.default_rng(pop.spec.seed).permutation(len(records))[:examples]
     shown = [records[i] for i in sorted(picks)]

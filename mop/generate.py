@@ -881,7 +881,7 @@ def generate_command(
     if sampling.method in GATED:
         from mop.embed import Embedder
 
-        check_model_path(embedder or str(export_config["embedder"]), "embedder")
+        check_model_path(embedder or str(export_config["embedder"]), "embedder", role="embedder")
         context_embedder = Embedder(embedder or str(export_config["embedder"]))
         check_embed_dim(export_config, context_embedder.dim, f"gate export '{gating}'")
     from mop.export import GateExport

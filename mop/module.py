@@ -165,12 +165,16 @@ class MixtureOfPersonas(pl.LightningModule):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
         self.bind(trainer.datamodule, stage)
 
+    def check_prompt_template(self, spec) -> None:
+        """Refuse a prompt template the dataset (a resolved :class:`mop.data.DatasetSpec`) cannot fill."""
+        validate_prompt_template(self.hparams.prompt_template, spec.context_columns, bool(spec.label_column))
+
     def bind(self, dm, stage: str | None = None) -> None:
         """Attach a set-up datamodule: build the gate, register the frozen embeddings, tokenise targets."""
         dm.setup(stage)
         object.__setattr__(self, "_dm", dm)
         art = dm.artifacts
-        validate_prompt_template(self.hparams.prompt_template, art.population.spec.context_columns)
+        self.check_prompt_template(art.population.spec)
         if self.gate is None:
             self.gate = Gate(art.embed_dim, len(art.persona_texts), self.hparams.hidden_dim,
                              self.hparams.init_tau, seed=self.hparams.gate_seed)
@@ -377,6 +381,8 @@ class MixtureOfPersonas(pl.LightningModule):
                            "val/gate_entropy": entropy / records}, prog_bar=True,
                           sync_dist=True)  # already equal on every rank; the mean keeps Lightning quiet
             self.log("val/omega_entropy", omega_entropy / records, sync_dist=True)
+            if not self.trainer.sanity_checking:
+                self.validated_at_step = self.trainer.global_step  # which gate the val/* metrics describe
 
     # -------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from mop.errors import MopError
+from mop.errors import MopError, refuse_unknown_keys
 from mop.files import write_text_atomic
 from mop.types import PositiveInt
 
@@ -798,8 +798,9 @@ def personas_command(
 
     t0 = time.perf_counter()
     data = config_data_section(read_config(config))
-    spec = PersonaSpec(**{k: v for k, v in (data.get("personas") or {}).items()
-                          if k in PersonaSpec.__dataclass_fields__})
+    section = data.get("personas") or {}
+    refuse_unknown_keys(section, PersonaSpec.__dataclass_fields__, f"{config}: data.personas")
+    spec = PersonaSpec(**section)
     given = {"num_personas": num_personas, "synthesizer": synthesizer, "lm": lm, "text_kind": text_kind,
              "role": role, "seed": seed}
     spec = dataclasses.replace(spec, **{k: v for k, v in given.items() if v is not None})

@@ -8,8 +8,11 @@ empty is dropped, so one template serves prompts with and without a persona or a
 
 from __future__ import annotations
 
+import re
+import string
+
 from mop.data import BlankDict, Record, render_template, template_fields
-from mop.errors import MopError
+from mop.errors import MopError, did_you_mean
 
 DEFAULT_TEMPLATE = (
     "You embody the persona in the description to complete the task.\n"
@@ -22,11 +25,27 @@ DEFAULT_TEMPLATE = (
 FIXED_FIELDS = {"persona", "context", "exemplar", "exemplar_context", "exemplar_response", "label"}
 
 
-def validate_prompt_template(template: str, context_fields: list[str]) -> None:
-    unknown = [f for f in template_fields(template) if f not in FIXED_FIELDS | set(context_fields)]
+def validate_prompt_template(template: str, context_fields: list[str], labelled: bool = True) -> None:
+    """Refuse a field the prompts cannot fill (it would render empty in every prompt): a name that is neither
+    a fixed field nor a context column, an ``{exemplar[FIELD]}`` whose FIELD is not a context column,
+    ``label`` or ``response``, and ``{label}`` / ``{exemplar[label]}`` for a dataset without labels."""
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    uses_label = "label" in template_fields(template) or "exemplar[label]" in names
+    if uses_label and not labelled:
+        raise MopError("prompt_template uses {label} or {exemplar[label]} but the dataset has no "
+                       "label_column: set data.dataset.label_column, or take the label out of the template")
+    available = FIXED_FIELDS | set(context_fields)
+    unknown = [f for f in template_fields(template) if f not in available]
     if unknown:
         raise MopError(f"prompt_template uses unknown field(s) {', '.join(unknown)}; available: "
-                       f"{', '.join(sorted(FIXED_FIELDS | set(context_fields)))}")
+                       f"{', '.join(sorted(available))}{did_you_mean(unknown, available)}")
+    exemplar_fields = set(context_fields) | {"label", "response"}
+    bad = [m.group(1) for name in names for m in [re.fullmatch(r"exemplar\[([^\]]*)\]", name)]
+           if m and m.group(1) not in exemplar_fields]
+    if bad:
+        used = ", ".join("{exemplar[" + b + "]}" for b in bad)
+        raise MopError(f"prompt_template uses {used}, but an exemplar has only "
+                       f"{', '.join(sorted(exemplar_fields))}{did_you_mean(bad, exemplar_fields)}")
 
 
 def render_prompt(template: str, context_template: str, target: Record, persona: str | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import warnings
 from argparse import ArgumentError
@@ -99,8 +100,9 @@ class MopCLI(LightningCLI):
         # Data, sizes and paths that would otherwise fail only after minutes of embedding and persona
         # synthesis.
         self.datamodule.check_sizes(self.model.hparams.num_candidates)
+        self.model.check_prompt_template(self.datamodule.population().spec)
         check_model_path(self.model.hparams.lm, "model.lm")
-        check_model_path(self.datamodule.embedder, "data.embedder")
+        check_model_path(self.datamodule.embedder, "data.embedder", role="embedder")
         if self.datamodule.personas.synthesizer == "llm":
             check_model_path(self.datamodule.personas.lm, "data.personas.lm")
         self._t0 = time.perf_counter()
@@ -111,7 +113,13 @@ class MopCLI(LightningCLI):
             self._untrained = results[0].get("val/nll_per_token") if results else None
 
     def after_fit(self) -> None:
-        if not self.trainer.is_global_zero:
+        trainer = self.trainer
+        validated = getattr(self.model, "validated_at_step", None) == trainer.global_step
+        if trainer.limit_val_batches and not validated:
+            # training stopped where no validation ran (--trainer.max_steps mid-epoch, check_val_every_n_epoch
+            # > 1...): validate the gate being exported, so its score is printed and exported (every rank)
+            trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        if not trainer.is_global_zero:
             return
         from mop.export import export_from_module
 
@@ -157,11 +165,18 @@ def train_command(argv: list[str], prog: str = "mop train") -> int:
     argv = list(argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         argv = ["fit", *argv]  # `mop train -c CONFIG` fits
+    if not any(t in ("-c", "--config", "-h", "--help") or t.startswith(("--config=", "-c=", "--print_config"))
+               for t in argv):
+        # without a config the defaults would start a full run on the whole bundled corpus
+        raise MopError(f"{prog} needs a config: -c CONFIG (e.g. -c configs/quickstart.yaml); options after "
+                       "it override its keys (--model.lr 0.003, --trainer.max_epochs 2)")
     MopCLI.parsers, MopCLI.prog = [], prog
     try:
         MopCLI(MixtureOfPersonas, PopulationDataModule, args=argv, save_config_kwargs={"overwrite": True})
     except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, a missing config file...
         message = error_line(str(err), [], [], _config_key)
+        # a key of the config file that no section has: "Subcommand 'fit' does not accept option 'x'"
+        message = re.sub(r"^Subcommand '\w+' does not accept option", "unknown config key", message)
         raise MopError(_with_hint(message, argv)) from None
     return 0
 

@@ -65,10 +65,13 @@ def _data_show(d: Path, name: str, content: str | bytes, **extra):
     return ["data", "show", "-c", str(_dataset_yaml(d, _write(d / name, content), **extra))], []
 
 
-def _personas(d: Path, name: str, content: str | bytes, *more: str, **extra):
-    """`mop personas -c CONFIG --out DIR` where DIR already holds a personas.jsonl that must survive."""
+def _personas(d: Path, name: str, content: str | bytes, *more: str, personas_extra: str = "", **extra):
+    """`mop personas -c CONFIG --out DIR` where DIR already holds a personas.jsonl that must survive;
+    ``personas_extra`` is a line of the config's data.personas section."""
     out = _write(d / "out" / "personas.jsonl", '{"id": "p000", "text": "You are the old persona."}\n')
     cfg = _dataset_yaml(d, _write(d / name, content), **extra)
+    if personas_extra:
+        cfg.write_text(cfg.read_text() + f"  personas:\n    {personas_extra}\n")
     return ["personas", "-c", str(cfg), "--out", str(out.parent), "--synthesizer", "keywords", *more], [out]
 
 
@@ -244,7 +247,21 @@ CASES = [
          ("--num-personas must be between 1 and the",)),
     # -- configs
     Case("config/unknown-dataset-key", lambda d: _data_show(d, "pop.csv", _csv(), reponse_column="text"),
-         ("config.yaml: dataset: unknown key(s) reponse_column",)),
+         ("config.yaml: dataset: unknown key(s) reponse_column (did you mean 'response_column'?)",)),
+    Case("config/unknown-personas-key",
+         lambda d: _personas(d, "pop.csv", _csv(), personas_extra="num_persona: 2"),
+         ("config.yaml: data.personas: unknown key(s) num_persona (did you mean 'num_personas'?)",)),
+    Case("data/label-in-template-without-labels",
+         lambda d: _data_show(d, "pop.csv", _csv(), label_column="null",
+                              context_template="'a {label} {movie}'"),
+         ("context_template uses {label} but the dataset has no label_column",)),
+    Case("data/misspelt-context-column",
+         lambda d: _data_show(d, "pop.csv", _csv(), context_columns="[moive]", context_template="'{movie}'"),
+         ("column(s) 'moive' not found", "(did you mean 'movie'?)")),
+    Case("data/relative-source-missing",
+         lambda d: (["data", "show", "-c", str(_dataset_yaml(d, "nowhere.csv"))], []),
+         ("data file 'nowhere.csv' does not exist (looked for",
+          "nowhere.csv: a relative path is read from the directory the command runs in)")),
     Case("config/split-not-summing-to-1", lambda d: _data_show(d, "pop.csv", _csv(), split="[0.5, 0.2, 0.2]"),
          ("dataset split: fractions must sum to 1, got [0.5, 0.2, 0.2]",)),
     Case("config/split-via-train", lambda d: _train(d, "--data.dataset.split", "[0.5,0.2,0.2]"),
@@ -253,9 +270,24 @@ CASES = [
          ("unrecognized arguments: --model.num_candidate 3", "did you mean 'model.num_candidates'"),
          runner="train"),
     Case("config/unknown-key-in-yaml", lambda d: _train(d, config_extra="seed_everythin: 1\n"),
-         ("does not accept option 'seed_everythin'", "did you mean 'seed_everything'"), runner="train"),
+         ("unknown config key 'seed_everythin' (did you mean 'seed_everything'?)",), runner="train"),
     Case("config/unknown-dataset-key-train", lambda d: _train(d, "--data.dataset.respons_column", "text"),
-         ("config key data.dataset: Option 'respons_column' is not accepted",), runner="train"),
+         ("config key data.dataset: unknown key 'respons_column' (did you mean 'response_column'?)",),
+         runner="train"),
+    Case("config/unknown-personas-key-train", lambda d: _train(d, "--data.personas", '{"num_persona": 3}'),
+         ("config key data.personas: unknown key 'num_persona' (did you mean 'num_personas'?)",),
+         runner="train"),
+    Case("config/no-config", lambda d: (["fit", "--trainer.max_epochs", "1"], []),
+         ("needs a config: -c CONFIG",), runner="train"),
+    Case("config/label-in-prompt-without-labels",
+         lambda d: _train(d, "--data.dataset.label_column", "null",
+                          "--model.prompt_template", "Write a {label} review of {movie}:"),
+         ("prompt_template uses {label} or {exemplar[label]} but the dataset has no label_column",),
+         runner="train"),
+    Case("config/unknown-exemplar-field-in-prompt",
+         lambda d: _train(d, "--model.prompt_template", "Example on {exemplar[moive]}: {exemplar_response}"),
+         ("prompt_template uses {exemplar[moive]}, but an exemplar has only label, movie, response "
+          "(did you mean 'movie'?)",), runner="train"),
     Case("config/wrong-type", lambda d: _train(d, "--model.hidden_dim", "big"),
          ("config key model.hidden_dim: expected a positive integer, got 'big'",), runner="train"),
     Case("config/missing-config-file", lambda d: (["fit", "-c", str(d / "nope.yaml")], []),
@@ -341,6 +373,15 @@ CASES = [
          ("model.lm path", "no-model' does not exist"), runner="train"),
     Case("model/embedder-not-a-model", lambda d: _generate(d, None, None, "--embedder", str(d)),
          ("embedder path", "is a directory without config.json: not a model folder")),
+    Case("model/embedder-name-as-lm", lambda d: _generate(d, model="minilm-l6"),
+         ("model 'minilm-l6' is a bundled sentence embedder, not a causal LM (bundled LMs: smollm2-135m",)),
+    Case("model/lm-name-as-embedder", lambda d: _generate(d, None, None, "--embedder", "smollm2-135m"),
+         ("embedder 'smollm2-135m' is a bundled causal LM, not a sentence embedder",)),
+    Case("model/gate-export-as-lm", lambda d: _generate(d, model=str(_export(d, "other-gate"))),
+         ("other-gate': it is a MoP gate export, not a model (pass it as --gating)",)),
+    Case("model/hub-id-offline", lambda d: _generate(d, model="nobody-here/no-such-model"),
+         ("could not load causal LM 'nobody-here/no-such-model'", "(HF_HUB_OFFLINE=1, mop's default, keeps "
+                                                                   "hub ids from downloading")),
     # -- generation
     Case("generate/empty-contexts-file", lambda d: _generate(d, contexts=""), ("contexts.csv' is empty",)),
     Case("generate/contexts-missing-fields", lambda d: _generate(d, contexts="title,label\nA,fresh\n"),

@@ -18,9 +18,14 @@ def test_data_show_prints_counts_and_examples(tmp_path, write_csv):
     proc = run_cli("data", "show", "-c", str(_config(tmp_path, write_csv(rows))))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "(90 records" in out
+    assert "(90 rows, 90 records kept" in out and "capped" not in out
     assert "| train | 72 | 0 |" in out and "| val | 9 |" in out and "| test | 9 |" in out
     assert out.count("response: words") == 3 and "context: label:" in out
+    # a cap is shown as one, not as a smaller dataset
+    proc = run_cli("data", "show", "-c", str(_config(tmp_path, write_csv(rows), max_records="{train: 10}")))
+    assert proc.returncode == 0, proc.stderr
+    assert "(90 rows, 28 records kept" in proc.stdout and "| train | 10 | 0 |" in proc.stdout
+    assert "capped by max_records: train 10 of 72\n" in proc.stdout
 
 
 def test_missing_column_is_one_line(tmp_path, write_csv):

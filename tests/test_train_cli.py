@@ -104,3 +104,24 @@ def test_every_shipped_config_parses_to_its_own_values(configs, capsys):
         assert got == value, (configs, path)
     checked = len(expected)
     assert checked > 3
+
+
+@pytest.mark.slow  # one train.py process on the tiny world (Lightning's import dominates: ~20 s on 2 cores)
+def test_a_run_stopped_mid_epoch_validates_the_gate_it_exports(tiny_world_files, tmp_path):
+    """--trainer.max_steps ends fit before the epoch's validation: the gate being exported is validated then,
+    so its score is printed and in the export (it used to print no trained figure and export no metrics)."""
+    from helpers import child_env
+
+    w = tiny_world_files
+    proc = run_cli("train.py", "fit", "-c", str(w.config), "--trainer.max_steps", "2",
+                   "--validate_before_fit", "false", cwd=tmp_path, env=child_env(w.cache), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = float(re.search(r"\s+trained gate: +([\d.]+)", proc.stdout).group(1))
+    exported = json.loads((tmp_path / "runs/tiny/gate/config.json").read_text())["metrics"]
+    assert exported["val/nll_per_token"] == pytest.approx(printed, abs=5e-5)
+    # the figure is the validation of the gate after step 2 (the checkpoint is the exported gate)
+    rows = next((tmp_path / "runs/tiny").glob("metrics-*.csv")).read_text().splitlines()
+    header, *lines = [r.split(",") for r in rows]
+    vals = [(r[header.index("step")], r[header.index("val/nll_per_token")]) for r in lines
+            if r[header.index("val/nll_per_token")]]
+    assert len(vals) == 1 and float(vals[0][1]) == pytest.approx(printed, abs=5e-5), vals
