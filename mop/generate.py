@@ -640,14 +640,30 @@ class Sampling:
 
 
 def run_identity(model_name: str, adapter: str | None, sampling: Sampling,
-                 trained_label_match: bool = False) -> dict[str, Any]:
-    """The settings every row of one output file shares (mop.outputs.IDENTITY), written into each row;
-    ``exemplar_label`` auto is resolved with ``trained_label_match`` (the export's ``mask_other_label``)."""
+                 export_config: dict[str, Any]) -> dict[str, Any]:
+    """The settings every row of one output file shares (mop.outputs.IDENTITY), written into each row.
+
+    ``exemplar_label`` auto is resolved with the export's ``mask_other_label``; ``gate_sha`` is a digest of
+    the export's file checksums (another gate, personas or pool: another file) and ``prompt_sha`` of the
+    prompt template in use (``export_config`` after any ``--prompt-template``); the sampling options are as
+    given (None: the default)."""
     label = sampling.exemplar_label
     if label == "auto":
-        label = "match" if trained_label_match else "any"
+        label = "match" if export_config.get("mask_other_label", False) else "any"
     return {"model": model_name, "adapter": adapter, "method": sampling.method, "seed": sampling.seed,
-            "gate_temperature": sampling.gate_temperature, "exemplar_label": label, "top_p": sampling.top_p}
+            "gate_temperature": sampling.gate_temperature, "exemplar_label": label, "top_p": sampling.top_p,
+            "gate_sha": _digest(export_config.get("checksums") or {}),
+            "prompt_sha": _digest(export_config.get("prompt_template")),
+            "sampling_temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens,
+            "stop": None if sampling.stop is None else list(sampling.stop)}
+
+
+def _digest(value: Any) -> str:
+    """12 hex digits of the sha256 of ``value`` as sorted JSON."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class SingleProcess:
@@ -704,7 +720,7 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MopError("the export's prompts use a chat template but this tokenizer has none "
                        "(a base model?); pass --chat-template off")
-    identity = run_identity(model_name, adapter, sampling, export.gate_config.mask_other_label)
+    identity = run_identity(model_name, adapter, sampling, export.config)
     if identity["exemplar_label"] == "match" and method in USES_EXEMPLAR \
             and all(r.label is None for r in records):
         raise MopError("exemplar_label match needs the contexts' labels, and these contexts have none")
@@ -864,17 +880,17 @@ def generate_command(
     from mop.export import check_embed_dim, check_export_files
 
     export_config = read_export_config(gating)
-    identity = run_identity(model, adapter, sampling, bool(export_config.get("mask_other_label", False)))
-    OutputFile(output, identity)  # a missing directory or another run's output fails before any loading
-    check_model_path(model, "model")
-    if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
-        raise MopError(f"adapter '{adapter}' has no adapter_config.json: not a PEFT adapter folder")
-    check_export_files(gating, export_config)
     if prompt_template is not None:  # before the contexts are read: it decides the fields they need
         from mop.prompts import validate_prompt_template
 
         validate_prompt_template(prompt_template, list(export_config.get("context_columns") or []))
         export_config = {**export_config, "prompt_template": prompt_template}
+    identity = run_identity(model, adapter, sampling, export_config)
+    OutputFile(output, identity)  # a missing directory or another run's output fails before any loading
+    check_model_path(model, "model")
+    if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise MopError(f"adapter '{adapter}' has no adapter_config.json: not a PEFT adapter folder")
+    check_export_files(gating, export_config)
     records = read_contexts(contexts, export_config) if contexts else dataset_contexts(config, split,
                                                                                        export_config)
     context_embedder = None

@@ -24,9 +24,12 @@ from typing import Any
 
 from mop.errors import MopError
 
-IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature", "exemplar_label", "top_p")
+IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature", "exemplar_label", "top_p", "gate_sha",
+            "prompt_sha", "sampling_temperature", "max_new_tokens", "stop")
 # the value of an identity key in rows written before the key existed
 IDENTITY_DEFAULTS = {"gate_temperature": 1.0, "exemplar_label": "any", "top_p": 1.0}
+# keys that rows written before they existed did not record (their value then is unknown, and not compared)
+UNRECORDED = ("gate_sha", "prompt_sha", "sampling_temperature", "max_new_tokens", "stop")
 
 
 def read_lines(path: Path) -> tuple[list[bytes], int, int]:
@@ -53,10 +56,11 @@ def parse_ids(path: Path, lines: Sequence[bytes], identity: dict[str, Any]) -> l
         if first is None:
             first = row
     if first is not None:
-        theirs = {k: first.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY}
-        ours = {k: identity.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY}
+        keys = [k for k in IDENTITY if k in first or k not in UNRECORDED]
+        theirs = {k: first.get(k, IDENTITY_DEFAULTS.get(k)) for k in keys}
+        ours = {k: identity.get(k, IDENTITY_DEFAULTS.get(k)) for k in keys}
         if theirs != ours:
-            diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in IDENTITY if theirs[k] != ours[k])
+            diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in keys if theirs[k] != ours[k])
             raise MopError(f"output '{path}' holds rows generated with other settings: {diff}; "
                            "choose another --output rather than mixing them")
     return ids

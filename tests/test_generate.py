@@ -521,6 +521,29 @@ def test_same_seed_same_rows(tmp_path, tiny_lm):
     assert run("old.jsonl", 3)["skipped"] == 2
     with pytest.raises(MopError, match="top_p 1.0 \\(now 0.9\\)"):
         run("old.jsonl", 4, top_p=0.9)
+    # the gate, the prompt template and the sampling options are in every row: a file is not resumed with
+    # another export (a retrained gate would otherwise be skipped over: its rows "already there"), another
+    # --temperature, --max-new-tokens or --stop
+    assert {r["max_new_tokens"] for r in a} == {10} and {r["sampling_temperature"] for r in a} == {None}
+    assert {r["stop"] for r in a} == {None} and len({r["gate_sha"] for r in a}) == 1
+    for changed, message in (({"max_new_tokens": 12}, "max_new_tokens 10 \\(now 12\\)"),
+                             ({"temperature": 0.7}, "sampling_temperature None \\(now 0.7\\)"),
+                             ({"stop": ()}, "stop None \\(now \\[\\]\\)")):
+        with pytest.raises(MopError, match=message):
+            run("a.jsonl", **changed)
+    retrained = load_export(make_export(tmp_path / "gate2", dim=16, k=4, init_std=0.6, seed=1).path)
+    with pytest.raises(MopError, match=f"gate_sha '{a[0]['gate_sha']}' \\(now '[0-9a-f]{{12}}'\\)"):
+        generate_population(retrained, model, tok, records, tmp_path / "a.jsonl",
+                            Sampling(num_samples=7, batch_size=4, max_new_tokens=10), **kw)
+    export.config = {**export.config, "prompt_template": "Review {movie}:"}  # what --prompt-template does
+    with pytest.raises(MopError, match=f"prompt_sha '{a[0]['prompt_sha']}' \\(now '[0-9a-f]{{12}}'\\)"):
+        run("a.jsonl")
+    # rows from before these were recorded resume (their values are unknown, not compared)
+    older = tmp_path / "older.jsonl"
+    unrecorded = ("gate_sha", "prompt_sha", "sampling_temperature", "max_new_tokens", "stop")
+    older.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in unrecorded}) + "\n"
+                             for r in a[:2]))
+    assert run("older.jsonl", 3, max_new_tokens=12)["skipped"] == 2
 
 
 @pytest.mark.slow  # generate.py subprocesses, killed and rerun (about 11 s on 2 cores)
