@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from common import local_lm, model_slug  # noqa: E402
 
 from mop.generate import GATED, METHODS  # noqa: E402
+from mop.outputs import population_usage  # noqa: E402
 
 BASELINES = ("zerogen", "attrprompt", "persona", "fewshot", "uniform")
 DEFAULT_RUNS = ([f"smollm2-135m:{m}" for m in ("mop", *BASELINES)]
@@ -447,14 +448,8 @@ def evaluate(args, workdir: Path, gate: Path) -> dict:
                 result["missing"].append(f"{run} ({len(rows)}/{n} rows)")
                 continue
             synthetic[run] = ([r["text"] for r in rows], [r["label"] for r in rows])
-            personas = [r["persona_id"] for r in rows if r["persona_id"] is not None]
-            exemplars = [r["exemplar_id"] for r in rows if r["exemplar_id"] is not None]
-            usage[run] = {"personas_used": len(set(personas)), "exemplars_used": len(set(exemplars)),
-                          "effective_personas": effective_number(personas),
-                          "effective_exemplars": effective_number(exemplars),
-                          "exemplar_label_match": exemplar_label_match(rows, export),
-                          "empty": sum(not r["text"] for r in rows),
-                          "mean_words": round(sum(len(r["text"].split()) for r in rows) / len(rows), 1),
+            drawn = {k: v for k, v in population_usage(rows).items() if k != "rows"}
+            usage[run] = {**drawn, "exemplar_label_match": exemplar_label_match(rows, export),
                           "temperature": round(sum(r["temperature"] for r in rows) / len(rows), 3),
                           "gate_temperature": rows[0].get("gate_temperature", 1.0),
                           "top_p": rows[0].get("top_p", 1.0),
@@ -487,18 +482,6 @@ def exemplar_label_match(rows: list[dict], export) -> float | None:
     if not pairs:
         return None
     return round(sum(a == b for a, b in pairs) / len(pairs), 3)
-
-
-def effective_number(ids: list) -> float | None:
-    """exp(entropy) of the empirical distribution of the ids (how many are used, weighted by use)."""
-    import math
-    from collections import Counter
-
-    if not ids:
-        return None
-    counts = Counter(ids).values()
-    total = sum(counts)
-    return round(math.exp(-sum(c / total * math.log(c / total) for c in counts)), 2)
 
 
 def _ci(row: dict, key: str, digits: int) -> str:

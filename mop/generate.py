@@ -941,4 +941,7 @@ def generate_command(
         return 0
     print(f"wrote {summary['written']} row(s) to {summary['output']} ({summary['skipped']} already there"
           + (f", {summary['empty']} empty text(s)" if summary["empty"] else "") + ")")
+    from mop.outputs import population_usage, read_rows, usage_line
+
+    print("the population: " + usage_line(population_usage(read_rows(summary["output"]))))
     return 0

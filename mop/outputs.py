@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,60 @@ def parse_ids(path: Path, lines: Sequence[bytes], identity: dict[str, Any]) -> l
             raise MopError(f"output '{path}' holds rows generated with other settings: {diff}; "
                            "choose another --output rather than mixing them")
     return ids
+
+
+def effective_number(ids: Iterable) -> float | None:
+    """exp(entropy) of the empirical distribution of the ids (how many are used, weighted by use); None for
+    none. ``ids`` may also be a Counter of them."""
+    import math
+    from collections import Counter
+
+    counts = (ids if isinstance(ids, Counter) else Counter(ids)).values()
+    total = sum(counts)
+    if not total:
+        return None
+    return round(math.exp(-sum(c / total * math.log(c / total) for c in counts)), 2)
+
+
+def population_usage(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """What a generated population drew: personas and exemplars used (and their effective numbers, so a set
+    drawn from few components shows), empty texts and mean length in words. One pass; memory grows with the
+    distinct ids only."""
+    from collections import Counter
+
+    personas, exemplars = Counter(), Counter()
+    n = empty = words = 0
+    for r in rows:
+        n += 1
+        if r.get("persona_id") is not None:
+            personas[r["persona_id"]] += 1
+        if r.get("exemplar_id") is not None:
+            exemplars[r["exemplar_id"]] += 1
+        empty += not r.get("text")
+        words += len(str(r.get("text") or "").split())
+    return {"rows": n, "personas_used": len(personas), "exemplars_used": len(exemplars),
+            "effective_personas": effective_number(personas),
+            "effective_exemplars": effective_number(exemplars), "empty": empty,
+            "mean_words": round(words / n, 1) if n else None}
+
+
+def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of a generated-population file, one at a time (a torn last line is skipped)."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.endswith(b"\n") and line.strip():
+                yield json.loads(line)
+
+
+def usage_line(usage: dict[str, Any]) -> str:
+    """:func:`population_usage` in one line, as ``mop generate`` prints it."""
+    parts = [f"{usage['rows']} row(s)"]
+    for kind in ("personas", "exemplars"):
+        if usage[f"{kind}_used"]:
+            parts.append(f"{usage[f'{kind}_used']} {kind} used ({usage[f'effective_{kind}']} effective)")
+    if usage["mean_words"] is not None:
+        parts.append(f"{usage['mean_words']} words on average")
+    return ", ".join(parts)
 
 
 def _truncate(path: Path, size: int) -> None:

@@ -676,3 +676,24 @@ def test_a_model_that_takes_past_key_values_generates_the_same(share):
                                 share_prefixes=share)
     assert sample_continuations(old, tok, prompts, taus, seeds, max_new_tokens=12, stop=(),
                                 share_prefixes=share) == want
+
+
+def test_population_usage_counts_what_the_rows_drew(tmp_path):
+    from mop.outputs import population_usage, read_rows, usage_line
+
+    rows = [{"persona_id": "p1", "exemplar_id": "e1", "text": "one two three"},
+            {"persona_id": "p1", "exemplar_id": "e2", "text": "four"},
+            {"persona_id": "p2", "exemplar_id": "e1", "text": ""},
+            {"persona_id": "p2", "exemplar_id": "e2", "text": "five six"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"persona_id": "p9", "te')  # a torn line
+    usage = population_usage(read_rows(path))
+    assert usage == {"rows": 4, "personas_used": 2, "exemplars_used": 2, "effective_personas": 2.0,
+                     "effective_exemplars": 2.0, "empty": 1, "mean_words": 1.5}
+    assert usage_line(usage) == ("4 row(s), 2 personas used (2.0 effective), 2 exemplars used "
+                                 "(2.0 effective), 1.5 words on average")
+    # one persona drawn 3 times in 4: 1.75 effective; no exemplars (persona-only): no exemplar part
+    skew = population_usage([{"persona_id": "a", "text": "x"}] * 3 + [{"persona_id": "b", "text": "y"}])
+    assert skew["effective_personas"] == 1.75 and skew["exemplars_used"] == 0
+    assert "exemplars" not in usage_line(skew)
+

@@ -116,6 +116,11 @@ def test_two_ranks_write_the_rows_of_one_process(world, tmp_path):
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()  # in plan order
     assert not (tmp_path / "two.jsonl.parts").exists()
     assert log.count("wrote 24 row(s)") == 1  # rank 0 reports for every rank
+    # and what the whole population drew, from the merged file
+    from mop.outputs import population_usage, usage_line
+
+    usage = population_usage(json.loads(line) for line in two.values())
+    assert usage["rows"] == 24 and log.count("the population: " + usage_line(usage) + "\n") == 1
 
 
 def _children(pid: int) -> list[int]:
