@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import local_lm, model_slug  # noqa: E402
+from common import local_lm, markdown_table, model_slug  # noqa: E402
 
 from mop.generate import GATED, METHODS  # noqa: E402
 from mop.outputs import population_usage  # noqa: E402
@@ -496,41 +496,69 @@ def _rate(value, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+COLUMNS = ("method", "FID ↓ [95% CI]", "FID∞ ↓", "MAUVE ↑ [95% CI]", "KL-cos ↓ [95% CI]", "F1 ↑ [95% CI]",
+           "personas / exemplars used (effective)", "exemplar label match", "Vendi", "words",
+           "prompt echo / persona start / exemplar copy", "tau", "gen s")
+
+
+def set_label(row: dict) -> str:
+    """A generated set's name in the tables: the method's label, with its gate temperature and top-p where
+    they are not 1."""
+    label = LABELS.get(split_run(row["name"])[1], split_run(row["name"])[1])
+    if row.get("gate_temperature", 1.0) != 1.0:
+        label += f", gate T {row['gate_temperature']:g}"
+    if row.get("top_p", 1.0) != 1.0:
+        label += f", top-p {row['top_p']:g}"
+    return label
+
+
+def set_cells(row: dict, timings: dict) -> dict[str, str]:
+    """One generated set's cells, by column (``COLUMNS``, plus ``n``); the documents' tables pick theirs
+    (benchmarks/tables.py)."""
+    eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
+    return {"method": set_label(row), "n": str(row["n"]), "FID ↓ [95% CI]": _ci(row, "fid", 4),
+            "FID∞ ↓": _rate(row.get("fid_inf"), 4), "MAUVE ↑ [95% CI]": _ci(row, "mauve", 3),
+            "KL-cos ↓ [95% CI]": _ci(row, "kl_cosine", 4), "F1 ↑ [95% CI]": _ci(row, "f1", 3),
+            "personas / exemplars used (effective)":
+                f"{row['personas_used']} ({eff_p if eff_p is not None else '–'}) / "
+                f"{row['exemplars_used']} ({eff_e if eff_e is not None else '–'})",
+            "exemplar label match": _rate(row.get("exemplar_label_match"), 3),
+            "Vendi": f"{row['diversity']['vendi']:.1f}", "words": str(row["mean_words"]),
+            "prompt echo / persona start / exemplar copy":
+                f"{_rate(row.get('prompt_echo'))} / {_rate(row.get('persona_start'))} / "
+                f"{_rate(row.get('exemplar_copy'))}",
+            "tau": str(row.get("temperature", "–")),
+            "gen s": _rate(timings.get("generate " + row["name"]), 0)}
+
+
+def reference_cells(ref: dict) -> dict[str, str]:
+    """The real training texts (the reference row) through the same columns."""
+    return {**dict.fromkeys(COLUMNS, "–"), "method": "real training texts (reference)", "n": str(ref["n"]),
+            "FID ↓ [95% CI]": _ci(ref, "fid", 4), "FID∞ ↓": _rate(ref.get("fid_inf"), 4),
+            "MAUVE ↑ [95% CI]": _ci(ref, "mauve", 3), "KL-cos ↓ [95% CI]": _ci(ref, "kl_cosine", 4),
+            "F1 ↑ [95% CI]": _ci(ref, "f1", 3), "Vendi": f"{ref['diversity']['vendi']:.1f}"}
+
+
+def target_cells(group: dict) -> dict[str, str]:
+    """The real test texts (the target) themselves."""
+    return {**dict.fromkeys(COLUMNS, "–"), "method": "real test texts (the target)", "n": str(group["n"]),
+            "FID ↓ [95% CI]": "0", "FID∞ ↓": "0", "MAUVE ↑ [95% CI]": "1", "KL-cos ↓ [95% CI]": "0",
+            "Vendi": f"{group['real']['diversity']['vendi']:.1f}", "words": str(group["real_words"])}
+
+
+def group_rows(group: dict, timings: dict) -> list[dict[str, str]]:
+    """Every row of a group's table: its sets, the reference (when there is one) and the target."""
+    ref = group.get("reference")
+    return ([set_cells(row, timings) for row in group["rows"]] + ([reference_cells(ref)] if ref else [])
+            + [target_cells(group)])
+
+
 def table(result: dict, timings: dict) -> str:
     out = []
     for group in result["groups"]:
         out += [f"### {group['model']}, n = {group['n']}, embedder {group['embedder']}", "",
-                "| method | FID ↓ [95% CI] | FID∞ ↓ | MAUVE ↑ [95% CI] | KL-cos ↓ [95% CI] | F1 ↑ [95% CI] | "
-                "personas / exemplars used (effective) | exemplar label match | Vendi | words | "
-                "prompt echo / persona start / exemplar copy | tau | gen s |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for row in group["rows"]:
-            method = split_run(row["name"])[1]
-            eff_p, eff_e = row.get("effective_personas"), row.get("effective_exemplars")
-            used = (f"{row['personas_used']} ({eff_p if eff_p is not None else '–'}) / "
-                    f"{row['exemplars_used']} ({eff_e if eff_e is not None else '–'})")
-            label = LABELS.get(method, method)
-            if row.get("gate_temperature", 1.0) != 1.0:
-                label += f", gate T {row['gate_temperature']:g}"
-            if row.get("top_p", 1.0) != 1.0:
-                label += f", top-p {row['top_p']:g}"
-            out.append(f"| {label} | {_ci(row, 'fid', 4)} | {_rate(row.get('fid_inf'), 4)} | "
-                       f"{_ci(row, 'mauve', 3)} | "
-                       f"{_ci(row, 'kl_cosine', 4)} | {_ci(row, 'f1', 3)} | {used} | "
-                       f"{_rate(row.get('exemplar_label_match'), 3)} | "
-                       f"{row['diversity']['vendi']:.1f} | {row['mean_words']} | "
-                       f"{_rate(row.get('prompt_echo'))} / {_rate(row.get('persona_start'))} / "
-                       f"{_rate(row.get('exemplar_copy'))} | {row.get('temperature', '–')} | "
-                       f"{_rate(timings.get('generate ' + row['name']), 0)} |")
-        ref = group.get("reference")
-        if ref:
-            out.append(f"| real training texts (reference) | {_ci(ref, 'fid', 4)} | "
-                       f"{_rate(ref.get('fid_inf'), 4)} | "
-                       f"{_ci(ref, 'mauve', 3)} | "
-                       f"{_ci(ref, 'kl_cosine', 4)} | {_ci(ref, 'f1', 3)} | – | – | "
-                       f"{ref['diversity']['vendi']:.1f} | – | – | – | – |")
-        out.append(f"| real test texts (the target) | 0 | 0 | 1 | 0 | – | – | – | "
-                   f"{group['real']['diversity']['vendi']:.1f} | {group['real_words']} | – | – | – |")
+                markdown_table(list(COLUMNS), [[cells[c] for c in COLUMNS]
+                                               for cells in group_rows(group, timings)])]
         method = (group.get("bootstrap") or {}).get("method")
         out += ["", method or "", ""]
     if result.get("temperatures"):
