@@ -76,13 +76,20 @@ def read_contexts(path: str | Path, config: dict[str, Any]) -> list:
 
     An ``id`` column (unique) names the records; otherwise they are ``c<row>``.
     """
-    from mop.data import Record, read_table
+    from mop.data import read_table
 
-    df = read_table(path)
+    return frame_contexts(read_table(path), config, f"contexts file '{path}'")
+
+
+def frame_contexts(df, config: dict[str, Any], where: str = "contexts") -> list:
+    """:func:`read_contexts` of a table already in memory (a pandas DataFrame; ``where`` names it in
+    errors): the records ``mop generate --contexts`` makes of the same rows."""
+    from mop.data import Record
+
     need = needed_fields(config)
     missing = [f for f in need if f not in df.columns]
     if missing:
-        raise MopError(f"contexts file '{path}' lacks field(s) {', '.join(repr(m) for m in missing)} used "
+        raise MopError(f"{where} lacks field(s) {', '.join(repr(m) for m in missing)} used "
                        f"by the export's templates (found columns: {', '.join(map(str, df.columns))})")
     columns = [c for c in dict.fromkeys([*(config.get("context_columns") or []), *need])
                if c != "label" and c in df.columns]
@@ -90,8 +97,7 @@ def read_contexts(path: str | Path, config: dict[str, Any]) -> list:
     for n, row in enumerate(df.to_dict("records")):
         rid = str(row["id"]).strip() if "id" in df.columns else f"c{n:06d}"
         if not rid or rid in seen:
-            raise MopError(f"contexts file '{path}': {'empty' if not rid else 'duplicate'} id {rid!r} "
-                           f"at row {n + 1}")
+            raise MopError(f"{where}: {'empty' if not rid else 'duplicate'} id {rid!r} at row {n + 1}")
         seen.add(rid)
         label = str(row["label"]) if "label" in df.columns else None
         records.append(Record(id=rid, response="", context={c: str(row[c]) for c in columns}, label=label))

@@ -31,6 +31,22 @@ IDENTITY_DEFAULTS = {"gate_temperature": 1.0, "exemplar_label": "any", "top_p": 
 # keys that rows written before they existed did not record (their value then is unknown, and not compared)
 UNRECORDED = ("gate_sha", "prompt_sha", "sampling_temperature", "max_new_tokens", "stop")
 
+# ------------------------------------------------------------------------------------ the population schema
+# The fields of a generated row, in the order ``mop generate`` writes them, and their Arrow types: one schema
+# for the rows of every method (a baseline's persona is a null string, not a column of another type).
+# ``context`` and ``attributes`` are structs of strings: the fields of the contexts the rows were generated
+# for (e.g. movie) and the attrprompt baseline's attribute names (null in the other methods' rows). Rows
+# written before a field of IDENTITY existed read it as null (or as its IDENTITY_DEFAULTS value).
+ROW_FIELDS = ("id", "record_id", "context", "label", "persona_id", "persona", "exemplar_id", "attributes",
+              "temperature", *IDENTITY, "text")
+FIELD_TYPES = {"id": "string", "record_id": "string", "context": "struct<string>", "label": "string",
+               "persona_id": "string", "persona": "string", "exemplar_id": "string",
+               "attributes": "struct<string>", "temperature": "float64", "model": "string",
+               "adapter": "string", "method": "string", "seed": "int64", "gate_temperature": "float64",
+               "exemplar_label": "string", "top_p": "float64", "gate_sha": "string", "prompt_sha": "string",
+               "sampling_temperature": "float64", "max_new_tokens": "int64", "stop": "list<string>",
+               "text": "string"}
+
 
 def read_lines(path: Path) -> tuple[list[bytes], int, int]:
     """The complete lines of a JSONL file (without their newlines), the byte offset after the last one and the
@@ -102,11 +118,142 @@ def population_usage(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The rows of a generated-population file, one at a time (a torn last line is skipped)."""
-    with open(path, "rb") as fh:
+    """The rows of a generated-population file (``.jsonl``, or ``.jsonl.gz``), one at a time (a torn last
+    line is skipped)."""
+    import gzip
+
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as fh:
         for line in fh:
             if line.endswith(b"\n") and line.strip():
                 yield json.loads(line)
+
+
+def population_files(paths) -> list[Path]:
+    """The files of ``paths``: a file, a folder (its ``*.jsonl`` and ``*.jsonl.gz``), a glob pattern, or a
+    list of these."""
+    import glob
+
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted([*p.glob("*.jsonl"), *p.glob("*.jsonl.gz")])
+        elif any(c in str(item) for c in "*?["):
+            found = [Path(f) for f in sorted(glob.glob(str(p)))]
+        else:
+            found = [p]
+        if not found:
+            raise MopError(f"population '{item}': no .jsonl or .jsonl.gz file there")
+        missing = [f for f in found if not f.is_file()]
+        if missing:
+            raise MopError(f"population file '{missing[0]}' does not exist")
+        files += found
+    if not files:
+        raise MopError("no population file given")
+    return files
+
+
+def population_fields(rows: Iterable[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(context fields, attribute names) of generated rows, in the order first seen; the attribute names
+    default to the attrprompt baseline's built-in ones when no row has attributes."""
+    from mop.generate import DEFAULT_ATTRIBUTES
+
+    context: dict[str, None] = {}
+    attributes: dict[str, None] = {}
+    for r in rows:
+        context.update(dict.fromkeys(r.get("context") or {}))
+        attributes.update(dict.fromkeys(r.get("attributes") or {}))
+    return list(context), list(attributes) or list(DEFAULT_ATTRIBUTES)
+
+
+def population_schema(context: Sequence[str] = ("movie",), attributes: Sequence[str] | None = None):
+    """The pyarrow schema of generated rows (:data:`ROW_FIELDS`), whatever the method: ``context`` the
+    contexts' fields (a struct of strings), ``attributes`` the attrprompt attribute names (default: the
+    built-in style / length / aspect)."""
+    import pyarrow as pa
+
+    from mop.generate import DEFAULT_ATTRIBUTES
+
+    if attributes is None:
+        attributes = list(DEFAULT_ATTRIBUTES)
+    scalar = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(),
+              "list<string>": pa.list_(pa.string())}
+    structs = {"context": list(context), "attributes": list(attributes)}
+    fields = []
+    for name in ROW_FIELDS:
+        kind = FIELD_TYPES[name]
+        if kind == "struct<string>":
+            fields.append(pa.field(name, pa.struct([pa.field(str(f), pa.string()) for f in structs[name]])))
+        else:
+            fields.append(pa.field(name, scalar[kind]))
+    return pa.schema(fields)
+
+
+def population_features(context: Sequence[str] = ("movie",), attributes: Sequence[str] | None = None):
+    """:func:`population_schema` as ``datasets.Features``, for
+    ``datasets.load_dataset("json", data_files=..., features=population_features(...))`` (needs the
+    ``datasets`` package)."""
+    try:
+        from datasets import Features
+    except ImportError as err:
+        raise MopError("population_features needs the datasets package: pip install datasets") from err
+    return Features.from_arrow_schema(population_schema(context, attributes))
+
+
+def population_table(rows: Sequence[dict[str, Any]], context: Sequence[str] | None = None,
+                     attributes: Sequence[str] | None = None, where: str = "rows"):
+    """Generated rows as one pyarrow Table of :func:`population_schema`: fields a row lacks are null (but
+    gate_temperature, exemplar_label and top_p, which rows written before they were recorded lack, take the
+    value those rows were sampled with: IDENTITY_DEFAULTS), fields outside the schema are left out;
+    ``context`` / ``attributes``: inferred from the rows when None."""
+    import pyarrow as pa
+
+    # rows written before gate_temperature, exemplar_label and top_p were recorded had their defaults
+    rows = [r if all(k in r for k in IDENTITY_DEFAULTS) else {**IDENTITY_DEFAULTS, **r} for r in rows]
+    if context is None or attributes is None:
+        seen_context, seen_attributes = population_fields(rows)
+        context = seen_context if context is None else context
+        attributes = seen_attributes if attributes is None else attributes
+    schema = population_schema(context, attributes)
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise MopError(f"{where} do not fit the population schema: {err}") from err
+
+
+def population_frame(table):
+    """A population Table as a pandas DataFrame: strings, floats (NaN for null), nullable Int64 integers,
+    ``context`` / ``attributes`` as dicts (None where null) and ``stop`` as lists."""
+    import pandas as pd
+    import pyarrow as pa
+
+    df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    df["stop"] = [None if v is None else list(v) for v in table.column("stop").to_pylist()]
+    return df
+
+
+def load_population(paths, *, context: Sequence[str] | None = None, attributes: Sequence[str] | None = None,
+                    as_arrow: bool = False):
+    """Generated-population files (any method, any mix) as one table of :func:`population_schema`.
+
+    ``paths``: a file (``.jsonl`` or ``.jsonl.gz``), a folder, a glob pattern or a list of these. A pandas
+    DataFrame (``as_arrow=True``: a pyarrow Table), its rows in file order; ``context`` / ``attributes``:
+    the struct fields (default: every one the rows hold).
+    """
+    import pyarrow as pa
+
+    files = population_files(paths)
+    per_file = [list(read_rows(f)) for f in files]
+    if not any(per_file):
+        raise MopError(f"no rows in {', '.join(map(str, files))}")
+    if context is None or attributes is None:
+        seen_context, seen_attributes = population_fields(r for rows in per_file for r in rows)
+        context = seen_context if context is None else context
+        attributes = seen_attributes if attributes is None else attributes
+    table = pa.concat_tables([population_table(rows, context, attributes, where=f"rows of '{f}'")
+                              for f, rows in zip(files, per_file)])
+    return table if as_arrow else population_frame(table)
 
 
 def usage_line(usage: dict[str, Any]) -> str:
