@@ -256,6 +256,132 @@ def paired(*loaded: dict) -> str:
                            "KL-cos difference [95% paired CI]"], rows)
 
 
+# ------------------------------------------------------------------------------------- docs/fidelity.md
+BEST = {"FID ↓ [95% CI]": min, "MAUVE ↑ [95% CI]": max, "KL-cos ↓ [95% CI]": min, "F1 ↑ [95% CI]": max,
+        "FID ↓ mpnet [95% CI]": min}
+_RAW = {"FID ↓ [95% CI]": "fid", "MAUVE ↑ [95% CI]": "mauve", "KL-cos ↓ [95% CI]": "kl_cosine",
+        "F1 ↑ [95% CI]": "f1", "FID ↓ mpnet [95% CI]": "fid_mpnet"}
+
+
+def bold_best(columns: list[str], rows: list[dict], raws: list[dict | None]) -> None:
+    """Bold, in each metric column, the best generated set's cell (the reference rows, raw None, excluded)."""
+    for col in columns:
+        if col not in BEST:
+            continue
+        have = [(raw[_RAW[col]], i) for i, raw in enumerate(raws) if raw and raw.get(_RAW[col]) is not None]
+        if have:
+            i = BEST[col](have)[1]
+            rows[i] = {**rows[i], col: f"**{rows[i][col]}**"}
+
+
+def _exemplars(r: dict) -> str:
+    eff = r.get("effective_exemplars")
+    return f"{r['exemplars_used']} ({eff})" if r.get("exemplars_used") else "–"
+
+
+@table("guardian_tau", "fidelity_guardian_tau.json")
+def guardian_tau(result: dict) -> str:
+    """Guardian, SmolLM2: each method's temperature chosen on val (val FIDs), its test figures."""
+    g, sweep = group(result, "smollm2-135m", 408), result["temperatures"]
+    cols = ["method", "val", "chosen", "FID ↓ [95% CI]", "MAUVE ↑ [95% CI]", "KL-cos ↓ [95% CI]", "copy"]
+    rows, raws = [], []
+    for m in RUNS:
+        run = f"smollm2-135m:{m}"
+        val = {float(t): v for t, v in sweep["val_fid"][run].items()}
+        low = min(val, key=val.get)
+        r = row(g, run)
+        rows.append({**cells(g, run, label=_short(m)), "chosen": f"{sweep['chosen'][run]:.1f}",
+                     "val": " / ".join(f"**{val[t]:.4f}**" if t == low else f"{val[t]:.4f}"
+                                       for t in sweep["grid"]),
+                     "copy": _num(r.get("exemplar_copy"), 2)})
+        raws.append(r)
+    bold_best(cols, rows, raws)
+    rows.append({**reference(g, "real training texts"), "val": "", "chosen": "", "copy": "–"})
+    grid = " / ".join(f"{t:.1f}" for t in sweep["grid"])
+    return render_rows(cols, rows, ["method", f"val FID at {grid}", "chosen", "test FID ↓ [95% CI]",
+                                    "test MAUVE ↑ [95% CI]", "test KL-cos ↓ [95% CI]", "exemplar copy"])
+
+
+@table("guardian_gt", "fidelity_guardian_gt.json", "fidelity_guardian.json")
+def guardian_gt(gt: dict, committed: dict) -> str:
+    """Guardian, SmolLM2: MoP at the gate temperature chosen on val, against the sets at their chosen tau."""
+    cols = ["method", "FID ↓ [95% CI]", "MAUVE ↑ [95% CI]", "KL-cos ↓ [95% CI]", "FID ↓ mpnet [95% CI]",
+            "personas / exemplars used (effective)", "Vendi"]
+    rows, raws = [], []
+    for result, m, label in ((gt, "mop", "MoP, gate T 2, tau 0.6"),
+                             (committed, "mop", "MoP, trained gate (T 1), tau 1.0 (committed)"),
+                             (gt, "fewshot", "few-shot, tau 0.6"), (gt, "uniform", "uniform gate, tau 0.6"),
+                             (gt, "persona", "persona only, tau 1.0")):
+        run = f"smollm2-135m:{m}"
+        mini, mp = row(group(result, "smollm2-135m", 408), run), row(group(result, "smollm2-135m", 408,
+                                                                           "mpnet-base-v2"), run)
+        rows.append({**cells(group(result, "smollm2-135m", 408), run, label=label),
+                     "FID ↓ mpnet [95% CI]": interval(mp["fid"], mp["ci95"]["fid"])})
+        raws.append({**mini, "fid_mpnet": mp["fid"]})
+    bold_best(cols, rows, raws)
+    ref = group(gt, "smollm2-135m", 408, "mpnet-base-v2")["reference"]
+    rows.append({**reference(group(gt, "smollm2-135m", 408)),
+                 "FID ↓ mpnet [95% CI]": interval(ref["fid"], ref["ci95"]["fid"])})
+    return render_rows(cols, rows, ["set", "FID ↓ MiniLM [95% CI]", "MAUVE ↑ MiniLM [95% CI]",
+                                    "KL-cos ↓ MiniLM [95% CI]", *cols[4:]])
+
+
+@table("rt_gt", "fidelity_scale_gt.json", "fidelity_scale.json")
+def rt_gt(gt: dict, committed: dict) -> str:
+    """Rotten Tomatoes, SmolLM2: every method at its val-chosen temperature; the uniform gate also at 1.0."""
+    cols = ["method", "FID ↓ [95% CI]", "MAUVE ↑ [95% CI]", "KL-cos ↓ [95% CI]", "F1 ↑ [95% CI]",
+            "exemplars", "exemplar label match", "Vendi", "words"]
+    rows, raws = [], []
+    for result, m, label in ((gt, "mop", "MoP, trained gate (T 1), tau 1.0"),
+                             (gt, "fewshot", "few-shot, tau 1.0"), (gt, "persona", "persona only, tau 1.0"),
+                             (gt, "attrprompt", "AttrPrompt, tau 1.0"),
+                             (gt, "zerogen", "ZeroGen, tau 1.0"),
+                             (gt, "uniform", "uniform gate, tau 0.6 (its val choice, new)"),
+                             (committed, "uniform", "uniform gate, tau 1.0 (committed, not its val choice)")):
+        g = group(result, "smollm2-135m", 1000)
+        r = row(g, f"smollm2-135m:{m}")
+        rows.append({**cells(g, r["name"], label=label), "exemplars": _exemplars(r)})
+        raws.append(r)
+    bold_best(cols, rows, raws)
+    rows.append({**reference(group(gt, "smollm2-135m", 1000)), "exemplars": "–"})
+    return render_rows(cols, rows, ["set", *cols[1:5], "exemplars used (effective)", *cols[6:]])
+
+
+@table("k100", "fidelity_k100.json", "fidelity_scale.json")
+def k100(result: dict, k20: dict) -> str:
+    """Rotten Tomatoes, SmolLM2, K = 100 personas: the K = 100 sets beside K = 20's FID."""
+    g, g20 = group(result, "smollm2-135m", 1000), group(k20, "smollm2-135m", 1000)
+    rows = []
+    for m, label in (("mop", "MoP"), ("uniform", "the uniform gate"), ("persona", "persona only")):
+        r = row(g, f"smollm2-135m:{m}")
+        rows.append([label, interval(r["fid"], r["ci95"]["fid"]), _num(r.get("fid_inf"), 4),
+                     interval(r["mauve"], r["ci95"]["mauve"], 3), _num(r["kl_cosine"], 4),
+                     _num(r.get("effective_personas"), 1), _num(row(g20, f"smollm2-135m:{m}")["fid"], 4)])
+    rest = [row(g, f"smollm2-135m:{m}") for m in ("fewshot", "attrprompt", "zerogen")]
+    rows.append(["few-shot / AttrPrompt / ZeroGen (no personas)",
+                 *(" / ".join(_num(r.get(k), d) for r in rest)
+                   for k, d in (("fid", 4), ("fid_inf", 4), ("mauve", 3), ("kl_cosine", 4))),
+                 "–", "the same sets"])
+    return markdown_table(["RT, n = 1,000 (MiniLM)", "K = 100: FID ↓ [95% CI]", "FID∞", "MAUVE ↑ [95% CI]",
+                           "KL-cos ↓", "effective personas", "K = 20: FID"], rows)
+
+
+@table("k100_paired", "fidelity_gap_paired_k100.json")
+def k100_paired(result: dict) -> str:
+    """Rotten Tomatoes, K = 100: its MoP against the K = 100 baselines and the K = 20 MoP, paired."""
+    by_set = {r["set"]: r for r in result["rows"]}
+    rows = []
+    for name, label in (("samples/smollm2-135m__uniform", "the uniform gate, K = 100"),
+                        ("samples/smollm2-135m__fewshot", "few-shot"),
+                        ("samples/smollm2-135m__persona", "persona only, K = 100"),
+                        ("k20_sets/smollm2-135m__mop", "MoP with K = 20")):
+        r = by_set[name]
+        rows.append([label, interval(r["fid"]["diff"], r["fid"]["ci95"], sign=True),
+                     interval(r["kl_cosine"]["diff"], r["kl_cosine"]["ci95"], sign=True)])
+    return markdown_table(["set", "FID difference [95% paired CI]", "KL-cos difference [95% paired CI]"],
+                          rows)
+
+
 # ---------------------------------------------------------------------------------------------- the blocks
 def documents(root: Path = ROOT) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
