@@ -2,7 +2,8 @@
 sense.
 
 (The real numbers come from running the scripts; see benchmarks/results/.) The scripts import ``common`` from
-their own folder, so that folder goes first on sys.path here, as when they run as ``python benchmarks/x.py``.
+benchmarks/ (those in benchmarks/investigations/ put it on sys.path themselves), so both folders go first on
+sys.path here, as when they run as ``python benchmarks/x.py`` or ``python benchmarks/investigations/x.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from helpers import REPO, make_tiny_lm
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(1, str(REPO / "benchmarks" / "investigations"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """The gate's training dynamics on the real quickstart data with a stand-in LM of known preferences
 (seconds, no LM).
 
-    python benchmarks/gate_sim.py --out benchmarks/results/gate_sim
+    python benchmarks/investigations/gate_sim.py --out benchmarks/results/gate_sim
 
 Same artifacts (MiniLM embeddings of the 160 training / 24 val / test contexts, the 20 synthesised personas,
 the 160-exemplar pool), same module, trainer, batch size, M, seed and step seeding as ``mop train -c
@@ -18,8 +18,8 @@ whose optimum is known:
                   persona interactions with the sizes the LM grid measured on SmolLM2 (REAL_LIKE); with
                   --exact, the exact full-mixture val NLL per token of each trained gate (all K x N pairs)
 
-Each variant is diagnosed with benchmarks/gate_diagnosis.py's figures (exact, whole pool); ``label-match``
-is the figure that should rise under ``label``.
+Each variant is diagnosed with benchmarks/investigations/gate_diagnosis.py's figures (exact, whole pool);
+``label-match`` is the figure that should rise under ``label``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from pathlib import Path
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other investigations
 
-from benchmarks.gate_diagnosis import diagnose_gate, load_datamodule  # noqa: E402
+from gate_diagnosis import diagnose_gate, load_datamodule  # noqa: E402
 
 EX_LABEL = re.compile(r"you wrote this (\w+) review")
 TG_LABEL = re.compile(r"Now write a (\w+) review")

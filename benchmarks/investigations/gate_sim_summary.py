@@ -4,7 +4,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 rows = []
 for f in sorted((ROOT / "benchmarks/results").glob("gate_sim*.json")):
     if f.name == "gate_sim_reference.json":

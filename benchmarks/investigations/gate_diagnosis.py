@@ -1,6 +1,6 @@
 """Gate-collapse diagnosis: how concentrated and how context-dependent are pi(x) and Omega(x)?  (no LM needed)
 
-    python benchmarks/gate_diagnosis.py -c configs/quickstart.yaml \
+    python benchmarks/investigations/gate_diagnosis.py -c configs/quickstart.yaml \
         --gate baseline=runs/diag/baseline/gate --gate lr3e-3=runs/diag/lr3e-3/gate \
         --out benchmarks/results/gate_diagnosis
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from mop.datamodule import PopulationDataModule, exclusions  # noqa: E402

@@ -2,7 +2,7 @@
 # Gemma-3-270M with the SmolLM2-trained gate (runs/fidelity/gate): echo rates under the training template and a
 # base-LM template (64 test contexts per set; results in benchmarks/results/gemma_echo/). Run from the repo root.
 set -e
-cd "$(dirname "$0")/.."; source .venv/bin/activate; export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2
+cd "$(dirname "$0")/../.."; source .venv/bin/activate; export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2
 mkdir -p runs/echo
 T='{persona}
 Here is a {exemplar[label]} review you wrote of the movie {exemplar[movie]}: "{exemplar_response}"

@@ -1,7 +1,7 @@
 """Score cache: hit rate and epoch time over 3 epochs of a small real run with frozen temperatures.
 
-    python benchmarks/score_cache.py                 # quickstart, 24 training records, K = 8 keyword personas
-    python benchmarks/score_cache.py --records 160 --epochs 5
+    python benchmarks/investigations/score_cache.py  # quickstart, 24 training records, K = 8 keyword personas
+    python benchmarks/investigations/score_cache.py --records 160 --epochs 5
 
 configs/quickstart.yaml (SmolLM2, batch 8, M = 4 + one exploration pair) with ``--model.learn_tau false`` (so
 ``score_cache`` takes effect), ``--records`` training records per split and keyword personas (no persona LLM,
@@ -14,11 +14,15 @@ benchmarks/results/score_cache.json.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
-from common import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+
+from common import (  # noqa: E402
     RESULTS,
     SHARED_NOTE,
     datamodule_from_config,

@@ -1,8 +1,8 @@
 """What does the frozen LM itself reward?  A small (record x exemplar) and (record x persona) grid of
 log p_LM(y | prompt), to tell a collapse the objective asks for from one the optimiser makes up.
 
-    python benchmarks/gate_lm_grid.py -c configs/quickstart.yaml --gate runs/diag/baseline/gate \
-        --records 12 --exemplars 40 --out benchmarks/results/gate_lm_grid
+    python benchmarks/investigations/gate_lm_grid.py -c configs/quickstart.yaml \
+        --gate runs/diag/baseline/gate --records 12 --exemplars 40 --out benchmarks/results/gate_lm_grid
 
 Grid A: n val records x E exemplars (a seeded random subset of the pool plus the trained gate's top 2),
 persona fixed to the gate's top persona, tau = 1.  Grid B: n records x all K personas, exemplar fixed to the
@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other investigations
 
-from benchmarks.gate_diagnosis import load_datamodule  # noqa: E402
+from gate_diagnosis import load_datamodule  # noqa: E402
+
 from mop.prompts import render_prompt  # noqa: E402
 
 

@@ -1,19 +1,20 @@
-"""Reference values of the exact val NLL/token under the real-like stand-in (benchmarks/gate_sim.py): the
-uniform gate, the best single pair, the best persona with uniform exemplars, and the best context-free
-mixture over all K x N pairs fitted by EM on the val records themselves (an optimistic bound for a gate
-that ignores x)."""
+"""Reference values of the exact val NLL/token under the real-like stand-in
+(benchmarks/investigations/gate_sim.py): the uniform gate, the best single pair, the best persona with uniform
+exemplars, and the best context-free mixture over all K x N pairs fitted by EM on the val records themselves
+(an optimistic bound for a gate that ignores x)."""
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other investigations
 import yaml  # noqa: E402
+from gate_diagnosis import load_datamodule  # noqa: E402
+from gate_sim import StandInScorer  # noqa: E402
 
-from benchmarks.gate_diagnosis import load_datamodule  # noqa: E402
-from benchmarks.gate_sim import StandInScorer  # noqa: E402
 from mop.prompts import render_prompt  # noqa: E402
 
 cfg = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Gate-collapse variants, one quickstart training run each (same seed, same data), run one after another.
-#   bash benchmarks/gate_diagnosis_runs.sh NAME [NAME...]   (names below); logs: runs/diag/logs/NAME.log
+#   bash benchmarks/investigations/gate_diagnosis_runs.sh NAME [NAME...]   (names below); logs: runs/diag/logs/NAME.log
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 WANDB_MODE=offline
-PY=/work/main/.venv/bin/python
+PY=${PY:-.venv/bin/python}  # this checkout's venv (set PY for another)
 declare -A ARGS=(
   [baseline]=""
   [notau]="--model.learn_tau false"

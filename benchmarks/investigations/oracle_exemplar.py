@@ -7,7 +7,7 @@ real response -- an exemplar no gate can know, since it reads the answer -- and 
 prompt, the seeds, the same shuffled test contexts as ``benchmarks/fidelity.py``. If even these texts stay
 far from the population, the gap is the LM's writing, not the gate's choice:
 
-    python benchmarks/oracle_exemplar.py --config configs/fidelity.yaml \\
+    python benchmarks/investigations/oracle_exemplar.py --config configs/fidelity.yaml \\
         --gate benchmarks/results/fidelity_scale_gate --num-samples 1000 --workdir runs/rt_oracle
     python benchmarks/fidelity_gap.py decompose --config configs/fidelity.yaml \\
         --gate benchmarks/results/fidelity_scale_gate --samples runs/rt_oracle/samples --num-samples 1000
@@ -25,8 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common.py
 
 from common import lm_file_name  # noqa: E402
 

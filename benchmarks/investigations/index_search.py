@@ -1,6 +1,6 @@
 """Exemplar index: exact flat vs IVF search latency, IVF recall@k and build time at several pool sizes.
 
-    python benchmarks/index_search.py --sizes 100000 1000000 --queries 256 --k 10
+    python benchmarks/investigations/index_search.py --sizes 100000 1000000 --queries 256 --k 10
 
 Pools are random normalised float32 vectors of two kinds: "lowrank" (intrinsic dimension 16 plus noise, so
 that neighbourhoods exist as in sentence embeddings) and "isotropic" (no structure: the worst case for any IVF
@@ -27,7 +27,7 @@ import numpy as np
 
 from mop.index import ExemplarIndex, faiss_has_gpu
 
-RESULTS = Path(__file__).resolve().parent / "results" / "index_search.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "index_search.json"
 RANK, NOISE = 16, 0.5  # "lowrank" pools: z @ basis + noise, z ~ N(0, I_16)
 
 

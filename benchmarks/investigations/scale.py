@@ -1,14 +1,15 @@
 """Gate + retrieval cost per training batch with a large exemplar pool (IVF index, top-k normalised Omega).
 
-    python benchmarks/scale.py                                 # 1M x 384-d pool, K = 100, batch 8 and 64
-    python benchmarks/scale.py --pool 100000 --batch-sizes 8 --nlist 0  # nlist 0: the project's default nlist
+    python benchmarks/investigations/scale.py    # 1M x 384-d pool, K = 100, batch 8 and 64
+    python benchmarks/investigations/scale.py --pool 100000 --batch-sizes 8 --nlist 0  # 0: the default nlist
 
 Times mop.gating.select_candidates as training calls it (M = 4 pairs from the top-4 personas, one exploration
 pair, each record masked out of its own pool) with the pool above exact_omega_max_pool (20,000, or the pool
 size minus one for a smaller pool), so Omega is normalised over the omega_topk = 256 exemplars the IVF index
-retrieves per persona. The pool is random "lowrank" unit vectors as in benchmarks/index_search.py. The IVF
-index uses nlist 1024 / nprobe 128 by default (the same 12.5% of the pool scanned per query as the project's
-default nlist 4000 / nprobe 500, ~10x faster to build on a CPU). An optional row (``--exact-batch``) shows the
+retrieves per persona. The pool is random "lowrank" unit vectors as in
+benchmarks/investigations/index_search.py. The IVF index uses nlist 1024 / nprobe 128 by default (the same
+12.5% of the pool scanned per query as the project's default nlist 4000 / nprobe 500, ~10x faster to build on
+a CPU). An optional row (``--exact-batch``) shows the
 exact dense normalisation over the whole pool for contrast. Memory: the process's peak RSS, and the pool /
 index / per-batch temporary sizes. The LM, for comparison, reads B x (M + 1) prompts per step. Writes
 benchmarks/results/scale.json.
@@ -18,13 +19,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, SHARED_NOTE, hardware, hardware_line, markdown_table, peak_rss_mb, write_json
-from index_search import RANK, make_vectors
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+
+from common import (  # noqa: E402
+    RESULTS,
+    SHARED_NOTE,
+    hardware,
+    hardware_line,
+    markdown_table,
+    peak_rss_mb,
+    write_json,
+)
+from index_search import RANK, make_vectors  # noqa: E402
 
 
 def time_batches(fn, repeats: int, after_warm_up=None) -> tuple[float, float]:

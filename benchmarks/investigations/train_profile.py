@@ -1,7 +1,7 @@
 """Training-step profile: the share of a MixtureOfPersonas step spent in the frozen LM vs everything else.
 
-    python benchmarks/train_profile.py                # quickstart (SmolLM2, its artifacts), 3 steps, 1 thread
-    python benchmarks/train_profile.py --steps 10 --threads 2
+    python benchmarks/investigations/train_profile.py  # quickstart (SmolLM2 and its artifacts), 3 steps
+    python benchmarks/investigations/train_profile.py --steps 10 --threads 2
 
 Runs the real Lightning fit loop (configs/quickstart.yaml: batch 8, M = 4 + 1 exploration pair, learnable tau,
 so no score cache) for ``--steps`` steps and times its stages with wrappers around the functions the
@@ -14,12 +14,16 @@ The first step is a warm-up and is left out. Writes benchmarks/results/train_pro
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
+
+from common import (  # noqa: E402
     RESULTS,
     SHARED_NOTE,
     datamodule_from_config,
