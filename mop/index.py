@@ -50,8 +50,8 @@ def default_nprobe(nlist: int) -> int:
 
     On 100k random 384-d vectors of intrinsic dimension 16 (a stand-in for sentence embeddings: top-10 cosine
     about 0.8) this gives recall@10 of about 0.99 against exact search (tests/test_index.py,
-    benchmarks/index_search.py). Recall depends on the data: on isotropic random vectors, which have no
-    neighbourhood structure, recall@10 is roughly the fraction of lists probed whatever the index.
+    benchmarks/investigations/index_search.py). Recall depends on the data: on isotropic random vectors, which
+    have no neighbourhood structure, recall@10 is roughly the fraction of lists probed whatever the index.
     """
     return max(1, min(nlist, max(MIN_NPROBE, math.ceil(nlist / NPROBE_FRACTION))))
 
@@ -79,7 +79,7 @@ def _blas_for_batches() -> Iterator[None]:
 
     faiss >= 1.13 only switches to BLAS once n_queries * dim >= 128000 (334 queries at d=384); below that its
     one-query-at-a-time kernel was 2-3x slower than BLAS for batches of 32-256 queries on our CPU machines
-    (benchmarks/index_search.py). The global is restored on exit.
+    (benchmarks/investigations/index_search.py). The global is restored on exit.
     """
     old = faiss.cvar.distance_compute_blas_threshold
     faiss.cvar.distance_compute_blas_threshold = 20
