@@ -5,9 +5,13 @@
 Every command is declared once, as the signature of the function that runs it (see :data:`COMMANDS`):
 jsonargparse turns the parameters into options (types, ``Literal`` choices and the self-checking numbers of
 :mod:`mop.types` are validated while parsing) and the docstring's ``Args:`` into their help. ``mop train`` is
-LightningCLI (also jsonargparse) over the model and data classes. Options may be spelled with dashes or
-underscores (``--num-samples`` = ``--num_samples``); a boolean option takes ``--flag``, ``--no-flag`` or
-``--flag true|false``; ``-c/--config`` names a config file in every command.
+LightningCLI (also jsonargparse) over the model and data classes, and gets its argv unchanged. In every other
+command an option may be spelled with dashes or underscores (``--num-samples`` = ``--num_samples``), a boolean
+option takes ``--flag``, ``--no-flag`` or ``--flag true|false``, and ``-c`` (or the old name ``--data``) is
+``--config`` where the command takes a config. ``mop train`` takes what LightningCLI takes: keys with
+underscores and their section (``--model.num_candidates 8``), a boolean with its value (``--model.learn_tau
+false``), ``-c/--config`` (repeatable) and ``--print_config``; there ``--data`` is the data section.
+docs/cli.md documents every option of every command (tests/test_cli_docs.py checks it).
 
 Every user error (:class:`mop.errors.MopError`, or a bad argument) becomes one line on stderr and exit status
 2; set ``MOP_DEBUG=1`` to see the traceback instead.

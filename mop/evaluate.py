@@ -1161,10 +1161,10 @@ def evaluate_command(
         embedder: the sentence embedder for both sides (default: the config's data.embedder, else minilm-l6).
         sample_size: n texts per set (default: the smallest set's size); every set is subsampled to n, seeded.
         reference_split: with a config: the split of real texts for the reference row, n of them through
-            every metric (default: train; none: no reference row).
+            every metric: train (default), val or test (not the evaluated --split), or none: no reference row.
         reference: with --real: a CSV / JSONL of real training texts (labels optional: F1) for the reference
             row.
-        text_field: the text column of --real (default: text, else response).
+        text_field: the text column of --real and --reference (default: text, else response).
         seed: seed of the subsampling and the classifiers.
         mauve_seeds: the number of k-means seeds (0..N-1) MAUVE is averaged over.
         bootstrap: resamples of the texts for the 95% intervals of FID, KL-cos and F1 (0: none).

@@ -584,8 +584,9 @@ def sample_plan(records: Sequence, num_samples: int,
 
 @dataclass
 class Sampling:
-    """How a population is sampled: the options of ``mop generate`` and the settings of
-    :func:`generate_population`.
+    """How a population is sampled (the sampling options of ``mop generate``).
+
+    Also the settings of :func:`generate_population`.
 
     Args:
         num_samples: rows to generate; the contexts are cycled, sample ids are <record id>-<repeat>.
@@ -597,8 +598,8 @@ class Sampling:
             of all of them rather than the first ones).
         batch_size: prompts per LM batch (left-padded; rows that end leave the batch); default: 32 on a CPU,
             128 on a GPU.
-        max_new_tokens: tokens generated at most per sample; default: 1.25 x the longest training response
-            (an exemplar of the export) in the LM's tokens, at least 16.
+        max_new_tokens: tokens generated at most per sample; default: from the export's exemplars, 1.25 x the
+            longest exemplar response in the LM's tokens (+ 1), at least 16.
         top_p: nucleus sampling mass (1.0: off).
         temperature: one sampling temperature for every row (default: tau_k of the sampled persona for the
             gated methods, the mean tau of the export for the baselines).
@@ -609,8 +610,8 @@ class Sampling:
             those with the context's label, Omega renormalised over them), any (the whole pool) or auto (as
             the gate was trained: match for an export trained with data.mask_other_label).
         stop: stop strings: a sample ends where it first writes one, and the text is cut there (default: a
-            newline, unless a tenth or more of the training responses span several lines; ``--stop`` with no
-            value: none).
+            newline, unless a tenth or more of the export's exemplar responses span several lines; ``--stop``
+            with no value: none).
         chat_template: wrap prompts in the tokenizer's chat template (auto: as the export was trained).
     """
 
@@ -847,8 +848,8 @@ def generate_command(
     Args:
         gating: the gate export directory (written by mop train or mop export).
         model: the causal LM: a bundled name (smollm2-135m, gemma3-270m), a local folder or a hub id.
-        output: the JSONL output; its directory must exist; an existing file is resumed (same model, method,
-            seed).
+        output: the JSONL output; its directory must exist; an existing file is resumed when its rows were
+            made with the same settings (model, adapter, method, seed, export, prompt and sampling options).
         contexts: a CSV / JSONL / Parquet of contexts: every field the export's templates use (e.g. movie,
             label) and optionally a unique id column.
         config: a train config (its data.dataset section) or a dataset YAML, whose --split gives the contexts.
@@ -864,8 +865,8 @@ def generate_command(
         accelerator: the Lightning accelerator of the ranks (auto, cpu, gpu, cuda, mps).
         devices: processes per node, each with its own LM replica: a number, a list of device ids or
             "auto"; above 1 (or with --num-nodes) the run is sharded with Lightning Fabric, each rank
-            writing a disjoint share of the samples, merged into one --output at the end (README "Scale
-            out").
+            writing a disjoint share of the samples, merged into one --output at the end (docs/cli.md,
+            "Several devices and nodes").
         num_nodes: nodes of a multi-node run (e.g. under SLURM: srun starts the ranks).
         strategy: the Lightning strategy of a sharded run (auto: ddp; ddp_spawn also works).
         dtype: the LM dtype (default: the checkpoint's).

@@ -14,7 +14,7 @@ from mop.files import atomic_path
 
 class WandbCSVLogger(WandbLogger):
     """A WandbLogger that is offline unless asked (``offline: false`` or ``MOP_WANDB_ONLINE=1``) and that also
-    appends every metric row to ``<save_dir>/metrics.csv``, so a run is readable without wandb."""
+    appends every metric row to ``<save_dir>/metrics-<version>.csv``, so a run is readable without wandb."""
 
     def __init__(self, *args, offline: bool = True, save_dir: str = "runs", project: str = "mop", **kwargs):
         if os.environ.get("MOP_WANDB_ONLINE") == "1":

@@ -786,7 +786,8 @@ def personas_command(
         num_personas: K, the number of personas (-k).
         synthesizer: llm (a causal LM describes each cluster) or keywords (distinctive terms, no LLM).
         lm: the LLM of the llm synthesizer (bundled name, path or hub id).
-        embedder: the sentence embedder used for clustering.
+        embedder: the sentence embedder used for clustering (default: the config's data.embedder, else
+            minilm-l6).
         text_kind: what the responses are, in words (e.g. "movie reviews").
         role: who writes the responses, in words (e.g. "critic").
         seed: seed of k-means and of the sampled retries.
