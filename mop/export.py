@@ -565,7 +565,7 @@ def export_command(checkpoint: str, out_dir: str, artifacts: str | None = None, 
 
     Args:
         checkpoint: the .ckpt file (e.g. <run>/checkpoints/last.ckpt).
-        out_dir: the export directory to write (replaced only if it is an export itself).
+        out_dir: the export directory to write (replaced only if it is empty or an export itself).
         artifacts: the artifacts directory the gate was trained with (default: the one the checkpoint names).
         config: the training config (its data.dataset section re-loads the exemplar pool); needed when the
             checkpoint does not record its dataset.
