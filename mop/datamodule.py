@@ -94,7 +94,7 @@ class PopulationDataModule(pl.LightningDataModule):
             embedder: sentence embedder h (bundled name, path or hub id).
             num_exemplars: size of the exemplar pool, sampled from the training split (None: all of it).
             index_kind: FAISS index: ``flat`` (exact), ``ivf`` or ``auto`` (IVF for very large pools).
-            batch_size: records per training step (each scored with M prompts).
+            batch_size: records per training step (each scored with M prompts, plus the exploration pairs).
             num_workers: DataLoader workers (batches are only indices; 0 is right).
             artifacts_dir: where embeddings, personas and the index are cached, keyed by their inputs.
             mask_same_response: also mask exemplars whose response equals the target's.
