@@ -94,8 +94,8 @@ class MixtureOfPersonas(pl.LightningModule):
             num_candidates: M, the (persona, exemplar) pairs scored per record.
             explore: also score exploration pairs drawn from ((pi + uniform) / 2, (Omega + uniform) / 2) with
                 their importance weights (``explore_samples`` S of them, M + S LM calls per record): the loss
-                is then an estimate of the full
-                mixture NLL, not only of its top-M part, which otherwise collapses the gate (mop.gating).
+                is then an estimate of the full mixture NLL, not only of its top-M part, which otherwise
+                collapses the gate (mop.gating).
                 Validation uses it too, with a fixed seed, so val/nll compares gates of any sharpness fairly.
             explore_samples: exploration pairs per record (S >= 1, each weighted 1/S; M + S LM calls);
                 training only (validation uses ``val_explore_samples``).
