@@ -33,11 +33,13 @@ from collections.abc import Callable, Sequence
 
 from mop.errors import MopError
 
-# name -> "module:function" (a leaf) or a table of sub-commands. ``mop train`` hands its argv to LightningCLI.
+# name -> "module:function" (a leaf) or a table of sub-commands, whose "" entry (if any) runs when the first
+# argument names none of them (``mop export CKPT OUT_DIR`` beside ``mop export verify DIR``). ``mop train``
+# hands its argv to LightningCLI.
 COMMANDS: dict[str, str | dict[str, str]] = {
     "train": "mop.train:train_command",
     "generate": "mop.generate:generate_command",
-    "export": "mop.export:export_command",
+    "export": {"": "mop.export:export_command", "verify": "mop.export:verify_command"},  # "": CKPT OUT_DIR
     "evaluate": "mop.evaluate:evaluate_command",
     "personas": "mop.personas:personas_command",
     "data": {"show": "mop.data:show_command"},
@@ -288,6 +290,8 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
     """``mop NAME ARGV`` (or ``mop NAME ACTION ARGV`` for a table of sub-commands)."""
     prog = prog or f"mop {name}"
     entry = COMMANDS[name]
+    if isinstance(entry, dict) and "" in entry and not (argv and argv[0] in entry):
+        entry = entry[""]  # the table's default action
     if isinstance(entry, dict):
         if not argv or argv[0] in ("-h", "--help"):
             print(_listing(prog, entry))
@@ -306,7 +310,9 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
 def _listing(prog: str, table: dict) -> str:
     rows = []
     for name, entry in table.items():
-        summary = _summary(entry) if isinstance(entry, str) else ", ".join(entry)
+        summary = (_summary(entry) if isinstance(entry, str)
+                   else _summary(entry[""]) + f" (also: {', '.join(k for k in entry if k)})" if "" in entry
+                   else ", ".join(entry))
         rows.append(f"  {name:<10} {summary}")
     return (f"usage: {prog} COMMAND [ARGS] (see {prog} COMMAND --help)\n\ncommands:\n" + "\n".join(rows))
 

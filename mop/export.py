@@ -1,43 +1,60 @@
 """Plug-and-play gate export (docs/method.md section 6): a small, LM-free directory, written atomically.
 
-    config.json         format version, embedder name/dim, d, M, templates, sizes, LM (informational),
-                        training metrics, sha256 of every other file
+    manifest.json       every other file of the export with its size and sha256 (config.json included)
+    config.json         format version, embedder name/dim, d, M, templates, sizes, the exemplar index's kind
+                        (and IVF nlist / nprobe / seed), LM (informational), training metrics
     gate.safetensors    W_x, W_g, W_e, log_tau (+ the frozen persona embeddings)
     personas.jsonl      id, text, cluster size, source ("none": the persona-free component, empty text)
     exemplars.jsonl     id, context fields, label, response
-    exemplars.faiss + exemplar_embeddings.npy   the exemplar index
+    exemplar_embeddings.npy     h(e_j), from which the exemplar index is rebuilt at load
+    ivf_centroids.npy   the IVF index's coarse centroids (IVF exports only)
 
 Like a PEFT adapter, an export is written with :func:`save_pretrained` and read back with
-:meth:`GateExport.from_pretrained`, which verifies it before use (checksums, format version, paths, shapes,
-embedder dimension); the base LM is chosen at generation time. Only safetensors / JSON / numpy files are read
-(never pickle). ``mop export CKPT OUT_DIR`` exports a Lightning checkpoint written by ``train.py``.
+:meth:`GateExport.from_pretrained`; the base LM is chosen at generation time. An export may come from anyone,
+so the loader trusts nothing it reads: every file's size and sha256 against the manifest, config.json against
+its schema (keys, types, ranges; templates of plain fields only), every file's own structure, and the shapes
+that tie the files together, each refused with one line. Only safetensors / JSON / .npy files are read (never
+pickle, no serialised FAISS index: the index is rebuilt from the embeddings). Exports of format 1 (before the
+manifest: checksums in config.json, an ``exemplars.faiss`` beside the embeddings) still load: their
+exemplars.faiss is never opened and their index is rebuilt flat (exact). ``mop export CKPT OUT_DIR`` exports a
+Lightning checkpoint written by ``train.py``; ``mop export verify DIR`` checks an export without an LM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mop.errors import MopError
+from mop.errors import MopError, did_you_mean
 from mop.personas import PersonaList
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_FORMAT = 1  # checksums in config.json (which they do not cover), an exemplars.faiss beside the .npy
 CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
 GATE_FILE = "gate.safetensors"
 PERSONAS_FILE = "personas.jsonl"
 EXEMPLARS_FILE = "exemplars.jsonl"
-INDEX_FILES = ("exemplars.faiss", "exemplar_embeddings.npy")  # mop.index.INDEX_FILE, EMBEDDINGS_FILE
-REQUIRED_FILES = (GATE_FILE, PERSONAS_FILE, EXEMPLARS_FILE, *INDEX_FILES)
+EMBEDDINGS_FILE = "exemplar_embeddings.npy"  # mop.index.EMBEDDINGS_FILE
+CENTROIDS_FILE = "ivf_centroids.npy"  # mop.index.CENTROIDS_FILE
+LEGACY_INDEX_FILE = "exemplars.faiss"  # format 1 only; never read
+DATA_FILES = (GATE_FILE, PERSONAS_FILE, EXEMPLARS_FILE, EMBEDDINGS_FILE)  # in every export
+REQUIRED_FILES = (CONFIG_FILE, *DATA_FILES)  # listed in every manifest (+ ivf_centroids.npy for IVF)
+EXPORT_FILES = (*REQUIRED_FILES, CENTROIDS_FILE)  # every file a manifest may list
 REQUIRED_CONFIG = ("embedder", "embed_dim", "prompt_template", "context_template")
 GATE_TENSORS = ("W_x.weight", "W_g.weight", "W_e.weight", "log_tau", "persona_emb")
-# The only kinds of file an export holds; none of them is a pickle (the .npy is read with allow_pickle=False).
-EXPORT_SUFFIXES = (".json", ".jsonl", ".safetensors", ".faiss", ".npy")
+# The only kinds of file an export holds; none is a pickle (a .npy is read with its header checked first and
+# never with allow_pickle).
+EXPORT_SUFFIXES = (".json", ".jsonl", ".safetensors", ".npy")
+MAX_JSON_BYTES = 1 << 20  # config.json and manifest.json (templates are at most 64k characters each)
+SHA256_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -179,9 +196,11 @@ def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, i
     """Write an export into ``out_dir`` atomically: a half-written export never replaces a good one.
 
     ``personas``: the :class:`mop.personas.Persona` of each gate persona, in order; ``pool``: the exemplar
-    records; ``index``: the :class:`mop.index.ExemplarIndex` over them. An existing ``out_dir`` is replaced
-    only when it is empty or itself a gate export (never another folder).
+    records; ``index``: the :class:`mop.index.ExemplarIndex` over them (its embeddings are written, and for
+    IVF its centroids: no serialised FAISS index). An existing ``out_dir`` is replaced only when it is empty
+    or itself a gate export (never another folder).
     """
+    import numpy as np
     import torch
     from safetensors.torch import save_file
 
@@ -208,11 +227,18 @@ def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, i
                                             "source": p.source} for p in personas))
         _write_jsonl(tmp / EXEMPLARS_FILE, ({"id": e.id, "context": e.context, "label": e.label,
                                              "group": e.group, "response": e.response} for e in pool))
-        index.save(tmp)
-        files = sorted(p.name for p in tmp.iterdir())
+        np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(index.embeddings, dtype="<f4"),
+                allow_pickle=False)
+        params = index.params()
+        if params["kind"] == "ivf":
+            np.save(tmp / CENTROIDS_FILE, np.ascontiguousarray(index.centroids(), dtype="<f4"),
+                    allow_pickle=False)
         cfg = {"format_version": FORMAT_VERSION, **config.to_dict(), "num_personas": k, "num_exemplars": n,
-               "checksums": {name: _sha256(tmp / name) for name in files}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+               "index": params}
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+        manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                              for p in sorted(tmp.iterdir())}}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -233,88 +259,435 @@ def export_from_module(module, trainer, out_dir: str | Path | None = None) -> Pa
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _member(directory: Path, name: Any) -> Path:
-    """The file ``name`` listed in config.json, refused unless it is a plain file name inside
-    ``directory``."""
+def _show(value: Any) -> str:
+    """A value found in an export, for a one-line message: its repr cut to 60 characters, and its type."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = "a deeply nested value"
+    return f"{text[:57] + '...' if len(text) > 60 else text} ({kind})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@contextlib.contextmanager
+def _reading(where: str, name: str) -> Iterator[None]:
+    """Whatever a parser of untrusted bytes raises becomes one line naming the file (never a traceback)."""
+    try:
+        yield
+    except MopError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError,
+            MemoryError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise MopError(f"{where}: {name} is malformed ({reason})") from err
+
+
+def _member(directory: Path, name: Any, listed_in: str, allowed: tuple[str, ...] = EXPORT_FILES) -> Path:
+    """The file ``name`` listed in ``listed_in``, refused unless it is a plain file name inside
+    ``directory`` and one of the files of an export."""
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
-            or Path(name).name != name:
-        raise MopError(f"gate export '{directory}': config.json lists {name!r}, which is not a file inside "
+            or "\0" in name or Path(name).name != name:
+        raise MopError(f"gate export '{directory}': {listed_in} lists {name!r}, which is not a file inside "
                        "the export directory")
-    if not name.endswith(EXPORT_SUFFIXES):
-        raise MopError(f"gate export '{directory}': config.json lists {name!r}, not a kind of file an export "
+    if not name.endswith(EXPORT_SUFFIXES + (".faiss",) * (LEGACY_INDEX_FILE in allowed)):
+        raise MopError(f"gate export '{directory}': {listed_in} lists {name!r}, not a kind of file an export "
                        f"holds ({', '.join(EXPORT_SUFFIXES)})")
+    if name not in allowed:
+        raise MopError(f"gate export '{directory}': {listed_in} lists {name!r}, which is not a file of a "
+                       f"gate export (expected {', '.join(allowed)})")
     path = directory / name
-    if path.resolve().parent != directory.resolve():  # e.g. a symbolic link that leads out of the export
+    try:
+        inside = path.resolve().parent == directory.resolve()
+    except (OSError, RuntimeError) as err:  # e.g. a symbolic link loop
+        raise MopError(f"gate export '{directory}': cannot resolve {name} ({err})") from err
+    if not inside:  # e.g. a symbolic link that leads out of the export
         raise MopError(f"gate export '{directory}': {name} points outside the export directory")
     return path
 
 
+def _read_json(path: Path, where: str, name: str, limit: int = MAX_JSON_BYTES) -> Any:
+    """A small JSON file (config.json, manifest.json), at most ``limit`` bytes; one line for any defect."""
+    if not path.is_file():
+        raise MopError(f"{where} is missing {name}")
+    _member(path.parent, name, "the format", allowed=(CONFIG_FILE, MANIFEST_FILE))  # no link out of it
+    size = path.stat().st_size
+    if size > limit:
+        raise MopError(f"{where}: {name} has {size:,} bytes, more than the {limit:,} it may have")
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise MopError(f"{where}: {name} is not valid UTF-8 (byte {err.start})") from err
+    except ValueError as err:
+        raise MopError(f"{where}: {name} is not valid JSON ({' '.join(str(err).split())[:160]})") from err
+    except RecursionError as err:
+        raise MopError(f"{where}: {name} is nested too deeply to be a gate export's") from err
+
+
+def _read_manifest(d: Path, where: str) -> dict[str, dict[str, Any]]:
+    """manifest.json: ``{"files": {name: {"bytes": int, "sha256": hex}}}`` listing config.json and every data
+    file (no other, no path outside the export)."""
+    manifest = _read_json(d / MANIFEST_FILE, where, MANIFEST_FILE)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or set(manifest) != {"files"}:
+        raise MopError(f"{where}: {MANIFEST_FILE} must hold one key, \"files\": an object "
+                       "{file name: {\"bytes\": size, \"sha256\": digest}}")
+    for name, entry in files.items():
+        _member(d, name, MANIFEST_FILE)
+        if not isinstance(entry, dict) or set(entry) != {"bytes", "sha256"}:
+            raise MopError(f"{where}: {MANIFEST_FILE} entry {name!r} must be an object with exactly "
+                           f"\"bytes\" and \"sha256\", found {_show(entry)}")
+        if not _is_int(entry["bytes"]) or not 0 <= entry["bytes"] < 1 << 50:
+            raise MopError(f"{where}: {MANIFEST_FILE} gives {name} a size of {_show(entry['bytes'])}, "
+                           "expected a byte count")
+        digest = entry["sha256"]
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= SHA256_HEX:
+            raise MopError(f"{where}: {MANIFEST_FILE} gives {name} the sha256 {_show(digest)}, expected 64 "
+                           "lower-case hex digits")
+    missing = [n for n in REQUIRED_FILES if n not in files]
+    if missing:
+        raise MopError(f"{where}: {MANIFEST_FILE} does not list {', '.join(missing)}")
+    return files
+
+
+def _check_file(d: Path, name: str, entry: dict[str, Any] | str, where: str, hash_it: bool) -> None:
+    """A file of the manifest: present, a regular file inside the export, its size (format 2) and, when
+    ``hash_it``, its sha256 as listed (``entry``: the manifest entry, or a format-1 checksum)."""
+    path = d / name
+    if not path.is_file():
+        raise MopError(f"{where} is missing {name}")
+    listed = entry if isinstance(entry, dict) else {"sha256": entry}
+    size = path.stat().st_size
+    if "bytes" in listed and size != listed["bytes"]:
+        raise MopError(f"{where}: {name} has {size:,} bytes but {MANIFEST_FILE} lists {listed['bytes']:,}: "
+                       "the file is truncated, corrupted or was modified after export; re-export the gate")
+    if hash_it:
+        found = _sha256(path)
+        if found != listed["sha256"]:
+            source = MANIFEST_FILE if "bytes" in listed else CONFIG_FILE
+            raise MopError(f"{where}: {name} does not match its sha256 in {source} (expected "
+                           f"{str(listed['sha256'])[:12]}..., found {found[:12]}...): the file is corrupted "
+                           "or was modified after export; re-export the gate")
+
+
+# config.json: key -> (check, what it must be); ranges are generous bounds on what a real export holds.
+def _int_range(lo: int, hi: int):
+    return (lambda v: _is_int(v) and lo <= v <= hi), f"an integer between {lo:,} and {hi:,}"
+
+
+def _text(limit: int):
+    return (lambda v: isinstance(v, str) and len(v) <= limit), f"a string of at most {limit:,} characters"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _plain_name(v: Any) -> bool:
+    return (isinstance(v, str) and 0 < len(v) <= 256 and v.strip() == v and not v.isdigit()
+            and v.isprintable() and not set(v) & set(".[]{}!:"))
+
+
+def _checkpoint(v: Any) -> bool:
+    file = v.get("file") if isinstance(v, dict) else None
+    return v is None or (isinstance(v, dict) and set(v) <= {"file", "epoch", "global_step"}
+                         and (file is None or (isinstance(file, str) and len(file) <= 4096
+                                               and file.isprintable()))
+                         and all(v.get(k) is None or (_is_int(v[k]) and v[k] >= 0)
+                                 for k in ("epoch", "global_step")))
+
+
+CONFIG_SCHEMA: dict[str, tuple[Any, str]] = {
+    "format_version": _int_range(1, FORMAT_VERSION),
+    "embedder": ((lambda v: isinstance(v, str) and 0 < len(v) <= 4096 and v.isprintable()),
+                 "a printable, non-empty string (a bundled embedder's name, a path or a hub id)"),
+    "embed_dim": _int_range(1, 65_536),
+    "prompt_template": _text(65_536),
+    "context_template": _text(65_536),
+    "hidden_dim": _int_range(1, 65_536),
+    "num_candidates": _int_range(1, 4_096),
+    "context_columns": ((lambda v: isinstance(v, list) and len(v) <= 1_000 and all(map(_plain_name, v))
+                         and len(set(v)) == len(v)),
+                        "a list of distinct column names (no '.', '[', ']', '{', '}', '!', ':')"),
+    "use_chat_template": ((lambda v: isinstance(v, bool)), "true or false"),
+    "trained_with_lm": ((lambda v: v is None or (isinstance(v, str) and len(v) <= 4096 and v.isprintable())),
+                        "a printable string or null"),
+    "mask_other_label": ((lambda v: isinstance(v, bool)), "true or false"),
+    "metrics": ((lambda v: isinstance(v, dict) and len(v) <= 1_000
+                 and all(len(k) <= 256 and _number(x) for k, x in v.items())),
+                "an object {name: number}"),
+    "checkpoint": (_checkpoint, "null or an object with file (string), epoch and global_step (integers)"),
+    "num_personas": _int_range(1, 10_000_000),
+    "num_exemplars": _int_range(1, 1_000_000_000),
+    "index": ((lambda v: isinstance(v, dict)), "an object with kind (flat or ivf), and nlist, nprobe, seed "
+                                               "for ivf"),
+    "checksums": ((lambda v: isinstance(v, dict)), "an object {file name: sha256}"),
+}
+# what each format requires; every other key of CONFIG_SCHEMA is optional in format 1 (older writers) only
+REQUIRED_KEYS = {
+    FORMAT_VERSION: ("format_version", "embedder", "embed_dim", "prompt_template", "context_template",
+                     "hidden_dim", "num_candidates", "context_columns", "use_chat_template",
+                     "trained_with_lm", "mask_other_label", "metrics", "num_personas", "num_exemplars",
+                     "index"),
+    LEGACY_FORMAT: ("format_version", *REQUIRED_CONFIG, "checksums"),
+}
+NOT_IN = {FORMAT_VERSION: ("checksums",), LEGACY_FORMAT: ("index",)}  # format 2 lists files in the manifest
+
+
+def _check_index_params(index: dict[str, Any], num_exemplars: int, where: str) -> None:
+    kind = index.get("kind")
+    keys = {"flat": {"kind"}, "ivf": {"kind", "nlist", "nprobe", "seed"}}.get(kind)
+    if keys is None or set(index) != keys:
+        raise MopError(f"{where}: {CONFIG_FILE} key 'index' must be {{\"kind\": \"flat\"}} or "
+                       f"{{\"kind\": \"ivf\", \"nlist\", \"nprobe\", \"seed\"}}, found {_show(index)}")
+    if kind == "ivf":
+        nlist, nprobe, seed = index["nlist"], index["nprobe"], index["seed"]
+        if not _is_int(nlist) or not 1 <= nlist <= num_exemplars:
+            raise MopError(f"{where}: {CONFIG_FILE} index nlist must be an integer between 1 and "
+                           f"num_exemplars ({num_exemplars:,}), found {_show(nlist)}")
+        if not _is_int(nprobe) or not 1 <= nprobe <= nlist:
+            raise MopError(f"{where}: {CONFIG_FILE} index nprobe must be an integer between 1 and nlist "
+                           f"({nlist:,}), found {_show(nprobe)}")
+        if seed is not None and not (_is_int(seed) and 0 <= seed < 1 << 63):
+            raise MopError(f"{where}: {CONFIG_FILE} index seed must be a non-negative integer or null, found "
+                           f"{_show(seed)}")
+
+
+def check_export_config(config: Any, where: str = "gate export") -> dict[str, Any]:
+    """config.json against the schema of its format version: known keys only, each of its type and range,
+    the required ones present, and both templates plain fields of this export's own columns."""
+    from mop.prompts import check_plain_template, validate_prompt_template
+
+    if not isinstance(config, dict):
+        raise MopError(f"{where}: {CONFIG_FILE} must hold a JSON object, found {_show(config)}")
+    version = config.get("format_version")
+    if _is_int(version) and version > FORMAT_VERSION:
+        raise MopError(f"{where} has format_version {version}, newer than this MoP reads ({FORMAT_VERSION}): "
+                       "upgrade mop")
+    check, what = CONFIG_SCHEMA["format_version"]
+    if not check(version):
+        raise MopError(f"{where}: {CONFIG_FILE} has no valid format_version (found {version!r}): not a MoP "
+                       "gate export")
+    unknown = sorted(k for k in config if k not in CONFIG_SCHEMA or k in NOT_IN[version])
+    if unknown:
+        known = [k for k in CONFIG_SCHEMA if k not in NOT_IN[version]]
+        raise MopError(f"{where}: {CONFIG_FILE} (format {version}) has unknown key(s) "
+                       f"{', '.join(repr(k[:60]) for k in unknown)}{did_you_mean(unknown, known)}")
+    missing = [k for k in REQUIRED_KEYS[version] if k not in config]
+    if missing:
+        raise MopError(f"{where}: {CONFIG_FILE} lacks {', '.join(missing)}")
+    for key, value in config.items():
+        check, what = CONFIG_SCHEMA[key]
+        if not check(value):
+            raise MopError(f"{where}: {CONFIG_FILE} key '{key}' must be {what}, found {_show(value)}")
+    if "index" in config:
+        _check_index_params(config["index"], config["num_exemplars"], where)
+    columns = list(config.get("context_columns") or [])
+    try:
+        validate_prompt_template(config["prompt_template"], columns)
+        for name, _ in check_plain_template(config["context_template"], "context_template"):
+            if name not in {*columns, "label"}:
+                raise MopError(f"context_template uses the field {{{name}}}, which is neither a context "
+                               f"column ({', '.join(columns) or 'none'}) nor label")
+    except MopError as err:
+        raise MopError(f"{where}: {CONFIG_FILE} {err}") from None
+    return config
+
+
 def read_export_config(directory: str | Path) -> dict[str, Any]:
-    """config.json of an export, checked for format version and required keys (no checksum verification)."""
+    """config.json of an export, checked: against the manifest's size and sha256 (format 2) and against the
+    schema. The returned dict also has ``checksums`` ({file: sha256} of the data files, from the manifest in
+    format 2) and, for format 2, ``manifest`` (the manifest's files). Data files are not hashed here."""
     d = Path(directory).expanduser()
     if not d.exists():
         raise MopError(f"gate export '{directory}' does not exist")
     if not d.is_dir():
         raise MopError(f"gate export '{directory}' is not a directory (expected the folder written by "
                        "train.py or `mop export`)")
-    path = d / CONFIG_FILE
-    if not path.is_file():
-        raise MopError(f"gate export '{directory}' is missing {CONFIG_FILE}: not a MoP gate export")
+    where = f"gate export '{directory}'"
+    if not (d / CONFIG_FILE).is_file():
+        raise MopError(f"{where} is missing {CONFIG_FILE}: not a MoP gate export")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise MopError(f"gate export '{directory}': {CONFIG_FILE} is not valid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise MopError(f"gate export '{directory}': {CONFIG_FILE} must hold a JSON object")
-    version = config.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise MopError(f"gate export '{directory}': {CONFIG_FILE} has no valid format_version "
-                       f"(found {version!r})")
-    if version > FORMAT_VERSION:
-        raise MopError(f"gate export '{directory}' has format_version {version}, newer than this MoP reads "
-                       f"({FORMAT_VERSION}): upgrade mop")
-    missing = [k for k in (*REQUIRED_CONFIG, "checksums") if k not in config]
+        config, unreadable = _read_json(d / CONFIG_FILE, where, CONFIG_FILE), None
+    except MopError as err:  # reported after the manifest's own verdict on config.json, if there is one
+        config, unreadable = None, err
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if _is_int(version) and version > FORMAT_VERSION:
+        check_export_config(config, where)  # "newer than this MoP reads: upgrade mop"
+    if version == FORMAT_VERSION or (d / MANIFEST_FILE).exists() or (d / MANIFEST_FILE).is_symlink():
+        files = _read_manifest(d, where)
+        _check_file(d, CONFIG_FILE, files[CONFIG_FILE], where, hash_it=True)
+        if unreadable is not None:
+            raise unreadable
+        if version != FORMAT_VERSION:
+            raise MopError(f"{where}: {CONFIG_FILE} has format_version {_show(version)} but the export has a "
+                           f"{MANIFEST_FILE} (format {FORMAT_VERSION})")
+        check_export_config(config, where)
+        ivf = config["index"]["kind"] == "ivf"
+        if ivf != (CENTROIDS_FILE in files):
+            raise MopError(f"{where}: {MANIFEST_FILE} {'does not list' if ivf else 'lists'} "
+                           f"{CENTROIDS_FILE}, but the index is {config['index']['kind']}")
+        return {**config, "manifest": files,
+                "checksums": {n: e["sha256"] for n, e in files.items() if n != CONFIG_FILE}}
+    if unreadable is not None:
+        raise unreadable
+    check_export_config(config, where)  # format 1 (an invalid version is refused there)
+    checksums = config["checksums"]
+    for name, digest in checksums.items():
+        _member(d, name, CONFIG_FILE, allowed=(*DATA_FILES, LEGACY_INDEX_FILE))
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= SHA256_HEX:
+            raise MopError(f"{where}: {CONFIG_FILE} gives {name} the sha256 {_show(digest)}, expected 64 "
+                           "lower-case hex digits")
+    missing = [n for n in DATA_FILES if n not in checksums]
     if missing:
-        raise MopError(f"gate export '{directory}': {CONFIG_FILE} lacks {', '.join(missing)}")
-    if not isinstance(config["checksums"], dict):
-        raise MopError(f"gate export '{directory}': checksums in {CONFIG_FILE} must be an object "
-                       "{file: sha256}")
+        raise MopError(f"{where}: {CONFIG_FILE} has no checksum for {', '.join(missing)}")
     return config
 
 
+def _listed_files(config: dict[str, Any]) -> dict[str, Any]:
+    """The files an export's loader reads, with their manifest entries (format 2) or checksums (format 1:
+    its exemplars.faiss is left out, never read)."""
+    if "manifest" in config:
+        return dict(config["manifest"])
+    return {n: c for n, c in config["checksums"].items() if n != LEGACY_INDEX_FILE}
+
+
 def check_export_files(directory: str | Path, config: dict[str, Any]) -> dict[str, Path]:
-    """Every required file is listed and present, and every listed file is a plain export file inside the
-    export directory (no path that escapes it, no unexpected kind of file). Cheap: nothing is hashed or
-    read."""
+    """Every file the export lists is present, a regular file inside it and (format 2) of its listed size.
+    Cheap: nothing is hashed or parsed. ``config``: as returned by :func:`read_export_config`."""
     d = Path(directory).expanduser()
-    checksums = config["checksums"]
-    paths = {name: _member(d, name) for name in checksums}
-    for name in REQUIRED_FILES:
-        if not (d / name).is_file():
-            raise MopError(f"gate export '{directory}' is missing {name}")
-        if name not in checksums:
-            raise MopError(f"gate export '{directory}': {CONFIG_FILE} has no checksum for {name}")
-    for name, path in paths.items():
-        if not path.is_file():
-            raise MopError(f"gate export '{directory}' is missing {name}")
-    return paths
+    where = f"gate export '{directory}'"
+    listed = _listed_files(config)
+    for name, entry in listed.items():
+        _check_file(d, name, entry, where, hash_it=False)
+    return {name: d / name for name in listed}
 
 
 def verify_checksums(directory: str | Path, config: dict[str, Any]) -> None:
-    """Every required file is listed, inside the export, present and matches its sha256 in config.json."""
-    checksums = config["checksums"]
-    for name, path in check_export_files(directory, config).items():
-        found = _sha256(path)
-        if found != checksums[name]:
-            raise MopError(f"gate export '{directory}': {name} does not match its sha256 in {CONFIG_FILE} "
-                           f"(expected {str(checksums[name])[:12]}..., found {found[:12]}...): the file is "
-                           "corrupted or was modified after export; re-export the gate")
+    """Every file the export lists is present, inside it, of its size and matches its sha256."""
+    d = Path(directory).expanduser()
+    where = f"gate export '{directory}'"
+    check_export_files(d, config)
+    for name, entry in _listed_files(config).items():
+        if name != CONFIG_FILE:  # hashed by read_export_config
+            _check_file(d, name, entry, where, hash_it=True)
 
 
-def _read_jsonl_objects(path: Path, where: str) -> list[dict]:
-    from mop.data import iter_jsonl_objects
+def _read_jsonl_rows(path: Path, where: str, name: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file of the export, one per non-blank line; one line for any defect."""
+    with _reading(where, name):
+        data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MopError(f"{where}: {name} is not valid UTF-8 (byte {err.start})") from err
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            reason = " ".join(str(err).split())[:120]
+            raise MopError(f"{where}: {name} line {n} is not valid JSON ({reason})") from err
+        except RecursionError as err:
+            raise MopError(f"{where}: {name} line {n} is nested too deeply") from err
+        if not isinstance(row, dict):
+            raise MopError(f"{where}: {name} line {n} must be a JSON object, found {_show(row)}")
+        rows.append(row)
+    return rows
 
-    return [row for _, row in iter_jsonl_objects(path, f"{where}: {path.name}")]
+
+def _row_error(where: str, name: str, n: int, what: str, row: Any) -> MopError:
+    return MopError(f"{where}: {name} row {n} {what}, found {_show(row)}")
+
+
+def _read_personas(path: Path, where: str) -> list[Any]:
+    """personas.jsonl: {"id", "text", "cluster_size", "source"} per persona (the writer's four keys)."""
+    from mop.personas import NULL_PERSONA_ID, NULL_SOURCE, Persona
+
+    personas, seen = [], set()
+    for n, row in enumerate(_read_jsonl_rows(path, where, PERSONAS_FILE), 1):
+        if not set(row) <= {"id", "text", "cluster_size", "source"} or not {"id", "text"} <= set(row):
+            raise _row_error(where, PERSONAS_FILE, n, "must have id, text, cluster_size and source (no other "
+                             "key)", row)
+        pid, text = row["id"], row["text"]
+        size, source = row.get("cluster_size", 0), row.get("source", "user")
+        if not (isinstance(pid, str) and 0 < len(pid) <= 1024 and isinstance(text, str) and _is_int(size)
+                and size >= 0 and isinstance(source, str) and len(source) <= 64):
+            raise _row_error(where, PERSONAS_FILE, n, "must have a string id and text, a non-negative "
+                             "integer cluster_size and a string source", row)
+        if source == NULL_SOURCE and (pid != NULL_PERSONA_ID or text):
+            raise _row_error(where, PERSONAS_FILE, n, "is the persona-free component (source "
+                             f"\"{NULL_SOURCE}\") but has an id other than \"{NULL_PERSONA_ID}\" or a text",
+                             row)
+        if source != NULL_SOURCE and not text.strip():
+            raise _row_error(where, PERSONAS_FILE, n, "has an empty text", row)
+        if pid in seen:
+            raise MopError(f"{where}: {PERSONAS_FILE} has the persona id {pid[:60]!r} twice")
+        seen.add(pid)
+        personas.append(Persona(id=pid, text=text.strip(), cluster_size=size, source=source))
+    return personas
+
+
+def _read_exemplars(path: Path, where: str, columns: list[str] | None) -> list[Any]:
+    """exemplars.jsonl: {"id", "context" {field: text}, "label", "group", "response"} per exemplar; the
+    context's fields are the export's ``columns`` (when config.json records them)."""
+    from mop.data import Record
+
+    records = []
+    for n, row in enumerate(_read_jsonl_rows(path, where, EXEMPLARS_FILE), 1):
+        context = row.get("context")
+        if not (set(row) <= {"id", "context", "label", "group", "response"} and isinstance(row.get("id"), str)
+                and isinstance(row.get("response"), str) and isinstance(context, dict)
+                and all(isinstance(v, str) or v is None for v in context.values())
+                and all(row.get(k) is None or isinstance(row[k], str) for k in ("label", "group"))):
+            raise _row_error(where, EXEMPLARS_FILE, n, "must have a string id and response, a context object "
+                             "of strings and a string or null label and group (no other key)", row)
+        if columns is not None and set(context) != set(columns):
+            raise _row_error(where, EXEMPLARS_FILE, n, f"must have the context fields {', '.join(columns)} "
+                             f"(config.json context_columns)", row)
+        records.append(Record(id=row["id"], response=row["response"],
+                              context={c: "" if v is None else v for c, v in context.items()},
+                              label=row.get("label"), group=row.get("group")))
+    return records
+
+
+def _read_gate(path: Path, config: dict[str, Any], where: str) -> dict[str, Any]:
+    """gate.safetensors: exactly the five float32 tensors, finite, of the shapes config.json implies."""
+    import torch
+    from safetensors.torch import load_file
+
+    with _reading(where, GATE_FILE):
+        tensors = load_file(str(path))
+    names = sorted(tensors)
+    if names != sorted(GATE_TENSORS):
+        found = ", ".join(n[:40] for n in names[:8]) or "none"
+        raise MopError(f"{where}: {GATE_FILE} holds tensor(s) {found}, expected {', '.join(GATE_TENSORS)}")
+    w_x, log_tau = tensors["W_x.weight"], tensors["log_tau"]
+    dim = int(config["embed_dim"])
+    hidden = config.get("hidden_dim", w_x.shape[0] if w_x.ndim else -1)  # format 1 may not record them
+    k = config.get("num_personas", log_tau.shape[0] if log_tau.ndim else -1)
+    if hidden < 1 or k < 1:
+        raise MopError(f"{where}: {GATE_FILE} holds a gate of {k} personas and hidden size {hidden}")
+    expected = {"W_x.weight": (hidden, dim), "W_g.weight": (hidden, dim), "W_e.weight": (hidden, dim),
+                "log_tau": (k,), "persona_emb": (k, dim)}
+    for name, shape in expected.items():
+        tensor = tensors[name]
+        if tensor.dtype != torch.float32 or tuple(tensor.shape) != shape:
+            dtype = str(tensor.dtype).replace("torch.", "")
+            raise MopError(f"{where}: {GATE_FILE} tensor {name} is {dtype} of shape {tuple(tensor.shape)}, "
+                           f"expected float32 of shape {shape} (config.json: "
+                           f"embed_dim {dim}, hidden_dim {hidden}, num_personas {k})")
+        if not bool(torch.isfinite(tensor).all()):
+            raise MopError(f"{where}: {GATE_FILE} tensor {name} contains NaN or infinite values")
+    return tensors
 
 
 def check_embed_dim(config: dict[str, Any], dim: int, where: str = "gate export") -> None:
@@ -330,7 +703,7 @@ class GateExport(PersonaList):
     """A loaded gate export: the gate, its personas and exemplar pool, ready to drive any causal LM."""
 
     directory: Path
-    config: dict[str, Any]  # config.json as read (with format version, sizes and checksums)
+    config: dict[str, Any]  # config.json as read and checked (+ checksums, and manifest in format 2)
     gate: Any  # mop.gating.Gate, eval mode, float32 on CPU
     personas: list[Any]  # mop.personas.Persona, in the gate's order
     persona_emb: Any  # (K, D) float32 torch tensor h(g_k)
@@ -382,15 +755,14 @@ class GateExport(PersonaList):
     def from_pretrained(cls, directory: str | Path, expected_embed_dim: int | None = None,
                         device: str = "cpu") -> GateExport:
         """Load and verify an export; ``expected_embed_dim``: the dimension of the embedder that will be
-        used."""
+        used. Checks, in order: config.json (its digest in the manifest, then its schema), every listed file's
+        size and sha256, each file's structure, and the shapes and counts that tie them together; the exemplar
+        index is rebuilt from the embeddings (flat, or IVF from the exported centroids). Any defect raises one
+        :class:`MopError` line; nothing is written."""
         import torch
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
-        from mop.data import Record
         from mop.gating import Gate
-        from mop.index import ExemplarIndex
-        from mop.personas import read_personas
+        from mop.index import ExemplarIndex, read_float32_matrix
 
         d = Path(directory).expanduser()
         where = f"gate export '{directory}'"
@@ -398,53 +770,34 @@ class GateExport(PersonaList):
         if expected_embed_dim is not None:
             check_embed_dim(config, expected_embed_dim, where)
         verify_checksums(d, config)
-        try:
-            tensors = load_file(str(d / GATE_FILE))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise MopError(f"{where}: cannot read {GATE_FILE} ({err})") from err
-        missing = [k for k in GATE_TENSORS if k not in tensors]
-        if missing:
-            raise MopError(f"{where}: {GATE_FILE} lacks tensor(s) {', '.join(missing)}")
-        w_x, log_tau, persona_emb = tensors["W_x.weight"], tensors["log_tau"], tensors["persona_emb"]
-        hidden, dim = w_x.shape
-        k = log_tau.shape[0]
-        if dim != int(config["embed_dim"]):
-            raise MopError(f"{where}: {GATE_FILE} holds W_x of shape {tuple(w_x.shape)} but {CONFIG_FILE} "
-                           f"says embed_dim {config['embed_dim']}")
-        expected = {"W_g.weight": (hidden, dim), "W_e.weight": (hidden, dim), "log_tau": (k,),
-                    "persona_emb": (k, dim)}
-        for name, shape in expected.items():
-            if tuple(tensors[name].shape) != shape:
-                raise MopError(f"{where}: {GATE_FILE} tensor {name} has shape {tuple(tensors[name].shape)}, "
-                               f"expected {shape}")
+        tensors = _read_gate(d / GATE_FILE, config, where)
+        hidden, dim = tensors["W_x.weight"].shape
+        k = tensors["log_tau"].shape[0]
         gate = Gate(dim, k, hidden)
         gate.load_state_dict({n: tensors[n] for n in GATE_TENSORS if n != "persona_emb"}, strict=True)
         gate.eval().requires_grad_(False)
 
-        personas = read_personas(d / PERSONAS_FILE)
+        personas = _read_personas(d / PERSONAS_FILE, where)
         if len(personas) != k:
             raise MopError(f"{where}: {PERSONAS_FILE} has {len(personas)} personas but the gate has {k}")
-        records = []
-        for n, row in enumerate(_read_jsonl_objects(d / EXEMPLARS_FILE, where), 1):
-            context = row.get("context")
-            if "id" not in row or not isinstance(row.get("response"), str) or not isinstance(context, dict):
-                raise MopError(f"{where}: {EXEMPLARS_FILE} record {n} needs id, context (object) and "
-                               "response")
-            label, group = row.get("label"), row.get("group")
-            records.append(Record(id=str(row["id"]), response=row["response"],
-                                  context={str(c): "" if v is None else str(v) for c, v in context.items()},
-                                  label=None if label is None else str(label),
-                                  group=None if group is None else str(group)))
-        index = ExemplarIndex.load(d, device=device)
-        if index.ntotal != len(records) or index.dim != dim:
-            raise MopError(f"{where}: the exemplar index holds {index.ntotal} vectors of dimension "
-                           f"{index.dim}, expected {len(records)} of dimension {dim}")
-        for key, value in (("num_personas", k), ("num_exemplars", len(records))):
-            if key in config and int(config[key]) != value:
-                raise MopError(f"{where}: {CONFIG_FILE} says {key} {config[key]} but the files hold {value}")
-        return cls(directory=d, config=config, gate=gate, personas=personas,
-                   persona_emb=torch.as_tensor(persona_emb, dtype=torch.float32), exemplars=records,
-                   index=index)
+        records = _read_exemplars(d / EXEMPLARS_FILE, where, config.get("context_columns"))
+        n = config.get("num_exemplars", len(records))
+        if len(records) != n:
+            raise MopError(f"{where}: {EXEMPLARS_FILE} has {len(records)} exemplars but {CONFIG_FILE} says "
+                           f"num_exemplars {n}")
+        if n == 0:
+            raise MopError(f"{where}: {EXEMPLARS_FILE} has no exemplars")
+        embeddings = read_float32_matrix(d / EMBEDDINGS_FILE, (n, dim), where)
+        params = config.get("index", {"kind": "flat"})  # format 1: flat (its exemplars.faiss is not read)
+        centroids = None
+        if params["kind"] == "ivf":
+            centroids = read_float32_matrix(d / CENTROIDS_FILE, (params["nlist"], dim), where)
+        with _reading(where, "the exemplar index"):
+            index = ExemplarIndex.rebuild(embeddings, params["kind"], centroids=centroids,
+                                          nprobe=params.get("nprobe"), seed=params.get("seed"), device=device)
+        persona_emb = torch.as_tensor(tensors["persona_emb"], dtype=torch.float32)
+        return cls(directory=d, config=config, gate=gate, personas=personas, persona_emb=persona_emb,
+                   exemplars=records, index=index)
 
 
 def load_export(directory: str | Path, expected_embed_dim: int | None = None) -> GateExport:
@@ -561,7 +914,8 @@ def export_command(checkpoint: str, out_dir: str, artifacts: str | None = None, 
 
     Writes the gate weights, personas, exemplar pool and index of a Lightning checkpoint written by
     ``mop train`` into a directory like the one ``mop train`` exports at the end of fit. The checkpoint is
-    read with torch.load(weights_only=True), which runs no pickled code.
+    read with torch.load(weights_only=True), which runs no pickled code. ``mop export verify DIR`` checks an
+    export and says what it holds.
 
     Args:
         checkpoint: the .ckpt file (e.g. <run>/checkpoints/last.ckpt).
@@ -576,4 +930,70 @@ def export_command(checkpoint: str, out_dir: str, artifacts: str | None = None, 
     cfg = read_export_config(out)
     print(f"exported gate: {out} ({cfg['num_personas']} personas, {cfg['num_exemplars']} exemplars, "
           f"embedder {cfg['embedder']})")
+    return 0
+
+
+def describe_export(export: GateExport) -> str:
+    """What a verified export holds, in a few lines (``mop export verify``)."""
+    cfg = export.config
+    version = cfg["format_version"]
+    index = export.index
+    kind = ("flat (exact inner product)" if index.kind == "flat"
+            else f"IVF (nlist {index.nlist}, nprobe {index.nprobe}, k-means seed {index.seed})")
+    tau = export.tau
+    lines = [f"gate export {export.directory}: OK, format {version}"
+             + (" (legacy: its exemplars.faiss is not read, config.json is outside its checksums; "
+                "re-save it to get a manifest)" if version == LEGACY_FORMAT else ""),
+             f"  embedder          {cfg['embedder']} (dimension {export.embed_dim})",
+             f"  personas (K)      {export.num_personas}"
+             + (" (one of them the persona-free component)" if export.null_persona_index is not None else ""),
+             f"  exemplar pool     {len(export.exemplars):,} exemplars, index {kind}",
+             f"  gate              hidden_dim {export.gate.W_x.weight.shape[0]}, num_candidates (M) "
+             f"{cfg.get('num_candidates', 4)}, tau {float(tau.min()):.3g}..{float(tau.max()):.3g}",
+             f"  trained with LM   {cfg.get('trained_with_lm') or 'not recorded'}"
+             + (", chat template" if cfg.get("use_chat_template") else "") + " (any causal LM can drive it)",
+             f"  context columns   {', '.join(cfg.get('context_columns') or []) or 'none'}",
+             f"  context template  {json.dumps(cfg['context_template'], ensure_ascii=False)}",
+             f"  prompt template   {json.dumps(cfg['prompt_template'], ensure_ascii=False)}"]
+    metrics = cfg.get("metrics") or {}
+    shown = [f"{k} {v:.4g}" for k, v in metrics.items()
+             if k in ("val/nll_per_token", "val/nll", "val/gate_entropy")]
+    if shown:
+        lines.append(f"  metrics           {', '.join(shown)}")
+    if cfg.get("checkpoint"):
+        ck = cfg["checkpoint"]
+        lines.append(f"  from checkpoint   {ck.get('file')} (epoch {ck.get('epoch')}, step "
+                     f"{ck.get('global_step')})")
+    listed = _listed_files(cfg)
+    lines.append("  sha256")
+    for name in sorted(listed):
+        size = (export.directory / name).stat().st_size
+        digest = listed[name]["sha256"] if isinstance(listed[name], dict) else listed[name]
+        lines.append(f"    {digest}  {name} ({size:,} bytes)")
+    if version == FORMAT_VERSION:
+        digest = _sha256(export.directory / MANIFEST_FILE)
+        lines.append(f"    {digest}  {MANIFEST_FILE} (one digest that pins the whole export)")
+    else:
+        digest = _sha256(export.directory / CONFIG_FILE)
+        lines.append(f"    {digest}  {CONFIG_FILE} (outside the format-1 checksums; checked by schema)")
+    known = {*listed, MANIFEST_FILE, CONFIG_FILE}
+    ignored = sorted(p.name if p.name.isprintable() else repr(p.name) for p in export.directory.iterdir()
+                     if p.name not in known)
+    if ignored:
+        lines.append(f"  not part of it    {', '.join(ignored)} (not listed, never read)")
+    return "\n".join(lines)
+
+
+def verify_command(directory: str) -> int:
+    """Check a gate export without loading any LM, and say what it holds.
+
+    Verifies everything ``GateExport.from_pretrained`` does (the manifest's sizes and sha256 digests,
+    config.json's schema and templates, each file's structure and the shapes between them, the exemplar index
+    rebuilt from the embeddings), then prints the embedder, K, the pool size, the templates, the LM the gate
+    was trained with and every file's sha256. A bad export is refused with one line and exit status 2.
+
+    Args:
+        directory: the gate export directory (written by ``mop train`` or ``mop export``).
+    """
+    print(describe_export(GateExport.from_pretrained(directory)))
     return 0

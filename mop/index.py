@@ -24,6 +24,7 @@ from mop.files import atomic_path
 
 INDEX_FILE = "exemplars.faiss"
 EMBEDDINGS_FILE = "exemplar_embeddings.npy"
+CENTROIDS_FILE = "ivf_centroids.npy"  # the IVF coarse centroids of an export (mop.export); none for flat
 DEFAULT_IVF_THRESHOLD = 200_000
 GPU_MAX_K = 2048  # faiss GPU indexes return at most 2048 neighbours (and probe at most 2048 lists)
 KMEANS_ITERS = 10  # faiss's own default for IVF coarse training
@@ -70,6 +71,42 @@ def _as_float32_matrix(array: Any, what: str) -> np.ndarray:
     array = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(array).all():
         raise MopError(f"{what} contains NaN or infinite values")
+    return array
+
+
+def read_float32_matrix(path: str | os.PathLike, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A C-order little-endian float32 ``.npy`` of exactly ``shape`` (rows, D), all finite.
+
+    The header is read and checked first (numpy's own header reader, capped at 10,000 bytes, no pickle), and
+    the file's size must be the header plus rows x D x 4 bytes: a header that claims another or a huge shape
+    is refused before anything is allocated.
+    """
+    from numpy.lib import format as npy_format
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            version = npy_format.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                           else npy_format.read_array_header_2_0)
+            found_shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MopError(f"{what}: {path.name} is not a readable .npy array ({reason})") from err
+    if dtype != np.dtype("<f4") or fortran or tuple(found_shape) != tuple(shape):
+        raise MopError(f"{what}: {path.name} holds a {dtype} array of shape {tuple(found_shape)}"
+                       f"{' (Fortran order)' if fortran else ''}, expected float32 of shape {tuple(shape)}")
+    rows, dim = shape
+    if size != offset + rows * dim * 4:
+        raise MopError(f"{what}: {path.name} has {size} bytes, expected {offset + rows * dim * 4} for a "
+                       f"float32 array of shape {tuple(shape)}")
+    array = np.fromfile(path, dtype="<f4", count=rows * dim, offset=offset).reshape(shape)
+    if not np.isfinite(array).all():
+        raise MopError(f"{what}: {path.name} contains NaN or infinite values")
     return array
 
 
@@ -143,6 +180,7 @@ class ExemplarIndex:
         if kind == "auto":  # nlist/nprobe are then settings for the IVF case, unused by a small (flat) pool
             kind = "ivf" if n >= ivf_threshold else "flat"
         gpu_id = _resolve_device(device)
+        self.seed = int(seed) if kind == "ivf" else None
 
         if kind == "flat":
             cpu_index: faiss.Index = faiss.IndexFlatIP(dim)
@@ -186,6 +224,57 @@ class ExemplarIndex:
         quantizer.this.disown()  # the IVF index now owns (and frees) its quantizer
         assert index.is_trained
         return index
+
+    @classmethod
+    def rebuild(cls, embeddings: np.ndarray, kind: str, centroids: np.ndarray | None = None,
+                nprobe: int | None = None, seed: int | None = None, device: str = "auto") -> ExemplarIndex:
+        """The index over ``embeddings`` without a serialised FAISS index (what an export loads from): flat at
+        once; IVF from its coarse ``centroids`` (nlist, D), each row assigned to its nearest centroid in pool
+        order, exactly as the trained index assigned them, so searches return the same results. ``seed``:
+        recorded with the centroids (the k-means seed they came from)."""
+        emb = _as_float32_matrix(embeddings, "exemplar embeddings")
+        n, dim = emb.shape
+        if n == 0 or dim == 0:
+            raise MopError(f"exemplar embeddings must have at least one row and column, found shape "
+                           f"{emb.shape}")
+        gpu_id = _resolve_device(device)
+        if kind == "flat":
+            if centroids is not None or nprobe is not None:
+                raise MopError("a flat exemplar index has no centroids or nprobe")
+            cpu_index: faiss.Index = faiss.IndexFlatIP(dim)
+        elif kind == "ivf":
+            cents = _as_float32_matrix(centroids, "IVF centroids") if centroids is not None else None
+            if cents is None or cents.shape[1] != dim or not 1 <= cents.shape[0] <= n:
+                found = "none" if cents is None else f"shape {cents.shape}"
+                raise MopError(f"an IVF exemplar index needs (nlist, {dim}) centroids with 1 <= nlist <= "
+                               f"{n}, found {found}")
+            quantizer = faiss.IndexFlatIP(dim)
+            quantizer.add(cents)
+            cpu_index = faiss.IndexIVFFlat(quantizer, dim, cents.shape[0], faiss.METRIC_INNER_PRODUCT)
+            cpu_index.own_fields = True
+            quantizer.this.disown()
+        else:
+            raise MopError(f"index kind must be 'flat' or 'ivf', found {kind!r}")
+        self = cls.__new__(cls)
+        self.seed = None if seed is None or kind == "flat" else int(seed)
+        self._setup(emb, kind, cpu_index, gpu_id, add=True)
+        if kind == "ivf":
+            self.nprobe = default_nprobe(self.nlist) if nprobe is None else nprobe
+        return self
+
+    def centroids(self) -> np.ndarray | None:
+        """(nlist, D) float32 coarse centroids of an IVF index (None for flat)."""
+        if self.kind != "ivf":
+            return None
+        cpu_index = faiss.index_gpu_to_cpu(self._index) if self._gpu_resources is not None else self._index
+        quantizer = faiss.extract_index_ivf(cpu_index).quantizer
+        return quantizer.reconstruct_n(0, quantizer.ntotal).astype(np.float32, copy=False)
+
+    def params(self) -> dict[str, Any]:
+        """What :meth:`rebuild` needs besides the vectors: kind, and for IVF nlist, nprobe and seed."""
+        if self.kind != "ivf":
+            return {"kind": "flat"}
+        return {"kind": "ivf", "nlist": self.nlist, "nprobe": self.nprobe, "seed": self.seed}
 
     def _setup(self, emb: np.ndarray, kind: str, cpu_index: faiss.Index, gpu_id: int | None,
                add: bool) -> None:
@@ -385,6 +474,7 @@ class ExemplarIndex:
                 f"{emb_path.name} has shape {emb.shape}; the two files come from different pools"
             )
         self = cls.__new__(cls)
+        self.seed = None
         self._setup(emb, kind, cpu_index, _resolve_device(device), add=False)
         if nprobe is not None:
             self.nprobe = nprobe

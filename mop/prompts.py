@@ -1,9 +1,11 @@
 """Prompt templates: persona + exemplar + target context -> the LM's prompt (docs/method.md section 4).
 
-Templates are Python format strings. Fields: ``{persona}``, ``{context}`` (the rendered target context), every
-target context field and ``{label}`` by name, ``{exemplar_context}``, ``{exemplar_response}`` and
-``{exemplar[FIELD]}`` (an exemplar's context field, ``label`` or ``response``). A line whose fields all render
-empty is dropped, so one template serves prompts with and without a persona or an exemplar (the baselines).
+Templates are Python format strings limited to plain fields: ``{persona}``, ``{context}`` (the rendered target
+context), every target context field and ``{label}`` by name, ``{exemplar_context}``, ``{exemplar_response}``
+and ``{exemplar[FIELD]}`` (an exemplar's context field, ``label`` or ``response``); no attribute access, other
+indexing, conversion (``!r``) or format spec (:func:`check_plain_template`: a template may come with a gate
+export from anyone). A line whose fields all render empty is dropped, so one template serves prompts with and
+without a persona or an exemplar (the baselines).
 """
 
 from __future__ import annotations
@@ -23,12 +25,52 @@ DEFAULT_TEMPLATE = (
 )
 
 FIXED_FIELDS = {"persona", "context", "exemplar", "exemplar_context", "exemplar_response", "label"}
+MAX_TEMPLATE_CHARS = 65_536
+_NAME = r"[^.\[\]{}!:]+"  # a field name: no attribute access, indexing, conversion or format spec
+PLAIN_FIELD = re.compile(rf"(?P<name>{_NAME})|exemplar\[(?P<field>{_NAME})\]")
+
+
+def check_plain_template(template: object, what: str = "prompt_template") -> list[tuple[str, str | None]]:
+    """The fields of ``template`` as (name, exemplar FIELD or None), refused unless every one is a plain
+    ``{name}`` or ``{exemplar[FIELD]}``: no attribute access (``{persona.__class__}``), other indexing, nested
+    fields, conversion (``!r``) or format spec (``:>10``), no positional ``{}`` / ``{0}``; balanced braces.
+    Format strings cannot call anything, but such fields render object reprs into prompts."""
+    if not isinstance(template, str):
+        raise MopError(f"{what} must be a string, found {type(template).__name__}")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise MopError(f"{what} has {len(template):,} characters, more than the {MAX_TEMPLATE_CHARS:,} a "
+                       "template may have")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:  # "Single '}' encountered in format string", "unmatched '{'" ...
+        raise MopError(f"{what} is not a valid template ({err}; write a literal brace as {{{{ or }}}})") \
+            from err
+    rule = ("a template may use only plain fields {name} and {exemplar[FIELD]} (no attribute access, "
+            "indexing, conversion or format spec)")
+    out = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+        match = PLAIN_FIELD.fullmatch(name)
+        if conversion is not None or spec or not match:
+            raise MopError(f"{what} has the field {shown!r}: {rule}")
+        if name.strip() != name or name.isdigit() or (match["field"] or "x").isdigit():
+            raise MopError(f"{what} has the field {shown!r}: a field is a name (no positional field, no "
+                           "surrounding spaces)")
+        if name == "exemplar":
+            raise MopError(f"{what} has the field {shown!r}: name one of the exemplar's fields, "
+                           "{exemplar[FIELD]}, or use {exemplar_context} / {exemplar_response}")
+        out.append((name, None) if match["name"] else ("exemplar", match["field"]))
+    return out
 
 
 def validate_prompt_template(template: str, context_fields: list[str], labelled: bool = True) -> None:
     """Refuse a field the prompts cannot fill (it would render empty in every prompt): a name that is neither
     a fixed field nor a context column, an ``{exemplar[FIELD]}`` whose FIELD is not a context column,
-    ``label`` or ``response``, and ``{label}`` / ``{exemplar[label]}`` for a dataset without labels."""
+    ``label`` or ``response``, and ``{label}`` / ``{exemplar[label]}`` for a dataset without labels; and any
+    field that is not plain (:func:`check_plain_template`)."""
+    check_plain_template(template, "prompt_template")
     names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
     uses_label = "label" in template_fields(template) or "exemplar[label]" in names
     if uses_label and not labelled:

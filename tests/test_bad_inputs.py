@@ -288,6 +288,10 @@ CASES = [
          lambda d: _train(d, "--model.prompt_template", "Example on {exemplar[moive]}: {exemplar_response}"),
          ("prompt_template uses {exemplar[moive]}, but an exemplar has only label, movie, response "
           "(did you mean 'movie'?)",), runner="train"),
+    Case("config/attribute-access-in-prompt",
+         lambda d: _train(d, "--model.prompt_template", "Persona: {persona.__class__} {exemplar_response}"),
+         ("prompt_template has the field '{persona.__class__}': a template may use only plain fields",),
+         runner="train"),
     Case("config/wrong-type", lambda d: _train(d, "--model.hidden_dim", "big"),
          ("config key model.hidden_dim: expected a positive integer, got 'big'",), runner="train"),
     Case("config/missing-config-file", lambda d: (["fit", "-c", str(d / "nope.yaml")], []),
@@ -334,18 +338,25 @@ CASES = [
     Case("export/missing-file", lambda d: _generate(d, gating=_rm(_export(d), "gate.safetensors")),
          ("is missing gate.safetensors",)),
     Case("export/checksum-mismatch", lambda d: _generate(d, gating=_flip(_export(d), "exemplars.jsonl")),
-         ("exemplars.jsonl does not match its sha256 in config.json", "re-export the gate")),
+         ("exemplars.jsonl does not match its sha256 in manifest.json", "re-export the gate")),
     Case("export/other-embedder-dimension", lambda d: _generate(d, gating=_export(d, dim=16)),
          ("of dimension 16, but the embedder in use has dimension 384",)),
     Case("export/newer-format-version",
          lambda d: _generate(d, gating=_edit_config(_export(d), format_version=99)),
-         ("has format_version 99, newer than this MoP reads (1): upgrade mop",)),
+         ("has format_version 99, newer than this MoP reads (2): upgrade mop",)),
     Case("export/path-escapes-directory",
          lambda d: _generate(d, gating=_add_checksum(_export(d), "../../etc/passwd")),
-         ("config.json lists '../../etc/passwd', which is not a file inside the export directory",)),
+         ("manifest.json lists '../../etc/passwd', which is not a file inside the export directory",)),
     Case("export/pickle-listed-in-manifest",
          lambda d: _generate(d, gating=_add_checksum(_export(d), "evil.pkl")),
          ("lists 'evil.pkl', not a kind of file an export holds",)),
+    Case("export/template-attribute-access",  # issue 42's first probe: a stranger's export, re-signed
+         lambda d: _generate(d, gating=_resign(_edit_config(_export(d), prompt_template=ATTRIBUTE_PROBE))),
+         ("config.json prompt_template has the field '{persona.__class__.__mro__[1].__subclasses__}': a "
+          "template may use only plain fields {name} and {exemplar[FIELD]}",)),
+    Case("export/config-wrong-type", lambda d: _generate(d, gating=_resign(_edit_config(_export(d),
+                                                                                        embed_dim="384"))),
+         ("config.json key 'embed_dim' must be an integer between 1 and 65,536, found '384' (a string)",)),
     Case("export/not-an-export", lambda d: _generate(d, gating=_write(d / "dir" / "x.txt", "x").parent),
          ("is missing config.json: not a MoP gate export",)),
     Case("export/checkpoint-missing", lambda d: (["export", str(d / "none.ckpt"), str(d / "out")], []),
@@ -392,6 +403,12 @@ CASES = [
          ("output directory", "missing' does not exist (create it first)"), check=_no_dir),
     Case("generate/output-from-other-settings", lambda d: _generate(d, None, None, "--seed", "7"),
          ("holds rows generated with other settings: seed 0 (now 7)",)),
+    Case("generate/prompt-template-format-spec",  # issue 42's second probe: a conversion, a nested spec
+         lambda d: _generate(d, None, None, "--prompt-template", "{context!r:>{persona}}"),
+         ("prompt_template has the field '{context!r:>{persona}}': a template may use only plain fields",)),
+    Case("generate/prompt-template-attribute",
+         lambda d: _generate(d, None, None, "--prompt-template", "Persona: {persona.__class__}"),
+         ("prompt_template has the field '{persona.__class__}'",)),
     Case("generate/zero-samples", lambda d: _generate(d, None, None, "--num-samples", "0"),
          ("--num-samples: must be positive, got 0",)),
     Case("generate/not-an-integer", lambda d: _generate(d, None, None, "--batch-size", "many"),
@@ -414,8 +431,26 @@ def _flip(gate: Path, name: str) -> Path:
 
 
 def _add_checksum(gate: Path, name: str) -> Path:
-    cfg = json.loads((gate / "config.json").read_text())
-    return _edit_config(gate, checksums={**cfg["checksums"], name: "0" * 64})
+    """List one more file in the export's manifest."""
+    manifest = json.loads((gate / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": 0, "sha256": "0" * 64}
+    (gate / "manifest.json").write_text(json.dumps(manifest))
+    return gate
+
+
+ATTRIBUTE_PROBE = "Persona: {persona.__class__.__mro__[1].__subclasses__} {exemplar.__class__.__init__}"
+
+
+def _resign(gate: Path) -> Path:
+    """Recompute the manifest's sizes and digests, as anyone handing out a doctored export would."""
+    import hashlib
+
+    manifest = json.loads((gate / "manifest.json").read_text())
+    for name in manifest["files"]:
+        data = (gate / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (gate / "manifest.json").write_text(json.dumps(manifest))
+    return gate
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -662,12 +697,12 @@ def test_line_limit_names_the_first_long_line(tmp_path, monkeypatch, seed):
 
 
 # ------------------------------------------------------------------------------------------------ security
-EXPORT_SUFFIXES = {".json", ".jsonl", ".safetensors", ".faiss", ".npy"}
+EXPORT_SUFFIXES = {".json", ".jsonl", ".safetensors", ".npy"}
 
 
 def test_exports_hold_no_pickle_and_loading_ignores_other_files(tmp_path):
-    """An export is JSON, JSONL, safetensors, a FAISS index and a plain .npy; anything else in the folder is
-    never read, and a manifest that lists another kind of file is refused."""
+    """An export is JSON, JSONL, safetensors and a plain .npy (no serialised FAISS index); anything else in
+    the folder is never read, and a manifest that lists another kind of file is refused."""
     import numpy as np
 
     from mop.errors import MopError
@@ -676,8 +711,8 @@ def test_exports_hold_no_pickle_and_loading_ignores_other_files(tmp_path):
 
     gate = _export(tmp_path, dim=16)
     files = sorted(p.name for p in gate.iterdir())
-    assert files == ["config.json", "exemplar_embeddings.npy", "exemplars.faiss", "exemplars.jsonl",
-                     "gate.safetensors", "personas.jsonl"]
+    assert files == ["config.json", "exemplar_embeddings.npy", "exemplars.jsonl", "gate.safetensors",
+                     "manifest.json", "personas.jsonl"]
     assert {Path(f).suffix for f in files} <= EXPORT_SUFFIXES == set(declared)
     for name in files:  # no file is a pickle (protocol 2+ starts with b"\x80"), and the array needs none
         assert not (gate / name).read_bytes().startswith(b"\x80"), name
