@@ -382,6 +382,627 @@ def k100_paired(result: dict) -> str:
                           rows)
 
 
+
+# ------------------------------------------------------------------ docs/fidelity.md: the variants of the gate
+def md_table(text: str) -> dict[str, list[str]]:
+    """A committed .md result's first table: its first column (bold removed) -> the other cells (bold removed)."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("| ---"):
+            cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def diag(result: dict, gate: str, split: str = "val") -> dict:
+    """A gate_diagnosis.py result's figures for one gate and split."""
+    return result["results"][gate][split]
+
+
+def mean(d: dict, key: str) -> float:
+    return d[key]["mean"]
+
+
+def val_nll(result: dict) -> str:
+    return f"{result['gate_metrics']['val/nll_per_token']:.4f}"
+
+
+def by_set(paired: dict) -> dict[str, dict]:
+    return {r["set"]: r for r in paired["rows"]}
+
+
+def pdiff(r: dict, key: str = "fid") -> str:
+    """A paired difference with its interval."""
+    return interval(r[key]["diff"], r[key]["ci95"], sign=True)
+
+
+def psign(r: dict, key: str = "fid") -> str:
+    return f"{r[key]['diff']:+.4f}"
+
+
+def ci(r: dict, key: str, digits: int = 4) -> str:
+    return interval(r[key], (r.get("ci95") or {}).get(key), digits)
+
+
+def grid_cells(fids: dict, grid, chosen=None) -> str:
+    """A val sweep's FIDs over ``grid``, the chosen one in bold."""
+    return " / ".join(f"**{fids[k]:.4f}**" if chosen is not None and float(k) == chosen else f"{fids[k]:.4f}"
+                      for k in (f"{t:.1f}" for t in grid))
+
+
+def used(r: dict, digits: int | None = None) -> str:
+    """Personas / exemplars used (effective) of a set."""
+    def one(n, eff):
+        return "–" if not n else f"{n} ({eff if digits is None else format(eff, f'.{digits}f')})"
+    return f"{one(r['personas_used'], r.get('effective_personas'))} / " \
+           f"{one(r['exemplars_used'], r.get('effective_exemplars'))}"
+
+
+def _sweep(*temps: dict) -> dict[str, dict]:
+    """The val FIDs of several sweeps, merged per run (a later sweep adds its grid points)."""
+    out: dict[str, dict] = {}
+    for t in temps:
+        for run, fids in t["val_fid"].items():
+            out.setdefault(run, {}).update(fids)
+    return out
+
+
+def _test(r: dict, vendi: bool = True) -> list[str]:
+    out = [ci(r, "fid"), ci(r, "mauve", 3), ci(r, "kl_cosine")]
+    return out + [f"{r['diversity']['vendi']:.1f}"] if vendi else out
+
+
+def _chosen(t: dict, run: str) -> str:
+    return f"{t['chosen'][run]:.1f}"
+
+
+G = "smollm2-135m:{}"
+
+
+@table("guardian_tau06_gate", "gate_diagnosis_guardian_tau06.json", "fidelity_guardian_tau_temperatures.json",
+       "fidelity_guardian_tau12_temperatures.json", "fidelity_guardian_tau06_temperatures.json",
+       "fidelity_guardian_tau.json", "fidelity_guardian_tau06.json")
+def guardian_tau06_gate(dg: dict, t: dict, t12: dict, t06: dict, tau: dict, tau06: dict) -> str:
+    """Guardian: the gate trained at tau 0.6 beside the tau-1.0 gate, few-shot and the uniform gate."""
+    sweep, grid = _sweep(t, t12), [*t["grid"], *t12["grid"]]
+    g1, g6 = group(tau, "smollm2-135m", 408), group(tau06, "smollm2-135m", 408)
+    K, pool = dg["meta"]["K"], dg["meta"]["pool"]
+    rows = []
+    for label, gate, fids, chosen, r in (
+            ("trained at tau 1.0 (above)", "tau1.0", sweep[G.format("mop")], t["chosen"][G.format("mop")],
+             row(g1, G.format("mop"))),
+            ("trained at tau 0.6", "tau0.6", t06["val_fid"][G.format("mop")], t06["chosen"][G.format("mop")],
+             row(g6, G.format("mop"))),
+            ("few-shot (baseline, 0.6)", None, sweep[G.format("fewshot")], t["chosen"][G.format("fewshot")],
+             row(g6, G.format("fewshot"))),
+            ("uniform gate (0.6)", "", sweep[G.format("uniform")], t["chosen"][G.format("uniform")],
+             row(g6, G.format("uniform")))):
+        v = diag(dg, gate) if gate else None
+        gate_cells = ([f"{mean(v, 'eff_personas'):.1f}", f"{mean(v, 'top_persona'):.2f}",
+                       f"{mean(v, 'eff_exemplars'):.0f}"] if v else
+                      ["–", "–", f"{pool:,} (uniform)"] if gate is None else [str(K), f"{1 / K:.2f}", f"{pool:,}"])
+        rows.append([label, *gate_cells, grid_cells(fids, grid, chosen), f"{chosen:.1f}", *_test(r)])
+    grid_s = " / ".join(f"{x:.1f}" for x in grid)
+    return markdown_table(["gate", "eff. personas (val)", "top persona", "eff. exemplars (val)",
+                           f"val FID at {grid_s}", "chosen", "test FID [95% CI]", "test MAUVE [95% CI]",
+                           "test KL-cos [95% CI]", "Vendi"], rows)
+
+
+@table("rt_tau06_gate", "gate_diagnosis_fidelity_tau06.json", "fidelity_scale_tau_val_temperatures.json",
+       "fidelity_scale_tau06_temperatures.json", "fidelity_scale.json", "fidelity_scale_tau06.json")
+def rt_tau06_gate(dg: dict, t: dict, t06: dict, committed: dict, tau06: dict) -> str:
+    """Rotten Tomatoes: the gate trained at tau 0.6 beside the committed gate, few-shot and the uniform gate."""
+    g1, g6 = group(committed, "smollm2-135m", 1000), group(tau06, "smollm2-135m", 1000)
+    K, pool = dg["meta"]["K"], dg["meta"]["pool"]
+    uni = diag(dg, "tau1.0")["label_match_uniform"]
+    rows = []
+    for label, gate, fids, chosen, r in (
+            ("trained at tau 1.0 (committed)", "tau1.0", t["val_fid"][G.format("mop")], t["chosen"][G.format("mop")],
+             row(g1, G.format("mop"))),
+            ("trained at tau 0.6", "tau0.6", t06["val_fid"][G.format("mop")], t06["chosen"][G.format("mop")],
+             row(g6, G.format("mop"))),
+            ("few-shot (1.0)", None, t["val_fid"][G.format("fewshot")], t["chosen"][G.format("fewshot")],
+             row(g6, G.format("fewshot"))),
+            ("uniform gate (1.0 on test)", "", t["val_fid"][G.format("uniform")], t["chosen"][G.format("uniform")],
+             row(g6, G.format("uniform")))):
+        v = diag(dg, gate) if gate else None
+        gate_cells = ([f"{mean(v, 'eff_personas'):.1f}", f"{mean(v, 'eff_exemplars'):.1f}",
+                       f"{mean(v, 'label_match'):.3f}"] if v else
+                      ["–", f"{pool:,} (uniform)", f"{uni:.3f}"] if gate is None else
+                      [str(K), f"{pool:,}", f"{uni:.3f}"])
+        rows.append([label, *gate_cells, grid_cells(fids, t["grid"], chosen), f"{chosen:.1f}",
+                     *_test(r, vendi=False)])
+    return markdown_table(["RT gate", "eff. personas (val)", "eff. exemplars / context (val)",
+                           f"label-match (uniform {uni:.3f})",
+                           "val FID at " + " / ".join(f"{x:.1f}" for x in t["grid"]), "chosen",
+                           "test FID [95% CI]", "test MAUVE [95% CI]", "test KL-cos [95% CI]"], rows)
+
+
+@table("guardian_null", "gate_diagnosis_guardian.json", "gate_diagnosis_guardian_null.json",
+       "gate_diagnosis_guardian_null06.json", "fidelity_guardian_tau_temperatures.json",
+       "fidelity_guardian_tau12_temperatures.json", "fidelity_guardian_null_temperatures.json",
+       "fidelity_guardian_null06_temperatures.json", "fidelity_guardian.json", "fidelity_guardian_null.json",
+       "fidelity_guardian_null06.json")
+def guardian_null(d20: dict, dnull: dict, dnull06: dict, t: dict, t12: dict, tn: dict, tn06: dict,
+                  committed: dict, null: dict, null06: dict) -> str:
+    """Guardian: the gate with a persona-free component (trained at tau 1.0 and 0.6) beside the committed one."""
+    sweep, grid = _sweep(t, t12), [*t["grid"], *t12["grid"]]
+    mop, few = G.format("mop"), G.format("fewshot")
+    rows = []
+    for label, v, fids, chosen, r in (
+            ("20 personas (committed)", diag(d20, "trained"), sweep[mop], t["chosen"][mop],
+             row(group(committed, "smollm2-135m", 408), mop)),
+            ("20 personas + persona-free", diag(dnull, "null"), tn["val_fid"][mop], tn["chosen"][mop],
+             row(group(null, "smollm2-135m", 408), mop)),
+            ("20 personas + persona-free, trained at tau 0.6", diag(dnull06, "null_tau0.6"), tn06["val_fid"][mop],
+             tn06["chosen"][mop], row(group(null06, "smollm2-135m", 408), mop)),
+            ("few-shot (0.6)", None, sweep[few], t["chosen"][few], row(group(null, "smollm2-135m", 408), few))):
+        gate_cells = ([f"{mean(v, 'eff_personas'):.1f}",
+                       f"{mean(v, 'null_persona'):.2f}" if "null_persona" in v else "–",
+                       f"{mean(v, 'eff_exemplars'):.0f}"] if v else
+                      ["–", "–", f"{d20['meta']['pool']:,} (uniform)"])
+        rows.append([label, *gate_cells, grid_cells(fids, grid, chosen), f"{chosen:.1f}", *_test(r)])
+    return markdown_table(["gate", "eff. personas (val)", "persona-free mass", "eff. exemplars (val)",
+                           "val FID at " + " / ".join(f"{x:.1f}" for x in grid), "chosen", "test FID [95% CI]",
+                           "test MAUVE [95% CI]", "test KL-cos [95% CI]", "Vendi"], rows)
+
+
+@table("gate_t_val", "fidelity_guardian_gt_temperatures.json", "fidelity_guardian_tau_temperatures.json",
+       "fidelity_scale_gt_temperatures.json", "fidelity_scale_tau_val_temperatures.json")
+def gate_t_val(gg: dict, gb: dict, rg: dict, rb: dict) -> str:
+    """Val FID of MoP per gate temperature and tau, both populations, beside the two best baselines on val."""
+    rows = []
+    taus = sorted({*gg["grid"], *rg["grid"]})
+    for population, t, base in (("Guardian", gg, gb), ("Rotten Tomatoes", rg, rb)):
+        mop = G.format("mop")
+        by_t, T, tau = t["val_fid_by_gate_temperature"][mop], t["chosen_gate_temperature"][mop], t["chosen"][mop]
+        best = sorted(((min(v.values()), run, base["chosen"][run]) for run, v in base["val_fid"].items()
+                       if run != mop))[:2]
+        for i, gt in enumerate(t["gate_temperature_grid"]):
+            fids = by_t[f"{gt:g}"]
+            cells = []
+            for x in taus:
+                f = fids.get(f"{x:.1f}")
+                chosen = gt == T and x == tau
+                cells.append("–" if f is None else f"**{f:.4f}** (chosen)" if chosen else f"{f:.4f}")
+            name = f"**{gt:g}**" if gt == T else f"{gt:g}"
+            rows.append([population, name + (" (trained)" if gt == 1 else ""), *cells,
+                         ", ".join(f"{_short(split_run(run)[1])} {v:.4f} ({c:.1f})" for v, run, c in best)
+                         if i == 0 else ""])
+    return markdown_table(["population", "gate T", *(f"tau {x:.1f}" for x in taus), "best baseline on val"],
+                          rows)
+
+
+@table("rt_gt05", "fidelity_scale_gt05.json")
+def rt_gt05(result: dict) -> str:
+    """Rotten Tomatoes: MoP with the gate sharpened (T 0.5), re-evaluated beside the committed sets."""
+    labels = {"mop-gate0.5": "MoP, gate T 0.5, tau 1.0", "mop": "MoP, trained gate (T 1), tau 1.0",
+              "uniform": "the uniform gate, tau 1.0", "fewshot": "few-shot, tau 1.0"}
+    by = {r["name"]: r for r in result["rows"]}
+    rows = [[label, ci(by[G.format(m)], "fid"), ci(by[G.format(m)], "mauve", 3),
+             ci(by[G.format(m)], "kl_cosine"), ci(by[G.format(m)], "f1", 3),
+             f"{by[G.format(m)]['diversity']['vendi']:.1f}"] for m, label in labels.items()]
+    ref = result["reference"]
+    rows.append(["real training texts (reference)", ci(ref, "fid"), ci(ref, "mauve", 3), ci(ref, "kl_cosine"),
+                 ci(ref, "f1", 3), f"{ref['diversity']['vendi']:.1f}"])
+    return markdown_table(["set", "FID ↓ [95% CI]", "MAUVE ↑ [95% CI]", "KL-cos ↓ [95% CI]", "F1 ↑ [95% CI]",
+                           "Vendi"], rows)
+
+
+@table("rt_label", "fidelity_scale_label.json", "fidelity_scale_gt.json")
+def rt_label(label: dict, committed: dict) -> str:
+    """Rotten Tomatoes: every exemplar drawn with the context's label (MoP, few-shot, the uniform gate)."""
+    cols = ["method", "FID ↓ [95% CI]", "MAUVE ↑ [95% CI]", "KL-cos ↓ [95% CI]", "F1 ↑ [95% CI]", "exemplars",
+            "exemplar label match"]
+    g, gc = group(label, "smollm2-135m", 1000), group(committed, "smollm2-135m", 1000)
+    rows, raws = [], []
+    for grp, m, name in ((g, "mop", "MoP, label-matched, T {T:g}, tau {tau:.1f}"),
+                         (g, "fewshot", "few-shot, label-matched, tau {tau:.1f}"),
+                         (g, "uniform", "uniform gate, label-matched, tau {tau:.1f}"),
+                         (g, "persona", "persona only, tau {tau:.1f} (no exemplar)"),
+                         (gc, "mop", "MoP, whole pool, T {T:g} (table above)")):
+        r = row(grp, G.format(m))
+        rows.append({**cells(grp, r["name"], label=name.format(T=r.get("gate_temperature", 1.0),
+                                                               tau=r.get("temperature", 1.0))),
+                     "exemplars": _exemplars(r)})
+        raws.append(r if grp is g else None)
+    bold_best(cols, rows, raws)
+    rows.append({**reference(g), "exemplars": "–"})
+    return render_rows(cols, rows, ["set", *cols[1:5], "exemplars used (effective)", cols[6]])
+
+
+@table("rt_topp", "fidelity_scale_topp_choice.json", "fidelity_scale_topp.json", "fidelity_scale.json")
+def rt_topp(choice: dict, topp: dict, committed: dict) -> str:
+    """Rotten Tomatoes: each method's top-p (0.9 or 1.0) chosen on val, its test FID beside top-p 1.0's."""
+    g, gc = group(topp, "smollm2-135m", 1000), group(committed, "smollm2-135m", 1000)
+    rows = []
+    for run, c in choice["runs"].items():
+        v, p = c["val_fid"], c["chosen_top_p"]
+        r = row(g, run)
+        rows.append([_short(split_run(run)[1]),
+                     " / ".join(f"**{v[k]:.4f}**" if float(k) == p else f"{v[k]:.4f}" for k in ("0.9", "1.0")),
+                     f"{p:.1f}", ci(r, "fid"), f"{row(gc, run)['fid']:.4f}"])
+    return markdown_table(["method (MiniLM)", "val FID, top-p 0.9 / 1.0 (n = 200)", "chosen",
+                           "test FID at the choice [95% CI] (n = 1,000)", "test FID at top-p 1.0"], rows)
+
+
+QUICK = {"mop": "MoP", "zerogen": "ZeroGen", "attrprompt": "AttrPrompt", "persona": "persona only",
+         "fewshot": "few-shot (random exemplar)", "uniform": "MoP, untrained (uniform gate)",
+         "mop-no-exemplar": "ablation: MoP without exemplars", "mop-random-persona": "ablation: MoP, random persona"}
+
+
+@table("quickstart", "fidelity.json")
+def quickstart(result: dict) -> str:
+    """The quickstart-scale benchmark: every LM's group of sets, the reference and the target, point figures."""
+    rows = []
+    for g in result["groups"]:
+        for r in g["rows"]:
+            model, method = split_run(r["name"])
+            rows.append([model, QUICK[method], str(r["n"]), f"{r['fid']:.4f}",
+                         f"{r['mauve']:.3f} ± {r['mauve_std']:.3f}", f"{r['kl_cosine']:.4f}", f"{r['f1']:.3f}",
+                         f"{r['personas_used']} / {r['exemplars_used']}", str(r["mean_words"])])
+        rows.append(["–", "real training reviews (reference)", str(g["reference"]["n"]), "–", "–", "–",
+                     f"{g['reference']['f1']:.3f}", "–", "–"])
+        rows.append(["–", "real test reviews (the target)", str(g["n"]), "0", "1", "0", "–", "–",
+                     str(g["real_words"])])
+    return markdown_table(["LM", "method", "n", "FID ↓", "MAUVE ↑", "KL-cos ↓", "F1 ↑",
+                           "personas / exemplars used", "words"], rows)
+
+
+def _fid_inf_below(x: float, few: float) -> str:
+    d = 1 - x / few
+    return f"{d:.1%}" if d >= 0 else f"{-d:.1%} above"
+
+
+@table("decompose", "fidelity_gap_decompose.json", "fidelity_gap_decompose_guardian_tau.json",
+       "fidelity_gap_decompose_guardian_gt.json", "fidelity_gap_decompose_scale_gemma_tg_gemma.json")
+def decompose(rt: dict, gtau: dict, ggt: dict, gemma: dict) -> str:
+    """FID split into its mean term, and FID∞, per set (RT, Guardian, Gemma on RT), against few-shot's FID∞."""
+    def sets(result):
+        return {r["set"].split("__")[-1] if "__" in r["set"] else "ref": r for r in result["rows"]}
+
+    def share(r):
+        return f"{r['mean_term'] / r['fid']:.0%}"
+
+    def line(label, r, few):
+        return [label, f"{r['fid']:.4f}", f"{r['mean_term']:.4f} ({share(r)})",
+                f"{r['fid_inf']:.4f} ± {r['fid_inf_std_over_5_seeds']:.4f}",
+                "–" if r is few else _fid_inf_below(r["fid_inf"], few["fid_inf"])]
+
+    def joined(label, rs, few):
+        return [label, " / ".join(f"{r['fid']:.4f}" for r in rs), " / ".join(share(r) for r in rs),
+                " / ".join(f"{r['fid_inf']:.4f}" for r in rs),
+                " / ".join("–" if r is few else _fid_inf_below(r["fid_inf"], few["fid_inf"]) for r in rs)]
+
+    r, gt, gg, gm = sets(rt), sets(gtau), sets(ggt), sets(gemma)
+    rows = [line(f"RT, real training texts (reference), n = {rt['n']:,}", r["ref"], r["fewshot"]),
+            line("RT, MoP", r["mop"], r["fewshot"]), line("RT, the uniform gate", r["uniform"], r["fewshot"]),
+            line("RT, few-shot", r["fewshot"], r["fewshot"]),
+            joined("RT, persona only / AttrPrompt / ZeroGen", [r["persona"], r["attrprompt"], r["zerogen"]],
+                   r["fewshot"]),
+            line(f"Guardian, real training texts (reference), n = {gtau['n']}", gt["ref"], gt["fewshot"]),
+            line("Guardian, few-shot (tau 0.6, chosen on val)", gt["fewshot"], gt["fewshot"]),
+            line("Guardian, MoP (gate temperature T 2, tau 0.6, both chosen on val)", gg["mop"], gt["fewshot"]),
+            line(f"Gemma on RT, real training texts, n = {gemma['n']}", gm["ref"], gm["fewshot"]),
+            joined("Gemma, MoP at T 2 / AttrPrompt (the best) / few-shot",
+                   [gm["mop"], gm["attrprompt"], gm["fewshot"]], gm["fewshot"])]
+    return markdown_table(["set (MiniLM)", "FID", "mean term (share)", "FID∞", "FID∞ below few-shot's"], rows)
+
+
+def _mop(result: dict, model: str = "smollm2-135m", n: int = 1000) -> dict:
+    return row(group(result, model, n), f"{model}:mop")
+
+
+def _committed_mop(result: dict, dec: dict) -> dict:
+    """The committed RT MoP set, its FID∞ from fidelity_gap.py decompose (fidelity_scale.json has none)."""
+    (inf,) = [r["fid_inf"] for r in dec["rows"] if r["set"] == "smollm2-135m__mop"]
+    return {**_mop(result), "fid_inf": inf}
+
+
+def _fid(result: dict, method: str, model: str = "smollm2-135m", n: int = 1000) -> float:
+    return row(group(result, model, n), f"{model}:{method}")["fid"]
+
+
+def _val(v: dict) -> str:
+    return f"{mean(v, 'eff_personas'):.2f} / {mean(v, 'top_persona'):.3f}"
+
+
+def _exs(v: dict, t: dict) -> str:
+    return f"{mean(v, 'eff_exemplars'):.1f} / {mean(t, 'eff_exemplars'):.1f}"
+
+
+def _lm(v: dict, t: dict) -> str:
+    return f"{mean(v, 'label_match'):.3f} / {mean(t, 'label_match'):.3f}"
+
+
+def _lm_uniform(v: dict, t: dict) -> str:
+    return f"{v['label_match_uniform']:.3f} / {t['label_match_uniform']:.3f}"
+
+
+def _texts(r: dict) -> str:
+    return f"{r['exemplars_used']} ({r['effective_exemplars']})"
+
+
+def _vs(label: str, left: str, right: str) -> list[str]:
+    return [label, left, right]
+
+
+def _row_of(rows: dict[str, list[str]], start: str) -> list[str]:
+    (key,) = [k for k in rows if k.startswith(start)]
+    return rows[key]
+
+
+def _variant(head: list[str], d1: tuple, d2: tuple, c: dict, v: dict, p1: dict, p2: dict, against: str,
+             label2: str, cg: dict, vg: dict, pg: dict, dec: dict) -> list[list[str]]:
+    """The rows an RT training variant shares with the committed gate: the gate (val / test diagnosis), MoP's
+    test figures, the paired differences against the baselines and the committed MoP, the Gemma transfer."""
+    (v1, t1), (v2, t2) = d1, d2
+    m1, m2 = _committed_mop(c, dec), _mop(v)
+    q1, q2 = by_set(p1), by_set(p2)
+    gm1, gm2 = _mop(cg, "gemma3-270m", 200), _mop(vg, "gemma3-270m", 200)
+    att = row(group(vg, "gemma3-270m", 200), "gemma3-270m:attrprompt")
+    qg = by_set(pg)["samples/gemma3-270m__attrprompt"]
+    return [
+        _vs("train NLL per record, epoch mean", f"{c['gate_metrics']['train/nll_epoch']:.3f}",
+            f"{v['gate_metrics']['train/nll_epoch']:.3f}"),
+        _vs("effective personas / top-persona share (val, per context)", _val(v1), _val(v2)),
+        _vs("effective exemplars per val context / over the split",
+            f"{mean(v1, 'eff_exemplars'):.1f} / {v1['eff_exemplars_global']:.1f}",
+            f"{mean(v2, 'eff_exemplars'):.1f} / {v2['eff_exemplars_global']:.1f}"),
+        _vs(f"label-match mass (val; uniform Omega {v1['label_match_uniform']:.3f}) / test",
+            f"{mean(v1, 'label_match'):.3f} / {mean(t1, 'label_match'):.3f}",
+            f"{mean(v2, 'label_match'):.3f} / {mean(t2, 'label_match'):.3f}"),
+        _vs("MoP FID [95% CI]", ci(m1, "fid"), ci(m2, "fid")),
+        _vs("MoP FID∞ / MAUVE [95% CI]", f"{m1['fid_inf']:.4f} / {ci(m1, 'mauve', 3)}",
+            f"{m2['fid_inf']:.4f} / {ci(m2, 'mauve', 3)}"),
+        _vs("MoP KL-cos [95% CI]", ci(m1, "kl_cosine"), ci(m2, "kl_cosine")),
+        _vs("exemplars in MoP's 1,000 texts (effective) / Vendi / mean words",
+            f"{_texts(m1)} / {m1['diversity']['vendi']:.1f} / {m1['mean_words']}",
+            f"{_texts(m2)} / {m2['diversity']['vendi']:.1f} / {m2['mean_words']}"),
+        _vs(f"paired FID difference, {label2} minus: the uniform gate",
+            f"{pdiff(q1['smollm2-135m__uniform'])} ({head[1].split(' (')[0]} minus)", pdiff(q2["samples/smollm2-135m__uniform"])),
+        _vs("... few-shot / persona-only",
+            f"{pdiff(q1['smollm2-135m__fewshot'])} / {pdiff(q1['smollm2-135m__persona'])} ({head[1].split(' (')[0]} minus)",
+            f"{pdiff(q2['samples/smollm2-135m__fewshot'])} / {pdiff(q2['samples/smollm2-135m__persona'])}"),
+        _vs(f"... MoP {against}", "–",
+            f"{pdiff(q2['e1_sets/smollm2-135m__mop'])} (KL-cos {pdiff(q2['e1_sets/smollm2-135m__mop'], 'kl_cosine')})"),
+        _vs("Gemma (n = 200), the gate transferred: MoP FID", ci(gm1, "fid"),
+            f"{ci(gm2, 'fid')} (AttrPrompt {att['fid']:.4f}; paired {pdiff(qg)})"),
+    ]
+
+
+@table("rt_e2", "val_nll_s16.md", "gate_diagnosis_e2.json", "fidelity_scale.json", "fidelity_e2.json",
+       "fidelity_gap_paired.json", "fidelity_gap_paired_e2.json", "fidelity_e2_gemma.json",
+       "fidelity_gap_paired_e2_gemma.json", "fidelity_gap_decompose.json")
+def rt_e2(nll: str, dg: dict, c: dict, e2: dict, p1: dict, p2: dict, e2g: dict, pg: dict, dec: dict) -> str:
+    """Rotten Tomatoes: the gate after a second epoch beside the committed one-epoch gate."""
+    head = ["RT, n = 1,000 (MiniLM)", "1 epoch (committed)", "2 epochs"]
+    untrained = md_table(nll)["untrained (uniform)"][1]
+    rows = [_vs(f"validation NLL per token (8-pair estimate; untrained {untrained})", val_nll(c), val_nll(e2))]
+    rows += _variant(head, (diag(dg, "epoch1"), diag(dg, "epoch1", "test")),
+                     (diag(dg, "epoch2"), diag(dg, "epoch2", "test")), c, e2, p1, p2, "after 1 epoch", "2 epochs",
+                     c, e2g, pg, dec)
+    return markdown_table(head, rows)
+
+
+@table("rt_s16", "val_nll_s16.md", "gate_diagnosis_s16.json", "fidelity_scale.json", "fidelity_s16.json",
+       "fidelity_gap_paired.json", "fidelity_gap_paired_s16.json", "fidelity_s16_gemma.json",
+       "fidelity_gap_paired_s16_gemma.json", "fidelity_gap_decompose.json")
+def rt_s16(nll: str, dg: dict, c: dict, s16: dict, p1: dict, p2: dict, sg: dict, pg: dict, dec: dict) -> str:
+    """Rotten Tomatoes: the gate trained with 16 exploration pairs beside the committed S = 8 gate."""
+    head = ["RT, n = 1,000 (MiniLM)", "S = 8 (committed)", "S = 16"]
+    t = md_table(nll)
+    rows = [_vs(f"validation NLL per token, 8-pair estimate (untrained {t['untrained (uniform)'][1]})",
+                val_nll(c), val_nll(s16)),
+            _vs(f"... re-validated with a 32-pair estimate (untrained {t['untrained (uniform)'][2]})",
+                _row_of(t, "S = 8, 1 epoch")[2], t["S = 16, 1 epoch"][2])]
+    rows += _variant(head, (diag(dg, "epoch1_S8"), diag(dg, "epoch1_S8", "test")),
+                     (diag(dg, "epoch1_S16"), diag(dg, "epoch1_S16", "test")), c, s16, p1, p2, "with S = 8",
+                     "S = 16", c, sg, pg, dec)
+    return markdown_table(head, rows)
+
+
+def _lever(dec, c, v, dc, dv, p1, p2, paired_against):
+    """The rows of a pool or data-size variant against the committed gate (its own baselines where it has them)."""
+    (v1, t1), (v2, t2) = dc, dv
+    m1, m2 = _committed_mop(c, dec), _mop(v)
+    q1, q2 = by_set(p1), by_set(p2)
+    k = q2["k20/smollm2-135m__mop"]
+    return [
+        _vs("validation NLL per token (8-pair estimate), trained", val_nll(c), val_nll(v)),
+        _vs("effective personas per val context / top-persona share", _val(v1), _val(v2)),
+        _vs("effective exemplars per context, val / test", _exs(v1, t1), _exs(v2, t2)),
+        _vs("distinct top persona / top exemplar over the val contexts",
+            f"{v1['distinct_top_personas']} / {v1['distinct_top_exemplars']}",
+            f"{v2['distinct_top_personas']} / {v2['distinct_top_exemplars']}"),
+        _vs("label-match mass, val / test (uniform Omega: in brackets)",
+            f"{_lm(v1, t1)} ({_lm_uniform(v1, t1)})", f"{_lm(v2, t2)} ({_lm_uniform(v2, t2)})"),
+        _vs("in MoP's 1,000 texts: personas / exemplars used (effective)", used(m1), used(m2)),
+        _vs("MoP FID [95% CI] / FID∞", f"{ci(m1, 'fid')} / {m1['fid_inf']:.4f}",
+            f"{ci(m2, 'fid')} / {m2['fid_inf']:.4f}"),
+        _vs("MoP MAUVE / KL-cos [95% CI]", f"{ci(m1, 'mauve', 3)} / {ci(m1, 'kl_cosine')}",
+            f"{ci(m2, 'mauve', 3)} / {ci(m2, 'kl_cosine')}"),
+        _vs("the uniform gate / few-shot / persona only, FID",
+            " / ".join(f"{_fid(c, m):.4f}" for m in ("uniform", "fewshot", "persona")),
+            " / ".join(f"{_fid(v, m):.4f}" for m in ("uniform", "fewshot", "persona"))),
+        _vs("paired FID difference, MoP minus: the uniform gate", pdiff(q1["smollm2-135m__uniform"]),
+            pdiff(q2["samples/smollm2-135m__uniform"])),
+        _vs("... few-shot / persona only",
+            f"{pdiff(q1['smollm2-135m__fewshot'])} / {pdiff(q1['smollm2-135m__persona'])}",
+            f"{pdiff(q2['samples/smollm2-135m__fewshot'])} / {pdiff(q2['samples/smollm2-135m__persona'])}"),
+        _vs(f"... {paired_against}", "–", f"{pdiff(k)} (KL-cos {pdiff(k, 'kl_cosine')})"),
+    ]
+
+
+@table("rt_pool2k", "gate_diagnosis_gemma_trained.json", "gate_diagnosis_pool2k.json", "fidelity_scale.json",
+       "fidelity_pool2k.json", "fidelity_gap_paired.json", "fidelity_gap_paired_pool2k.json",
+       "fidelity_gap_decompose.json")
+def rt_pool2k(dc: dict, dv: dict, c: dict, v: dict, p1: dict, p2: dict, dec: dict) -> str:
+    """Rotten Tomatoes: the gate trained with a pool of 2,000 exemplars beside the committed 1,000-pool gate."""
+    return markdown_table(["RT, SmolLM2, n = 1,000 (MiniLM)", "pool of 1,000 (committed)", "pool of 2,000"],
+                          _lever(dec, c, v, (diag(dc, "smollm2_S8"), diag(dc, "smollm2_S8", "test")),
+                                 (diag(dv, "pool2k"), diag(dv, "pool2k", "test")), p1, p2,
+                                 "the 1,000-pool MoP gate"))
+
+
+@table("rt_rec4k", "gate_diagnosis_gemma_trained.json", "gate_diagnosis_rec4k.json", "fidelity_scale.json",
+       "fidelity_rec4k.json", "fidelity_gap_paired.json", "fidelity_gap_paired_rec4k.json",
+       "fidelity_gap_decompose.json")
+def rt_rec4k(dc: dict, dv: dict, c: dict, v: dict, p1: dict, p2: dict, dec: dict) -> str:
+    """Rotten Tomatoes: the gate trained on 4,000 records (its own baselines) beside the committed gate."""
+    return markdown_table(["RT, SmolLM2, n = 1,000 (MiniLM)", "2,000 records (committed)", "4,000 records"],
+                          _lever(dec, c, v, (diag(dc, "smollm2_S8"), diag(dc, "smollm2_S8", "test")),
+                                 (diag(dv, "rec4k"), diag(dv, "rec4k", "test")), p1, p2,
+                                 "the 2,000-record MoP gate"))
+
+
+def _gemma_cmp(a: dict, b: dict, mb: dict) -> dict[str, str]:
+    """Point differences of set ``a``'s MoP FID from each baseline of result ``b`` (unpaired)."""
+    return {m: f"{a['fid'] - _fid(b, m, 'gemma3-270m', 200):+.4f}" for m in BASELINES}
+
+
+@table("rt_gemma_trained", "val_nll_gemma_trained.md", "gate_diagnosis_gemma_trained.json", "fidelity_scale.json",
+       "fidelity_gemma_trained.json", "fidelity_gap_paired_gemma_trained.json",
+       "fidelity_gemma_trained_smol.json", "fidelity_gap_paired_gemma_trained_smol.json")
+def rt_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict, ps: dict) -> str:
+    """Rotten Tomatoes with Gemma: the gate trained on Gemma beside the SmolLM2 gate transferred."""
+    t = md_table(nll)
+    (v1, t1), (v2, t2) = [(diag(dg, g), diag(dg, g, "test")) for g in ("smollm2_S8", "gemma_S8")]
+    m1, m2 = _mop(c, "gemma3-270m", 200), _mop(v, "gemma3-270m", 200)
+    q, qs = by_set(pv), by_set(ps)
+    d1 = _gemma_cmp(m1, v, m2)
+    s1, s2 = _mop(c), _mop(smol)
+
+    def fids(ms):
+        return " / ".join(f"{_fid(v, m, 'gemma3-270m', 200):.4f}" for m in ms)
+
+    rows = [
+        _vs(f"validation NLL per token under Gemma (untrained {t['untrained (uniform)'][1]})",
+            t["trained on SmolLM2"][1], t["trained on Gemma"][1]),
+        _vs(f"... under SmolLM2 (untrained {t['untrained (uniform)'][0]})", t["trained on SmolLM2"][0],
+            t["trained on Gemma"][0]),
+        _vs("effective personas (val / test, per context)", f"{mean(v1, 'eff_personas'):.2f} / "
+            f"{mean(t1, 'eff_personas'):.2f}", f"{mean(v2, 'eff_personas'):.2f} / {mean(t2, 'eff_personas'):.2f}"),
+        _vs("effective exemplars per context (val / test)", _exs(v1, t1), _exs(v2, t2)),
+        _vs("label-match mass, val / test (uniform Omega: in brackets)", f"{_lm(v1, t1)} ({_lm_uniform(v1, t1)})",
+            f"{_lm(v2, t2)} ({_lm_uniform(v2, t2)})"),
+        _vs("MoP FID [95% CI] / FID∞", f"{ci(m1, 'fid')} / {_num(m1.get('fid_inf'), 4)}",
+            f"{ci(m2, 'fid')} / {_num(m2.get('fid_inf'), 4)}"),
+        _vs("MoP MAUVE [95% CI]", ci(m1, "mauve", 3), ci(m2, "mauve", 3)),
+        _vs("MoP KL-cos [95% CI] / F1", f"{ci(m1, 'kl_cosine')} / {m1['f1']:.3f}",
+            f"{ci(m2, 'kl_cosine')} / {m2['f1']:.3f}"),
+        _vs("personas / exemplars in MoP's 200 texts (effective)", used(m1), used(m2)),
+        _vs("paired FID difference, Gemma-trained minus: the transferred gate", "–",
+            f"{pdiff(q['e1_sets/gemma3-270m__mop'])} (KL-cos {pdiff(q['e1_sets/gemma3-270m__mop'], 'kl_cosine')})"),
+        _vs(f"... AttrPrompt / persona-only / ZeroGen (FID {fids(('attrprompt', 'persona', 'zerogen'))})",
+            " / ".join(d1[m] for m in ("attrprompt", "persona", "zerogen")) + " (unpaired)",
+            " / ".join(pdiff(q[f"samples/gemma3-270m__{m}"]) for m in ("attrprompt", "persona", "zerogen"))),
+        _vs(f"... few-shot / the uniform gate (FID {fids(('fewshot', 'uniform'))})",
+            " / ".join(d1[m] for m in ("fewshot", "uniform")) + " (unpaired)",
+            " / ".join(pdiff(q[f"samples/gemma3-270m__{m}"]) for m in ("fewshot", "uniform"))),
+        _vs("paired KL-cos difference vs AttrPrompt / ZeroGen / few-shot", "–",
+            " / ".join(pdiff(q[f"samples/gemma3-270m__{m}"], "kl_cosine") for m in ("attrprompt", "zerogen",
+                                                                                     "fewshot"))),
+        _vs("the other way: the gate sampled with SmolLM2 (n = 1,000): MoP FID / KL-cos",
+            f"{s1['fid']:.4f} / {s1['kl_cosine']:.4f} (its own LM)",
+            f"{ci(s2, 'fid')} / {s2['kl_cosine']:.4f}; paired against the SmolLM2 gate "
+            f"{pdiff(qs['e1_sets/smollm2-135m__mop'])} (KL-cos {pdiff(qs['e1_sets/smollm2-135m__mop'], 'kl_cosine')}),"
+            f" against the uniform gate {pdiff(qs['samples/smollm2-135m__uniform'])}"),
+    ]
+    return markdown_table(["RT, Gemma-3-270M, n = 200 (MiniLM)", "gate trained on SmolLM2 (transferred)",
+                           "gate trained on Gemma"], rows)
+
+
+@table("rt_gemma_trained_e2", "val_nll_gemma_trained_e2.md", "gate_diagnosis_gemma_trained_e2.json",
+       "fidelity_gemma_trained.json", "fidelity_gemma_trained_e2.json", "fidelity_gap_paired_gemma_trained.json",
+       "fidelity_gap_paired_gemma_trained_e2.json")
+def rt_gemma_trained_e2(nll: str, dg: dict, c: dict, v: dict, p1: dict, p2: dict) -> str:
+    """Rotten Tomatoes with Gemma: the Gemma-trained gate after a second epoch beside its first."""
+    t = md_table(nll)
+    (v1, t1), (v2, t2) = [(diag(dg, g), diag(dg, g, "test")) for g in ("gemma_epoch1", "gemma_epoch2")]
+    m1, m2 = _mop(c, "gemma3-270m", 200), _mop(v, "gemma3-270m", 200)
+    q1, q2 = by_set(p1), by_set(p2)
+    e1 = q2["e1/gemma3-270m__mop"]
+
+    def fids(ms):
+        return " / ".join(f"{_fid(v, m, 'gemma3-270m', 200):.4f}" for m in ms)
+
+    def diffs(q, ms):
+        return " / ".join(pdiff(q[f"samples/gemma3-270m__{m}"]) for m in ms)
+
+    un, one, two = t["untrained (uniform)"], _row_of(t, "trained on Gemma, 1 epoch"), _row_of(t, "trained on Gemma, 2")
+    rows = [
+        _vs(f"validation NLL per token under Gemma (untrained {un[0]}) / under SmolLM2 ({un[1]})",
+            f"{one[0]} / {one[1]}", f"{two[0]} / {two[1]}"),
+        _vs("effective personas / top-persona share (val, per context)", _val(v1), _val(v2)),
+        _vs("effective exemplars per context, val / test", _exs(v1, t1), _exs(v2, t2)),
+        _vs("label-match mass, val / test (uniform Omega: in brackets)", f"{_lm(v1, t1)} ({_lm_uniform(v1, t1)})",
+            f"{_lm(v2, t2)} ({_lm_uniform(v2, t2)})"),
+        _vs("MoP FID [95% CI] / FID∞", f"{ci(m1, 'fid')} / {m1['fid_inf']:.4f}",
+            f"{ci(m2, 'fid')} / {m2['fid_inf']:.4f}"),
+        _vs("MoP MAUVE [95% CI]", ci(m1, "mauve", 3), ci(m2, "mauve", 3)),
+        _vs("MoP KL-cos [95% CI] / F1", f"{ci(m1, 'kl_cosine')} / {m1['f1']:.3f}",
+            f"{ci(m2, 'kl_cosine')} / {m2['f1']:.3f}"),
+        _vs("personas / exemplars in MoP's 200 texts (effective)", used(m1), used(m2)),
+        _vs("paired FID difference, 2 epochs minus: 1 epoch", "–",
+            f"{pdiff(e1)} (KL-cos {pdiff(e1, 'kl_cosine')})"),
+        _vs(f"... AttrPrompt / persona-only / ZeroGen (FID {fids(('attrprompt', 'persona', 'zerogen'))})",
+            diffs(q1, ("attrprompt", "persona", "zerogen")), diffs(q2, ("attrprompt", "persona", "zerogen"))),
+        _vs(f"... few-shot / the uniform gate (FID {fids(('fewshot', 'uniform'))})",
+            diffs(q1, ("fewshot", "uniform")), diffs(q2, ("fewshot", "uniform"))),
+    ]
+    return markdown_table(["RT, Gemma-3-270M, n = 200 (MiniLM)", "Gemma-trained, 1 epoch", "2 epochs"], rows)
+
+
+@table("guardian_gemma_trained", "val_nll_guardian_gemma_trained.md", "gate_diagnosis_guardian_gemma_trained.json",
+       "fidelity_guardian.json", "fidelity_guardian_gemma_trained.json",
+       "fidelity_gap_paired_guardian_gemma_trained.json", "fidelity_guardian_gemma_trained_smol.json",
+       "fidelity_gap_paired_guardian_gemma_trained_smol.json")
+def guardian_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict, ps: dict) -> str:
+    """Guardian with Gemma: the gate trained on Gemma beside the SmolLM2 gate transferred."""
+    t = md_table(nll)
+    v1, v2 = diag(dg, "smollm2_S8"), diag(dg, "gemma_S8")
+    m1, m2 = _mop(c, "gemma3-270m", 200), _mop(v, "gemma3-270m", 200)
+    q, qs = by_set(pv), by_set(ps)
+    s1, s2 = _mop(c, "smollm2-135m", 408), _mop(smol, "smollm2-135m", 408)
+    tr = q["transferred/gemma3-270m__mop"]
+
+    def base(m):
+        return row(group(v, "gemma3-270m", 200), f"gemma3-270m:{m}")
+
+    far = [q[f"samples/gemma3-270m__{m}"] for m in ("persona", "attrprompt", "zerogen")]
+    rows = [
+        _vs(f"validation NLL per token under Gemma (untrained {t['untrained (uniform)'][1]})",
+            t["trained on SmolLM2"][1], t["trained on Gemma"][1]),
+        _vs(f"... under SmolLM2 (untrained {t['untrained (uniform)'][0]})", t["trained on SmolLM2"][0],
+            t["trained on Gemma"][0]),
+        _vs("effective personas / exemplars per val context",
+            f"{mean(v1, 'eff_personas'):.2f} / {mean(v1, 'eff_exemplars'):.1f}",
+            f"{mean(v2, 'eff_personas'):.2f} / {mean(v2, 'eff_exemplars'):.1f}"),
+        _vs("MoP FID [95% CI] / FID∞", f"{ci(m1, 'fid')} / {_num(m1.get('fid_inf'), 4)}",
+            f"{ci(m2, 'fid')} / {_num(m2.get('fid_inf'), 4)}"),
+        _vs("MoP MAUVE [95% CI]", ci(m1, "mauve", 3), ci(m2, "mauve", 3)),
+        _vs("MoP KL-cos [95% CI]", ci(m1, "kl_cosine"), ci(m2, "kl_cosine")),
+        _vs("personas / exemplars in MoP's 200 texts (effective)", used(m1), used(m2)),
+        _vs("paired FID difference, Gemma-trained minus: the transferred gate", "–",
+            f"{pdiff(tr)} (KL-cos {pdiff(tr, 'kl_cosine')})"),
+        _vs(f"... few-shot (FID {base('fewshot')['fid']:.4f}, MAUVE {base('fewshot')['mauve']:.3f}) / the uniform "
+            f"gate ({base('uniform')['fid']:.4f}, MAUVE {base('uniform')['mauve']:.3f})", "–",
+            f"{pdiff(q['samples/gemma3-270m__fewshot'])} / {pdiff(q['samples/gemma3-270m__uniform'])}"),
+        _vs("... persona-only / AttrPrompt / ZeroGen (FID "
+            + " / ".join(f"{base(m)['fid']:.4f}" for m in ("persona", "attrprompt", "zerogen")) + ")", "–",
+            " / ".join(psign(r) for r in far)
+            + (" (each interval below 0)" if all(r["fid"]["ci95"][1] < 0 for r in far) else "")),
+        _vs("the other way: the gate sampled with SmolLM2 (n = 408): MoP FID / KL-cos",
+            f"{s1['fid']:.4f} / {s1['kl_cosine']:.4f} (its own LM)",
+            f"{ci(s2, 'fid')} / {s2['kl_cosine']:.4f}; paired against the SmolLM2 gate "
+            f"{pdiff(qs['smollm2_gate/smollm2-135m__mop'])}, against few-shot "
+            f"{pdiff(qs['samples/smollm2-135m__fewshot'])}, against the uniform gate "
+            f"{pdiff(qs['samples/smollm2-135m__uniform'])}"),
+    ]
+    return markdown_table(["Guardian, Gemma-3-270M, n = 200 (MiniLM)", "gate trained on SmolLM2 (transferred)",
+                           "gate trained on Gemma"], rows)
+
 # ---------------------------------------------------------------------------------------------- the blocks
 def documents(root: Path = ROOT) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
@@ -394,7 +1015,9 @@ def render(name: str, results: Path = RESULTS) -> str:
     if missing:
         raise FileNotFoundError(f"table {name!r}: source file(s) missing: "
                                 + ", ".join(f"benchmarks/results/{s}" for s in missing))
-    return spec.render(*(json.loads((results / s).read_text()) for s in spec.sources)).rstrip("\n") + "\n"
+    loaded = ((results / s).read_text() for s in spec.sources)  # .md sources: their text (see md_table)
+    return spec.render(*(json.loads(t) if s.endswith(".json") else t for s, t in zip(spec.sources, loaded))
+                       ).rstrip("\n") + "\n"
 
 
 def blocks(text: str):
