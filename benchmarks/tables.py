@@ -383,9 +383,9 @@ def k100_paired(result: dict) -> str:
 
 
 
-# ------------------------------------------------------------------ docs/fidelity.md: the variants of the gate
+# ---------------------------------------------------------------- docs/fidelity.md: the variants of the gate
 def md_table(text: str) -> dict[str, list[str]]:
-    """A committed .md result's first table: its first column (bold removed) -> the other cells (bold removed)."""
+    """A committed .md result's first table: its first column -> the other cells (bold removed)."""
     rows = {}
     for line in text.splitlines():
         if line.startswith("|") and not line.startswith("| ---"):
@@ -480,7 +480,8 @@ def guardian_tau06_gate(dg: dict, t: dict, t12: dict, t06: dict, tau: dict, tau0
         v = diag(dg, gate) if gate else None
         gate_cells = ([f"{mean(v, 'eff_personas'):.1f}", f"{mean(v, 'top_persona'):.2f}",
                        f"{mean(v, 'eff_exemplars'):.0f}"] if v else
-                      ["–", "–", f"{pool:,} (uniform)"] if gate is None else [str(K), f"{1 / K:.2f}", f"{pool:,}"])
+                      ["–", "–", f"{pool:,} (uniform)"] if gate is None else
+                      [str(K), f"{1 / K:.2f}", f"{pool:,}"])
         rows.append([label, *gate_cells, grid_cells(fids, grid, chosen), f"{chosen:.1f}", *_test(r)])
     grid_s = " / ".join(f"{x:.1f}" for x in grid)
     return markdown_table(["gate", "eff. personas (val)", "top persona", "eff. exemplars (val)",
@@ -491,19 +492,21 @@ def guardian_tau06_gate(dg: dict, t: dict, t12: dict, t06: dict, tau: dict, tau0
 @table("rt_tau06_gate", "gate_diagnosis_fidelity_tau06.json", "fidelity_scale_tau_val_temperatures.json",
        "fidelity_scale_tau06_temperatures.json", "fidelity_scale.json", "fidelity_scale_tau06.json")
 def rt_tau06_gate(dg: dict, t: dict, t06: dict, committed: dict, tau06: dict) -> str:
-    """Rotten Tomatoes: the gate trained at tau 0.6 beside the committed gate, few-shot and the uniform gate."""
+    """Rotten Tomatoes: the gate trained at tau 0.6 beside the committed gate, few-shot, the uniform gate."""
     g1, g6 = group(committed, "smollm2-135m", 1000), group(tau06, "smollm2-135m", 1000)
     K, pool = dg["meta"]["K"], dg["meta"]["pool"]
     uni = diag(dg, "tau1.0")["label_match_uniform"]
     rows = []
     for label, gate, fids, chosen, r in (
-            ("trained at tau 1.0 (committed)", "tau1.0", t["val_fid"][G.format("mop")], t["chosen"][G.format("mop")],
+            ("trained at tau 1.0 (committed)", "tau1.0", t["val_fid"][G.format("mop")],
+             t["chosen"][G.format("mop")],
              row(g1, G.format("mop"))),
             ("trained at tau 0.6", "tau0.6", t06["val_fid"][G.format("mop")], t06["chosen"][G.format("mop")],
              row(g6, G.format("mop"))),
             ("few-shot (1.0)", None, t["val_fid"][G.format("fewshot")], t["chosen"][G.format("fewshot")],
              row(g6, G.format("fewshot"))),
-            ("uniform gate (1.0 on test)", "", t["val_fid"][G.format("uniform")], t["chosen"][G.format("uniform")],
+            ("uniform gate (1.0 on test)", "", t["val_fid"][G.format("uniform")],
+             t["chosen"][G.format("uniform")],
              row(g6, G.format("uniform")))):
         v = diag(dg, gate) if gate else None
         gate_cells = ([f"{mean(v, 'eff_personas'):.1f}", f"{mean(v, 'eff_exemplars'):.1f}",
@@ -525,7 +528,7 @@ def rt_tau06_gate(dg: dict, t: dict, t06: dict, committed: dict, tau06: dict) ->
        "fidelity_guardian_null06.json")
 def guardian_null(d20: dict, dnull: dict, dnull06: dict, t: dict, t12: dict, tn: dict, tn06: dict,
                   committed: dict, null: dict, null06: dict) -> str:
-    """Guardian: the gate with a persona-free component (trained at tau 1.0 and 0.6) beside the committed one."""
+    """Guardian: the gate with a persona-free component (trained at tau 1.0, 0.6) beside the committed one."""
     sweep, grid = _sweep(t, t12), [*t["grid"], *t12["grid"]]
     mop, few = G.format("mop"), G.format("fewshot")
     rows = []
@@ -534,17 +537,18 @@ def guardian_null(d20: dict, dnull: dict, dnull06: dict, t: dict, t12: dict, tn:
              row(group(committed, "smollm2-135m", 408), mop)),
             ("20 personas + persona-free", diag(dnull, "null"), tn["val_fid"][mop], tn["chosen"][mop],
              row(group(null, "smollm2-135m", 408), mop)),
-            ("20 personas + persona-free, trained at tau 0.6", diag(dnull06, "null_tau0.6"), tn06["val_fid"][mop],
-             tn06["chosen"][mop], row(group(null06, "smollm2-135m", 408), mop)),
-            ("few-shot (0.6)", None, sweep[few], t["chosen"][few], row(group(null, "smollm2-135m", 408), few))):
+            ("20 personas + persona-free, trained at tau 0.6", diag(dnull06, "null_tau0.6"),
+             tn06["val_fid"][mop], tn06["chosen"][mop], row(group(null06, "smollm2-135m", 408), mop)),
+            ("few-shot (0.6)", None, sweep[few], t["chosen"][few],
+             row(group(null, "smollm2-135m", 408), few))):
         gate_cells = ([f"{mean(v, 'eff_personas'):.1f}",
                        f"{mean(v, 'null_persona'):.2f}" if "null_persona" in v else "–",
                        f"{mean(v, 'eff_exemplars'):.0f}"] if v else
                       ["–", "–", f"{d20['meta']['pool']:,} (uniform)"])
         rows.append([label, *gate_cells, grid_cells(fids, grid, chosen), f"{chosen:.1f}", *_test(r)])
     return markdown_table(["gate", "eff. personas (val)", "persona-free mass", "eff. exemplars (val)",
-                           "val FID at " + " / ".join(f"{x:.1f}" for x in grid), "chosen", "test FID [95% CI]",
-                           "test MAUVE [95% CI]", "test KL-cos [95% CI]", "Vendi"], rows)
+                           "val FID at " + " / ".join(f"{x:.1f}" for x in grid), "chosen",
+                           "test FID [95% CI]", "test MAUVE [95% CI]", "test KL-cos [95% CI]", "Vendi"], rows)
 
 
 @table("gate_t_val", "fidelity_guardian_gt_temperatures.json", "fidelity_guardian_tau_temperatures.json",
@@ -555,7 +559,8 @@ def gate_t_val(gg: dict, gb: dict, rg: dict, rb: dict) -> str:
     taus = sorted({*gg["grid"], *rg["grid"]})
     for population, t, base in (("Guardian", gg, gb), ("Rotten Tomatoes", rg, rb)):
         mop = G.format("mop")
-        by_t, T, tau = t["val_fid_by_gate_temperature"][mop], t["chosen_gate_temperature"][mop], t["chosen"][mop]
+        by_t = t["val_fid_by_gate_temperature"][mop]
+        T, tau = t["chosen_gate_temperature"][mop], t["chosen"][mop]
         best = sorted(((min(v.values()), run, base["chosen"][run]) for run, v in base["val_fid"].items()
                        if run != mop))[:2]
         for i, gt in enumerate(t["gate_temperature_grid"]):
@@ -620,7 +625,8 @@ def rt_topp(choice: dict, topp: dict, committed: dict) -> str:
         v, p = c["val_fid"], c["chosen_top_p"]
         r = row(g, run)
         rows.append([_short(split_run(run)[1]),
-                     " / ".join(f"**{v[k]:.4f}**" if float(k) == p else f"{v[k]:.4f}" for k in ("0.9", "1.0")),
+                     " / ".join(f"**{v[k]:.4f}**" if float(k) == p else f"{v[k]:.4f}"
+                                for k in ("0.9", "1.0")),
                      f"{p:.1f}", ci(r, "fid"), f"{row(gc, run)['fid']:.4f}"])
     return markdown_table(["method (MiniLM)", "val FID, top-p 0.9 / 1.0 (n = 200)", "chosen",
                            "test FID at the choice [95% CI] (n = 1,000)", "test FID at top-p 1.0"], rows)
@@ -628,18 +634,20 @@ def rt_topp(choice: dict, topp: dict, committed: dict) -> str:
 
 QUICK = {"mop": "MoP", "zerogen": "ZeroGen", "attrprompt": "AttrPrompt", "persona": "persona only",
          "fewshot": "few-shot (random exemplar)", "uniform": "MoP, untrained (uniform gate)",
-         "mop-no-exemplar": "ablation: MoP without exemplars", "mop-random-persona": "ablation: MoP, random persona"}
+         "mop-no-exemplar": "ablation: MoP without exemplars",
+         "mop-random-persona": "ablation: MoP, random persona"}
 
 
 @table("quickstart", "fidelity.json")
 def quickstart(result: dict) -> str:
-    """The quickstart-scale benchmark: every LM's group of sets, the reference and the target, point figures."""
+    """The quickstart-scale benchmark: every LM's sets, the reference and the target, point figures."""
     rows = []
     for g in result["groups"]:
         for r in g["rows"]:
             model, method = split_run(r["name"])
             rows.append([model, QUICK[method], str(r["n"]), f"{r['fid']:.4f}",
-                         f"{r['mauve']:.3f} ± {r['mauve_std']:.3f}", f"{r['kl_cosine']:.4f}", f"{r['f1']:.3f}",
+                         f"{r['mauve']:.3f} ± {r['mauve_std']:.3f}", f"{r['kl_cosine']:.4f}",
+                         f"{r['f1']:.3f}",
                          f"{r['personas_used']} / {r['exemplars_used']}", str(r["mean_words"])])
         rows.append(["–", "real training reviews (reference)", str(g["reference"]["n"]), "–", "–", "–",
                      f"{g['reference']['f1']:.3f}", "–", "–"])
@@ -657,7 +665,7 @@ def _fid_inf_below(x: float, few: float) -> str:
 @table("decompose", "fidelity_gap_decompose.json", "fidelity_gap_decompose_guardian_tau.json",
        "fidelity_gap_decompose_guardian_gt.json", "fidelity_gap_decompose_scale_gemma_tg_gemma.json")
 def decompose(rt: dict, gtau: dict, ggt: dict, gemma: dict) -> str:
-    """FID split into its mean term, and FID∞, per set (RT, Guardian, Gemma on RT), against few-shot's FID∞."""
+    """FID split into its mean term, and FID∞, per set (RT, Guardian, Gemma on RT), against few-shot's."""
     def sets(result):
         return {r["set"].split("__")[-1] if "__" in r["set"] else "ref": r for r in result["rows"]}
 
@@ -682,7 +690,8 @@ def decompose(rt: dict, gtau: dict, ggt: dict, gemma: dict) -> str:
                    r["fewshot"]),
             line(f"Guardian, real training texts (reference), n = {gtau['n']}", gt["ref"], gt["fewshot"]),
             line("Guardian, few-shot (tau 0.6, chosen on val)", gt["fewshot"], gt["fewshot"]),
-            line("Guardian, MoP (gate temperature T 2, tau 0.6, both chosen on val)", gg["mop"], gt["fewshot"]),
+            line("Guardian, MoP (gate temperature T 2, tau 0.6, both chosen on val)", gg["mop"],
+                 gt["fewshot"]),
             line(f"Gemma on RT, real training texts, n = {gemma['n']}", gm["ref"], gm["fewshot"]),
             joined("Gemma, MoP at T 2 / AttrPrompt (the best) / few-shot",
                    [gm["mop"], gm["attrprompt"], gm["fewshot"]], gm["fewshot"])]
@@ -742,6 +751,7 @@ def _variant(head: list[str], d1: tuple, d2: tuple, c: dict, v: dict, p1: dict, 
     gm1, gm2 = _mop(cg, "gemma3-270m", 200), _mop(vg, "gemma3-270m", 200)
     att = row(group(vg, "gemma3-270m", 200), "gemma3-270m:attrprompt")
     qg = by_set(pg)["samples/gemma3-270m__attrprompt"]
+    e1, first = q2["e1_sets/smollm2-135m__mop"], head[1].split(" (")[0]
     return [
         _vs("train NLL per record, epoch mean", f"{c['gate_metrics']['train/nll_epoch']:.3f}",
             f"{v['gate_metrics']['train/nll_epoch']:.3f}"),
@@ -760,12 +770,13 @@ def _variant(head: list[str], d1: tuple, d2: tuple, c: dict, v: dict, p1: dict, 
             f"{_texts(m1)} / {m1['diversity']['vendi']:.1f} / {m1['mean_words']}",
             f"{_texts(m2)} / {m2['diversity']['vendi']:.1f} / {m2['mean_words']}"),
         _vs(f"paired FID difference, {label2} minus: the uniform gate",
-            f"{pdiff(q1['smollm2-135m__uniform'])} ({head[1].split(' (')[0]} minus)", pdiff(q2["samples/smollm2-135m__uniform"])),
+            f"{pdiff(q1['smollm2-135m__uniform'])} ({first} minus)",
+            pdiff(q2["samples/smollm2-135m__uniform"])),
         _vs("... few-shot / persona-only",
-            f"{pdiff(q1['smollm2-135m__fewshot'])} / {pdiff(q1['smollm2-135m__persona'])} ({head[1].split(' (')[0]} minus)",
+            f"{pdiff(q1['smollm2-135m__fewshot'])} / {pdiff(q1['smollm2-135m__persona'])} ({first} minus)",
             f"{pdiff(q2['samples/smollm2-135m__fewshot'])} / {pdiff(q2['samples/smollm2-135m__persona'])}"),
         _vs(f"... MoP {against}", "–",
-            f"{pdiff(q2['e1_sets/smollm2-135m__mop'])} (KL-cos {pdiff(q2['e1_sets/smollm2-135m__mop'], 'kl_cosine')})"),
+            f"{pdiff(e1)} (KL-cos {pdiff(e1, 'kl_cosine')})"),
         _vs("Gemma (n = 200), the gate transferred: MoP FID", ci(gm1, "fid"),
             f"{ci(gm2, 'fid')} (AttrPrompt {att['fid']:.4f}; paired {pdiff(qg)})"),
     ]
@@ -778,10 +789,11 @@ def rt_e2(nll: str, dg: dict, c: dict, e2: dict, p1: dict, p2: dict, e2g: dict, 
     """Rotten Tomatoes: the gate after a second epoch beside the committed one-epoch gate."""
     head = ["RT, n = 1,000 (MiniLM)", "1 epoch (committed)", "2 epochs"]
     untrained = md_table(nll)["untrained (uniform)"][1]
-    rows = [_vs(f"validation NLL per token (8-pair estimate; untrained {untrained})", val_nll(c), val_nll(e2))]
+    rows = [_vs(f"validation NLL per token (8-pair estimate; untrained {untrained})", val_nll(c),
+                val_nll(e2))]
     rows += _variant(head, (diag(dg, "epoch1"), diag(dg, "epoch1", "test")),
-                     (diag(dg, "epoch2"), diag(dg, "epoch2", "test")), c, e2, p1, p2, "after 1 epoch", "2 epochs",
-                     c, e2g, pg, dec)
+                     (diag(dg, "epoch2"), diag(dg, "epoch2", "test")), c, e2, p1, p2, "after 1 epoch",
+                     "2 epochs", c, e2g, pg, dec)
     return markdown_table(head, rows)
 
 
@@ -803,7 +815,7 @@ def rt_s16(nll: str, dg: dict, c: dict, s16: dict, p1: dict, p2: dict, sg: dict,
 
 
 def _lever(dec, c, v, dc, dv, p1, p2, paired_against):
-    """The rows of a pool or data-size variant against the committed gate (its own baselines where it has them)."""
+    """The rows of a pool or data-size variant against the committed gate (its own baselines if any)."""
     (v1, t1), (v2, t2) = dc, dv
     m1, m2 = _committed_mop(c, dec), _mop(v)
     q1, q2 = by_set(p1), by_set(p2)
@@ -838,7 +850,7 @@ def _lever(dec, c, v, dc, dv, p1, p2, paired_against):
        "fidelity_pool2k.json", "fidelity_gap_paired.json", "fidelity_gap_paired_pool2k.json",
        "fidelity_gap_decompose.json")
 def rt_pool2k(dc: dict, dv: dict, c: dict, v: dict, p1: dict, p2: dict, dec: dict) -> str:
-    """Rotten Tomatoes: the gate trained with a pool of 2,000 exemplars beside the committed 1,000-pool gate."""
+    """Rotten Tomatoes: the gate trained with a pool of 2,000 exemplars beside the committed 1,000 pool."""
     return markdown_table(["RT, SmolLM2, n = 1,000 (MiniLM)", "pool of 1,000 (committed)", "pool of 2,000"],
                           _lever(dec, c, v, (diag(dc, "smollm2_S8"), diag(dc, "smollm2_S8", "test")),
                                  (diag(dv, "pool2k"), diag(dv, "pool2k", "test")), p1, p2,
@@ -856,13 +868,13 @@ def rt_rec4k(dc: dict, dv: dict, c: dict, v: dict, p1: dict, p2: dict, dec: dict
                                  "the 2,000-record MoP gate"))
 
 
-def _gemma_cmp(a: dict, b: dict, mb: dict) -> dict[str, str]:
+def _gemma_cmp(a: dict, b: dict) -> dict[str, str]:
     """Point differences of set ``a``'s MoP FID from each baseline of result ``b`` (unpaired)."""
     return {m: f"{a['fid'] - _fid(b, m, 'gemma3-270m', 200):+.4f}" for m in BASELINES}
 
 
-@table("rt_gemma_trained", "val_nll_gemma_trained.md", "gate_diagnosis_gemma_trained.json", "fidelity_scale.json",
-       "fidelity_gemma_trained.json", "fidelity_gap_paired_gemma_trained.json",
+@table("rt_gemma_trained", "val_nll_gemma_trained.md", "gate_diagnosis_gemma_trained.json",
+       "fidelity_scale.json", "fidelity_gemma_trained.json", "fidelity_gap_paired_gemma_trained.json",
        "fidelity_gemma_trained_smol.json", "fidelity_gap_paired_gemma_trained_smol.json")
 def rt_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict, ps: dict) -> str:
     """Rotten Tomatoes with Gemma: the gate trained on Gemma beside the SmolLM2 gate transferred."""
@@ -870,7 +882,8 @@ def rt_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict,
     (v1, t1), (v2, t2) = [(diag(dg, g), diag(dg, g, "test")) for g in ("smollm2_S8", "gemma_S8")]
     m1, m2 = _mop(c, "gemma3-270m", 200), _mop(v, "gemma3-270m", 200)
     q, qs = by_set(pv), by_set(ps)
-    d1 = _gemma_cmp(m1, v, m2)
+    d1 = _gemma_cmp(m1, v)
+    tr, sm = q["e1_sets/gemma3-270m__mop"], qs["e1_sets/smollm2-135m__mop"]
     s1, s2 = _mop(c), _mop(smol)
 
     def fids(ms):
@@ -881,10 +894,12 @@ def rt_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict,
             t["trained on SmolLM2"][1], t["trained on Gemma"][1]),
         _vs(f"... under SmolLM2 (untrained {t['untrained (uniform)'][0]})", t["trained on SmolLM2"][0],
             t["trained on Gemma"][0]),
-        _vs("effective personas (val / test, per context)", f"{mean(v1, 'eff_personas'):.2f} / "
-            f"{mean(t1, 'eff_personas'):.2f}", f"{mean(v2, 'eff_personas'):.2f} / {mean(t2, 'eff_personas'):.2f}"),
+        _vs("effective personas (val / test, per context)",
+            f"{mean(v1, 'eff_personas'):.2f} / {mean(t1, 'eff_personas'):.2f}",
+            f"{mean(v2, 'eff_personas'):.2f} / {mean(t2, 'eff_personas'):.2f}"),
         _vs("effective exemplars per context (val / test)", _exs(v1, t1), _exs(v2, t2)),
-        _vs("label-match mass, val / test (uniform Omega: in brackets)", f"{_lm(v1, t1)} ({_lm_uniform(v1, t1)})",
+        _vs("label-match mass, val / test (uniform Omega: in brackets)",
+            f"{_lm(v1, t1)} ({_lm_uniform(v1, t1)})",
             f"{_lm(v2, t2)} ({_lm_uniform(v2, t2)})"),
         _vs("MoP FID [95% CI] / FID∞", f"{ci(m1, 'fid')} / {_num(m1.get('fid_inf'), 4)}",
             f"{ci(m2, 'fid')} / {_num(m2.get('fid_inf'), 4)}"),
@@ -893,7 +908,7 @@ def rt_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict,
             f"{ci(m2, 'kl_cosine')} / {m2['f1']:.3f}"),
         _vs("personas / exemplars in MoP's 200 texts (effective)", used(m1), used(m2)),
         _vs("paired FID difference, Gemma-trained minus: the transferred gate", "–",
-            f"{pdiff(q['e1_sets/gemma3-270m__mop'])} (KL-cos {pdiff(q['e1_sets/gemma3-270m__mop'], 'kl_cosine')})"),
+            f"{pdiff(tr)} (KL-cos {pdiff(tr, 'kl_cosine')})"),
         _vs(f"... AttrPrompt / persona-only / ZeroGen (FID {fids(('attrprompt', 'persona', 'zerogen'))})",
             " / ".join(d1[m] for m in ("attrprompt", "persona", "zerogen")) + " (unpaired)",
             " / ".join(pdiff(q[f"samples/gemma3-270m__{m}"]) for m in ("attrprompt", "persona", "zerogen"))),
@@ -906,7 +921,7 @@ def rt_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict,
         _vs("the other way: the gate sampled with SmolLM2 (n = 1,000): MoP FID / KL-cos",
             f"{s1['fid']:.4f} / {s1['kl_cosine']:.4f} (its own LM)",
             f"{ci(s2, 'fid')} / {s2['kl_cosine']:.4f}; paired against the SmolLM2 gate "
-            f"{pdiff(qs['e1_sets/smollm2-135m__mop'])} (KL-cos {pdiff(qs['e1_sets/smollm2-135m__mop'], 'kl_cosine')}),"
+            f"{pdiff(sm)} (KL-cos {pdiff(sm, 'kl_cosine')}),"
             f" against the uniform gate {pdiff(qs['samples/smollm2-135m__uniform'])}"),
     ]
     return markdown_table(["RT, Gemma-3-270M, n = 200 (MiniLM)", "gate trained on SmolLM2 (transferred)",
@@ -914,8 +929,8 @@ def rt_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict,
 
 
 @table("rt_gemma_trained_e2", "val_nll_gemma_trained_e2.md", "gate_diagnosis_gemma_trained_e2.json",
-       "fidelity_gemma_trained.json", "fidelity_gemma_trained_e2.json", "fidelity_gap_paired_gemma_trained.json",
-       "fidelity_gap_paired_gemma_trained_e2.json")
+       "fidelity_gemma_trained.json", "fidelity_gemma_trained_e2.json",
+       "fidelity_gap_paired_gemma_trained.json", "fidelity_gap_paired_gemma_trained_e2.json")
 def rt_gemma_trained_e2(nll: str, dg: dict, c: dict, v: dict, p1: dict, p2: dict) -> str:
     """Rotten Tomatoes with Gemma: the Gemma-trained gate after a second epoch beside its first."""
     t = md_table(nll)
@@ -930,13 +945,15 @@ def rt_gemma_trained_e2(nll: str, dg: dict, c: dict, v: dict, p1: dict, p2: dict
     def diffs(q, ms):
         return " / ".join(pdiff(q[f"samples/gemma3-270m__{m}"]) for m in ms)
 
-    un, one, two = t["untrained (uniform)"], _row_of(t, "trained on Gemma, 1 epoch"), _row_of(t, "trained on Gemma, 2")
+    un = t["untrained (uniform)"]
+    one, two = _row_of(t, "trained on Gemma, 1 epoch"), _row_of(t, "trained on Gemma, 2")
     rows = [
         _vs(f"validation NLL per token under Gemma (untrained {un[0]}) / under SmolLM2 ({un[1]})",
             f"{one[0]} / {one[1]}", f"{two[0]} / {two[1]}"),
         _vs("effective personas / top-persona share (val, per context)", _val(v1), _val(v2)),
         _vs("effective exemplars per context, val / test", _exs(v1, t1), _exs(v2, t2)),
-        _vs("label-match mass, val / test (uniform Omega: in brackets)", f"{_lm(v1, t1)} ({_lm_uniform(v1, t1)})",
+        _vs("label-match mass, val / test (uniform Omega: in brackets)",
+            f"{_lm(v1, t1)} ({_lm_uniform(v1, t1)})",
             f"{_lm(v2, t2)} ({_lm_uniform(v2, t2)})"),
         _vs("MoP FID [95% CI] / FID∞", f"{ci(m1, 'fid')} / {m1['fid_inf']:.4f}",
             f"{ci(m2, 'fid')} / {m2['fid_inf']:.4f}"),
@@ -954,8 +971,9 @@ def rt_gemma_trained_e2(nll: str, dg: dict, c: dict, v: dict, p1: dict, p2: dict
     return markdown_table(["RT, Gemma-3-270M, n = 200 (MiniLM)", "Gemma-trained, 1 epoch", "2 epochs"], rows)
 
 
-@table("guardian_gemma_trained", "val_nll_guardian_gemma_trained.md", "gate_diagnosis_guardian_gemma_trained.json",
-       "fidelity_guardian.json", "fidelity_guardian_gemma_trained.json",
+@table("guardian_gemma_trained", "val_nll_guardian_gemma_trained.md",
+       "gate_diagnosis_guardian_gemma_trained.json", "fidelity_guardian.json",
+       "fidelity_guardian_gemma_trained.json",
        "fidelity_gap_paired_guardian_gemma_trained.json", "fidelity_guardian_gemma_trained_smol.json",
        "fidelity_gap_paired_guardian_gemma_trained_smol.json")
 def guardian_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol: dict, ps: dict) -> str:
@@ -986,8 +1004,8 @@ def guardian_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol:
         _vs("personas / exemplars in MoP's 200 texts (effective)", used(m1), used(m2)),
         _vs("paired FID difference, Gemma-trained minus: the transferred gate", "–",
             f"{pdiff(tr)} (KL-cos {pdiff(tr, 'kl_cosine')})"),
-        _vs(f"... few-shot (FID {base('fewshot')['fid']:.4f}, MAUVE {base('fewshot')['mauve']:.3f}) / the uniform "
-            f"gate ({base('uniform')['fid']:.4f}, MAUVE {base('uniform')['mauve']:.3f})", "–",
+        _vs(f"... few-shot (FID {base('fewshot')['fid']:.4f}, MAUVE {base('fewshot')['mauve']:.3f}) / the "
+            f"uniform gate ({base('uniform')['fid']:.4f}, MAUVE {base('uniform')['mauve']:.3f})", "–",
             f"{pdiff(q['samples/gemma3-270m__fewshot'])} / {pdiff(q['samples/gemma3-270m__uniform'])}"),
         _vs("... persona-only / AttrPrompt / ZeroGen (FID "
             + " / ".join(f"{base(m)['fid']:.4f}" for m in ("persona", "attrprompt", "zerogen")) + ")", "–",
@@ -1000,8 +1018,8 @@ def guardian_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol:
             f"{pdiff(qs['samples/smollm2-135m__fewshot'])}, against the uniform gate "
             f"{pdiff(qs['samples/smollm2-135m__uniform'])}"),
     ]
-    return markdown_table(["Guardian, Gemma-3-270M, n = 200 (MiniLM)", "gate trained on SmolLM2 (transferred)",
-                           "gate trained on Gemma"], rows)
+    return markdown_table(["Guardian, Gemma-3-270M, n = 200 (MiniLM)",
+                           "gate trained on SmolLM2 (transferred)", "gate trained on Gemma"], rows)
 
 # ---------------------------------------------------------------------------------------------- the blocks
 def documents(root: Path = ROOT) -> list[Path]:
