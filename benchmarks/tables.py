@@ -1021,6 +1021,38 @@ def guardian_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol:
     return markdown_table(["Guardian, Gemma-3-270M, n = 200 (MiniLM)",
                            "gate trained on SmolLM2 (transferred)", "gate trained on Gemma"], rows)
 
+
+
+# ------------------------------------------------------------------------------------------- docs/speed.md
+GPU_LMS = (("llama3-8b", "bfloat16", "Llama-3-8B (the paper's LM)"),
+           ("smollm2-135m", "float32", "SmolLM2-135M"), ("smollm2-135m", "bfloat16", "SmolLM2-135M"), ("gemma3-270m", "float32", "Gemma-3-270M"),
+           ("gemma3-270m", "bfloat16", "Gemma-3-270M"))
+
+
+@table("speed_gpu", "gpu_check/run1/scoring_speed_gpu_8b.json", "gpu_check/run2/scoring_speed_gpu_8b.json",
+       "gpu_check/run1/scoring_speed_gpu.json", "gpu_check/run2/scoring_speed_gpu.json")
+def speed_gpu(big1: dict, big2: dict, small1: dict, small2: dict) -> str:
+    """On one GPU (the gpu_check runs 1 and 2): the scorer's pairs/s, its speed-up over naive HF, its MFU."""
+    def find(results, model, dtype):
+        (r,) = [r for r in results if r["model"].endswith("/" + model) and r["dtype"] == dtype]
+        return r
+
+    def pct(x):
+        return f"{x:.0f}%" if x >= 1 else f"{x:.1f}%"
+
+    rows = []
+    for model, dtype, label in GPU_LMS:
+        runs = (big1, big2) if model == "llama3-8b" else (small1, small2)
+        a, b = (find(r["results"], model, dtype) for r in runs)
+        rate = f"{a['pairs'] / a['scorer_s']:.0f} / {b['pairs'] / b['scorer_s']:.0f}"
+        if model == "llama3-8b":
+            rate = f"**{rate}** ({a['scorer_total_tok_s']:,.0f} / {b['scorer_total_tok_s']:,.0f} total tok/s)"
+        rows.append([label, {"bfloat16": "bf16", "float32": "fp32"}[dtype], rate,
+                     f"{a['speedup']:.2f}x / {b['speedup']:.2f}x",
+                     f"{pct(a['scorer_pct_peak'])} / {pct(b['scorer_pct_peak'])}"])
+    head = ["LM (shape)", "dtype", "scorer pairs/s, run 1 / run 2", "vs naive HF", "scorer MFU"]
+    return markdown_table(head, rows)
+
 # ---------------------------------------------------------------------------------------------- the blocks
 def documents(root: Path = ROOT) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
