@@ -1025,7 +1025,8 @@ def guardian_gemma_trained(nll: str, dg: dict, c: dict, v: dict, pv: dict, smol:
 
 # ------------------------------------------------------------------------------------------- docs/speed.md
 GPU_LMS = (("llama3-8b", "bfloat16", "Llama-3-8B (the paper's LM)"),
-           ("smollm2-135m", "float32", "SmolLM2-135M"), ("smollm2-135m", "bfloat16", "SmolLM2-135M"), ("gemma3-270m", "float32", "Gemma-3-270M"),
+           ("smollm2-135m", "float32", "SmolLM2-135M"), ("smollm2-135m", "bfloat16", "SmolLM2-135M"),
+           ("gemma3-270m", "float32", "Gemma-3-270M"),
            ("gemma3-270m", "bfloat16", "Gemma-3-270M"))
 
 
