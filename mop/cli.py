@@ -1,6 +1,6 @@
 """The ``mop`` command: one table of commands, each a typed function whose docstring is its ``--help``.
 
-    mop train | generate | export | export verify | evaluate | personas | data show | assets install | assets check
+    mop train | generate | export [verify] | evaluate | personas | data show | assets install | assets check
 
 Every command is declared once, as the signature of the function that runs it (see :data:`COMMANDS`):
 jsonargparse turns the parameters into options (types, ``Literal`` choices and the self-checking numbers of
