@@ -77,6 +77,9 @@ class GateConfig:
     mask_other_label: bool = False  # trained on label-consistent exemplars: generation samples them too
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: dict[str, Any] | None = None  # file, epoch, global_step, when exported from a checkpoint
+    # a survey (mop.survey): {label: [option, ...]} and the ordinal labels; generation samples options
+    options: dict[str, list[str]] | None = None
+    ordinal: list[str] | None = None
 
     @classmethod
     def from_training(cls, hparams: Mapping[str, Any], population, embedder: str, embed_dim: int, *,
@@ -85,7 +88,14 @@ class GateConfig:
         """From the model's hyper-parameters (``MixtureOfPersonas.hparams``) and the training population."""
         from mop.prompts import DEFAULT_TEMPLATE
 
-        return cls(embedder=embedder, embed_dim=int(embed_dim),
+        options = getattr(population.spec, "options", None) or None
+        ordinal = getattr(population.spec, "ordinal", None)
+        if options is not None:
+            from mop.survey import ordinal_keys
+
+            ordinal = sorted(ordinal_keys(options, ordinal))
+        return cls(options=options, ordinal=ordinal if options is not None else None,
+                   embedder=embedder, embed_dim=int(embed_dim),
                    prompt_template=hparams.get("prompt_template", DEFAULT_TEMPLATE),
                    context_template=population.spec.context_template,
                    hidden_dim=int(hparams.get("hidden_dim", 128)),
@@ -102,8 +112,9 @@ class GateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["checkpoint"] is None:
-            del out["checkpoint"]
+        for key in ("checkpoint", "options", "ordinal"):  # a free-text export's config.json is unchanged
+            if out[key] is None:
+                del out[key]
         return out
 
 
@@ -428,6 +439,14 @@ CONFIG_SCHEMA: dict[str, tuple[Any, str]] = {
     "index": ((lambda v: isinstance(v, dict)), "an object with kind (flat or ivf), and nlist, nprobe, seed "
                                                "for ivf"),
     "checksums": ((lambda v: isinstance(v, dict)), "an object {file name: sha256}"),
+    "options": ((lambda v: isinstance(v, dict) and 0 < len(v) <= 10_000
+                 and all(isinstance(k, str) and len(k) <= 256 and isinstance(o, list)
+                         and 2 <= len(o) <= 1_000 and len(set(o)) == len(o)
+                         and all(isinstance(x, str) and 0 < len(x) <= 4096 for x in o)
+                         for k, o in v.items())),
+                "an object {label: [at least 2 distinct option strings]} (a survey)"),
+    "ordinal": ((lambda v: isinstance(v, list) and all(isinstance(x, str) and len(x) <= 256 for x in v)),
+                "a list of labels whose options are ordered"),
 }
 # what each format requires; every other key of CONFIG_SCHEMA is optional in format 1 (older writers) only
 REQUIRED_KEYS = {
@@ -525,6 +544,8 @@ def read_export_config(directory: str | Path) -> dict[str, Any]:
         _check_file(d, CONFIG_FILE, files[CONFIG_FILE], where, hash_it=True)
         if unreadable is not None:
             raise unreadable
+        if not isinstance(config, dict) or not CONFIG_SCHEMA["format_version"][0](version):
+            check_export_config(config, where)  # not an object, or no valid format_version
         if version != FORMAT_VERSION:
             raise MopError(f"{where}: {CONFIG_FILE} has format_version {_show(version)} but the export has a "
                            f"{MANIFEST_FILE} (format {FORMAT_VERSION})")
@@ -662,10 +683,15 @@ def _read_exemplars(path: Path, where: str, columns: list[str] | None) -> list[A
 def _read_gate(path: Path, config: dict[str, Any], where: str) -> dict[str, Any]:
     """gate.safetensors: exactly the five float32 tensors, finite, of the shapes config.json implies."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    with _reading(where, GATE_FILE):
-        tensors = load_file(str(path))
+    try:
+        with _reading(where, GATE_FILE):
+            tensors = load_file(str(path))
+    except SafetensorError as err:  # the header: its length, JSON, dtypes, offsets
+        raise MopError(f"{where}: {GATE_FILE} is not a readable safetensors file "
+                       f"({' '.join(str(err).split())[:200]})") from err
     names = sorted(tensors)
     if names != sorted(GATE_TENSORS):
         found = ", ".join(n[:40] for n in names[:8]) or "none"

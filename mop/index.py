@@ -94,11 +94,12 @@ def read_float32_matrix(path: str | os.PathLike, shape: tuple[int, int], what: s
             found_shape, fortran, dtype = read_header(fh)
             offset = fh.tell()
         size = path.stat().st_size
-    except (OSError, ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # noqa: BLE001 - numpy's header parser of untrusted bytes (ValueError,
+        # SyntaxError, tokenize.TokenError, RecursionError...): any failure means the file is not a .npy array
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise MopError(f"{what}: {path.name} is not a readable .npy array ({reason})") from err
     if dtype != np.dtype("<f4") or fortran or tuple(found_shape) != tuple(shape):
-        raise MopError(f"{what}: {path.name} holds a {dtype} array of shape {tuple(found_shape)}"
+        raise MopError(f"{what}: {path.name} holds an array of {dtype} of shape {tuple(found_shape)}"
                        f"{' (Fortran order)' if fortran else ''}, expected float32 of shape {tuple(shape)}")
     rows, dim = shape
     if size != offset + rows * dim * 4:

@@ -318,7 +318,7 @@ def test_ivf_index_is_rebuilt_with_equal_search_results(tmp_path):
                               ExemplarIndex(got.index.embeddings, kind="flat").search(queries, 40)[1])
     # the centroids must agree with the index the config describes
     _edit_config(path, resign=True, index={"kind": "ivf", "nlist": 11, "nprobe": 3, "seed": 7})
-    _refused(path, "ivf_centroids.npy holds a float32 array of shape (12, 16), expected float32 of shape "
+    _refused(path, "ivf_centroids.npy holds an array of float32 of shape (12, 16), expected float32 of shape "
              "(11, 16)")
     _edit_config(path, resign=True, index={"kind": "flat"})
     _refused(path, "manifest.json lists ivf_centroids.npy, but the index is flat")
