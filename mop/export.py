@@ -223,6 +223,10 @@ def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, i
     if index.ntotal != n:
         raise MopError(f"export: the exemplar index holds {index.ntotal} vectors but the pool has {n} "
                        "exemplars")
+    params = index.params()
+    cfg = {"format_version": FORMAT_VERSION, **config.to_dict(), "num_personas": k, "num_exemplars": n,
+           "index": params}
+    check_export_config(json.loads(json.dumps(cfg)), "export")  # never write what the loader would refuse
     out = Path(out_dir)
     _recover_interrupted(out)
     check_replaceable(out)
@@ -240,12 +244,9 @@ def save_pretrained(out_dir: str | Path, *, gate, personas, persona_emb, pool, i
                                              "group": e.group, "response": e.response} for e in pool))
         np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(index.embeddings, dtype="<f4"),
                 allow_pickle=False)
-        params = index.params()
         if params["kind"] == "ivf":
             np.save(tmp / CENTROIDS_FILE, np.ascontiguousarray(index.centroids(), dtype="<f4"),
                     allow_pickle=False)
-        cfg = {"format_version": FORMAT_VERSION, **config.to_dict(), "num_personas": k, "num_exemplars": n,
-               "index": params}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
         manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                               for p in sorted(tmp.iterdir())}}

@@ -460,3 +460,17 @@ def test_export_cli_errors_are_one_line(tmp_path, write_csv):
     proc = run_cli("export", str(ckpt), str(tmp_path / "g"), "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
     assert "4 personas, 10 exemplars" in proc.stdout
+
+
+def test_save_refuses_what_the_loader_would(tmp_path):
+    """An export the loader would refuse is never written (e.g. a context template with attribute access from
+    a training config)."""
+    import dataclasses
+
+    good = load_export(make_export(tmp_path / "gate", dim=16, k=3, n_pool=6).path)
+    bad = dataclasses.replace(good.gate_config, context_template="a {label} review of {movie.__class__}")
+    with pytest.raises(MopError, match=r"^export: config.json context_template has the field "
+                                       r"'\{movie.__class__\}'"):
+        GateExport.save_pretrained(dataclasses.replace(good, config={**good.config, **bad.to_dict()}),
+                                   tmp_path / "out")
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gate"]
