@@ -976,7 +976,7 @@ def describe_export(export: GateExport) -> str:
              + (" (one of them the persona-free component)" if export.null_persona_index is not None else ""),
              f"  exemplar pool     {len(export.exemplars):,} exemplars, index {kind}",
              f"  gate              hidden_dim {export.gate.W_x.weight.shape[0]}, num_candidates (M) "
-             f"{cfg.get('num_candidates', 4)}, tau {float(tau.min()):.3g}..{float(tau.max()):.3g}",
+             f"{cfg.get('num_candidates', 4)}, tau {float(tau.min()):.4g}..{float(tau.max()):.4g}",
              f"  trained with LM   {cfg.get('trained_with_lm') or 'not recorded'}"
              + (", chat template" if cfg.get("use_chat_template") else "") + " (any causal LM can drive it)",
              f"  context columns   {', '.join(cfg.get('context_columns') or []) or 'none'}",
@@ -1003,7 +1003,9 @@ def describe_export(export: GateExport) -> str:
     else:
         digest = _sha256(export.directory / CONFIG_FILE)
         lines.append(f"    {digest}  {CONFIG_FILE} (outside the format-1 checksums; checked by schema)")
-    known = {*listed, MANIFEST_FILE, CONFIG_FILE}
+        if (export.directory / LEGACY_INDEX_FILE).exists():
+            lines.append(f"    {'-' * 64}  {LEGACY_INDEX_FILE} (format 1's serialised index: never read)")
+    known = {*listed, MANIFEST_FILE, CONFIG_FILE, *([LEGACY_INDEX_FILE] if version == LEGACY_FORMAT else [])}
     ignored = sorted(p.name if p.name.isprintable() else repr(p.name) for p in export.directory.iterdir()
                      if p.name not in known)
     if ignored:
