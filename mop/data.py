@@ -41,7 +41,8 @@ class DatasetSpec:
     """Where the population comes from and how records are made and split.
 
     Args:
-        source: a bundled name (``rotten-tomatoes``, ``guardian-headlines``) or a CSV / JSONL / Parquet path.
+        source: a bundled name (``rotten-tomatoes``, ``guardian-headlines``, ``anes96``) or a CSV / JSONL /
+            Parquet path.
         response_column: column holding the response text (bundled sources set their own).
         context_columns: columns that form the context x, rendered through ``context_template``.
         label_column: optional label column (also available to templates as ``{label}``).
@@ -54,6 +55,12 @@ class DatasetSpec:
         split: train / val / test fractions, each in (0, 1), summing to 1.
         seed: seed of the split (and of the subsampling below).
         max_records: optional per-split caps, e.g. ``{"train": 400}``, applied after splitting.
+        options: closed-ended responses (a survey, mop.survey): the answer options, as one list for every
+            record, a mapping from label (the question) to its list, or ``infer`` (each label's distinct
+            responses, in order of first appearance, at most 20). Every response must be one of its record's
+            options. None: free text.
+        ordinal: the labels (questions) whose options are an ordered scale, listed in order (Wasserstein
+            distance in the survey evaluation); ``all`` for every one.
     """
 
     source: str = "rotten-tomatoes"
@@ -68,6 +75,8 @@ class DatasetSpec:
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     seed: int = 0
     max_records: dict[str, int] | None = None
+    options: list[str] | dict[str, list[str]] | Literal["infer"] | None = None
+    ordinal: list[str] | Literal["all"] | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "dataset") -> DatasetSpec:
@@ -106,6 +115,53 @@ def _rotten_tomatoes_frame(path: Path):
     return reviews[["review", "movie", "plot", "label", "movie_name"]]
 
 
+# ANES 1996 (statsmodels/datasets/anes96, 944 respondents; the codes' meanings are in that folder's data.py):
+# one record per (respondent, question), labelled by the question, grouped by respondent
+ANES_QUESTIONS = {  # key: (question, column, options, code of the first option)
+    "party_id": ("Party identification", "PID",
+                 ["Strong Democrat", "Weak Democrat", "Independent, leaning Democrat", "Independent",
+                  "Independent, leaning Republican", "Weak Republican", "Strong Republican"], 0),
+    "vote": ("Expected vote in the 1996 presidential election", "vote", ["Clinton", "Dole"], 0),
+}
+_ANES_EDUCATION = ["1-8 grades", "some high school", "high school graduate", "some college",
+                   "college degree", "master's degree", "PhD"]
+_ANES_INCOME = ["under $3,000", "$3,000-$4,999", "$5,000-$6,999", "$7,000-$8,999", "$9,000-$9,999",
+                "$10,000-$10,999", "$11,000-$11,999", "$12,000-$12,999", "$13,000-$13,999",
+                "$14,000-$14,999", "$15,000-$16,999", "$17,000-$19,999", "$20,000-$21,999",
+                "$22,000-$24,999", "$25,000-$29,999", "$30,000-$34,999", "$35,000-$39,999",
+                "$40,000-$44,999", "$45,000-$49,999", "$50,000-$59,999", "$60,000-$74,999",
+                "$75,000-$89,999", "$90,000-$104,999", "$105,000 and over"]
+_ANES_IDEOLOGY = ["extremely liberal", "liberal", "slightly liberal", "moderate", "slightly conservative",
+                  "conservative", "extremely conservative"]
+
+
+def _anes96_frame(path: Path):
+    """Readable long format: one row per respondent and question, the answer as its option text."""
+    import pandas as pd
+
+    df = pd.read_csv(path, sep="\t")  # tab-separated, quoted names: 'popul'
+    df.columns = [c.strip("'\" ") for c in df.columns]
+    rows = []
+    for n, r in enumerate(df.to_dict("records")):
+        popul = float(r["popul"])  # census place population in 1000s
+        profile = dict(
+            respondent=f"anes{n:04d}", age=str(int(r["age"])),
+            education=_ANES_EDUCATION[int(r["educ"]) - 1], income=_ANES_INCOME[int(r["income"]) - 1],
+            tv_news=str(int(r["TVnews"])),
+            place="a place of under 1,000 people" if popul < 1 else
+            f"a place of about {int(round(popul * 1000)):,} people",
+            ideology=_ANES_IDEOLOGY[int(r["selfLR"]) - 1])
+        # the profile in one short line, for prompts (every field also stays a column of its own)
+        profile["profile"] = (f"age {profile['age']}, {profile['education']}, income {profile['income']}, "
+                              f"TV news {profile['tv_news']} days a week, {profile['place']}, "
+                              f"{profile['ideology']}")
+        for key, (text, column, options, first) in ANES_QUESTIONS.items():
+            rows.append({**profile, "id": f"{profile['respondent']}-{key}", "question": key,
+                         "question_text": f"{text} ({' / '.join(options)})?",
+                         "answer": options[int(r[column]) - first]})
+    return pd.DataFrame(rows)
+
+
 BUNDLED_DEFAULTS: dict[str, dict[str, Any]] = {
     "rotten-tomatoes": dict(
         response_column="review", context_columns=["movie", "plot"], label_column="label",
@@ -115,6 +171,13 @@ BUNDLED_DEFAULTS: dict[str, dict[str, Any]] = {
     "guardian-headlines": dict(
         response_column="headline", context_columns=["date"], label_column=None, group_column=None,
         context_template="a Guardian news headline from {date}",
+    ),
+    "anes96": dict(
+        response_column="answer", label_column="question", group_column="respondent", id_column="id",
+        context_columns=["age", "education", "income", "tv_news", "place", "ideology", "profile",
+                         "question_text"],
+        context_template="Respondent: {profile}.\n{question_text}",
+        options={key: q[2] for key, q in ANES_QUESTIONS.items()}, ordinal=["party_id"],
     ),
 }
 
@@ -399,6 +462,8 @@ def load_frame(spec: DatasetSpec):
         return _rotten_tomatoes_frame(bundled_dataset_path(spec.source)), "rotten-tomatoes"
     if spec.source == "guardian-headlines":
         return _guardian_frame(bundled_dataset_path(spec.source)), "guardian-headlines"
+    if spec.source == "anes96":
+        return _anes96_frame(bundled_dataset_path(spec.source)), "anes96"
     return read_table(spec.source), str(spec.source)
 
 
@@ -491,6 +556,10 @@ def load_population(spec: DatasetSpec | dict[str, Any]) -> Population:
     dropped: dict[str, int] = {}
     records = build_records(df, spec, where, dropped)
     check_context_template(spec)  # after the columns: a misspelt column is named as one, not as a field
+    if spec.options is not None:  # closed-ended: fix the options and check every answer is one of them
+        from mop.survey import resolve_options
+
+        spec.options = resolve_options(spec, records, where)
     splits = split_records(records, spec.split, spec.seed)
     capped = {}
     for split, cap in (spec.max_records or {}).items():

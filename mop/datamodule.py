@@ -176,6 +176,9 @@ class PopulationDataModule(pl.LightningDataModule):
                 raise MopError(f"personas file '{self.personas.file}' does not exist")
             persona_file_hash = hashlib.sha1(path.read_bytes()).hexdigest()
         spec = dataclasses.asdict(self.dataset)
+        for key in ("options", "ordinal"):  # survey keys: free-text keys built before them stay valid
+            if spec.get(key) is None:
+                spec.pop(key, None)
         source = Path(str(self.dataset.source))
         if source.exists():  # a user file: its content, not its name, keys the artifacts
             spec["source_sha1"] = hashlib.sha1(source.read_bytes()).hexdigest()
@@ -221,9 +224,13 @@ class PopulationDataModule(pl.LightningDataModule):
                 raise MopError("personas.synthesizer is 'file' but personas.file is not set")
             personas = load_personas_jsonl(self.personas.file)
         else:
-            response_emb = embedder.encode([r.response for r in train], desc="embedding responses")
+            # a survey's answers are a few options: its personas describe clusters of respondents, each
+            # clustered and described by profile and answer (mop.survey)
+            texts = ([exemplar_text(population, r) for r in train] if population.spec.options
+                     else [r.response for r in train])
+            response_emb = embedder.encode(texts, desc="embedding responses")
             personas = synthesize_personas(
-                [r.response for r in train], [r.id for r in train], response_emb, k,
+                texts, [r.id for r in train], response_emb, k,
                 synthesizer=self.personas.synthesizer, lm=self.personas.lm, seed=self.personas.seed,
                 labels=[r.label for r in train], text_kind=self.personas.text_kind,
                 role=self.personas.role)

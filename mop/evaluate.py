@@ -1134,8 +1134,14 @@ def evaluate_command(
     device: str = "auto",
     embed_batch_size: PositiveInt = 64,
     progress: bool = True,
+    group_by: str | None = None,
 ) -> int:
     """Compare generated populations with the real held-out texts on sentence embeddings.
+
+    For a survey (a config whose dataset has ``options``) the evaluation is mop.survey's instead: per
+    question, the simulated against the real answer distributions and the real answers' log-likelihood and
+    Brier score under each set's option probabilities, with the real-against-real and logistic-regression
+    references (docs/cli.md, "Surveys").
 
     FID, MAUVE, KL of the pairwise-cosine histograms and downstream macro-F1, every set subsampled to the same
     n, each with a 95% bootstrap interval; a reference row of real training texts through the same metrics;
@@ -1173,6 +1179,8 @@ def evaluate_command(
         embed_batch_size: texts per embedding forward pass (each set is embedded in such batches, with a
             progress bar; large sets never sit on the device at once).
         progress: show progress bars.
+        group_by: a survey: the context column whose groups the per-group distances are taken within (e.g.
+            ideology); default none.
     """
     import time
 
@@ -1197,6 +1205,15 @@ def evaluate_command(
         raise MopError("--same-contexts reads the real texts from -c/--config's dataset, not from --real")
     if config and (reference_split or "train") == split:
         raise MopError(f"--reference-split '{split}' is the evaluated split itself")
+    from mop.data import load_dataset_config, resolve_spec
+
+    if config and resolve_spec(load_dataset_config(config)).options:  # a survey: options, not texts
+        from mop.survey import evaluate_command as evaluate_survey_command
+
+        return evaluate_survey_command(synthetic, output, config, split, names, reference_split or "train",
+                                       group_by, seed, bootstrap)
+    if group_by is not None:
+        raise MopError("--group-by goes with a survey config (a dataset with options)")
 
     sets, files, record_ids = _synthetic_sets(synthetic, names)
     if same_contexts:
