@@ -445,7 +445,11 @@ def validate_spec(spec: DatasetSpec) -> None:
 
 
 def check_context_template(spec: DatasetSpec) -> None:
-    """The context template may name the context columns, and ``{label}`` when the dataset has labels."""
+    """The context template may name the context columns, and ``{label}`` when the dataset has labels, as
+    plain fields (what an export's loader accepts: checked here, before anything is embedded)."""
+    from mop.prompts import check_plain_template  # mop.prompts imports this module
+
+    check_plain_template(spec.context_template, "context_template")
     fields = template_fields(spec.context_template)
     if "label" in fields and not spec.label_column:
         raise MopError("context_template uses {label} but the dataset has no label_column: set "

@@ -178,3 +178,16 @@ def test_compressed_jsonl_reads_like_the_plain_file(tmp_path):
     assert list(plain["text"]) == ["review 0", "review 1", "review 2"]
     for name in ("a.jsonl.gz", "a.jsonl.bz2"):
         assert read_table(tmp_path / name).equals(plain)
+
+
+def test_a_context_template_with_attribute_access_is_refused_before_anything_is_embedded():
+    """The loader of an export refuses such a template; the data spec refuses it first, not after training."""
+    from mop.data import DatasetSpec, check_context_template
+    from mop.errors import MopError
+
+    spec = DatasetSpec(source="rotten-tomatoes", context_columns=["movie"], label_column="label",
+                       context_template="a {label} review of {movie.__class__}")
+    with pytest.raises(MopError, match=r"\{movie.__class__\}.*only plain fields"):
+        check_context_template(spec)
+    check_context_template(DatasetSpec(source="rotten-tomatoes", context_columns=["movie"], label_column="label",
+                                       context_template="a {label} review of {movie}"))
