@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Times the README's main job (train + generate) from a fresh clone of this repository's HEAD, with an empty
-# $MOP_CACHE; the set-up (this checkout's .venv and the pip cache) is reused. Prints TRAIN_S, GENERATE_S, TOTAL_S
-# the generated texts' length and their persona echo share. Usage: bash benchmarks/main_job.sh [WORKDIR]   (default /tmp/mop-main-job)
+# $MOP_CACHE; the set-up (this checkout's .venv and the pip cache) is reused. Prints TRAIN_S, GENERATE_S, TOTAL_S,
+# the generated texts' length and their persona echo share.
+# Usage: bash benchmarks/main_job.sh [WORKDIR]   (default /tmp/mop-main-job)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/mop-main-job}
