@@ -255,8 +255,7 @@ def test_the_python_example_runs_as_written_and_gives_the_cli_rows(document, tmp
     committed Rotten Tomatoes export), and ``mop generate`` with the settings its rows record writes the same
     rows for the same contexts."""
     code = _first_python_block(REPO / document)
-    if code is None:
-        pytest.skip(f"{document} has no ```python block yet (the Python API's example goes there)")
+    assert code is not None, f"{document} has no ```python block (the Python API's example goes there)"
     assert EXAMPLE_GATE.is_dir()
     monkeypatch.chdir(REPO)
     namespace: dict = {"__name__": "__main__"}
