@@ -16,11 +16,23 @@ row decoded until the batch's slowest row stops) against mop's own decode loop (
 at batch 8 and at the default batch size with the default max_new_tokens (1.25 x the longest training
 response), on the same prompts and seeds, side by side in one run: samples/s, decode steps, and mean words per
 text against the real training texts. Writes benchmarks/results/generation_stops.json.
+
+``--engine hf vllm`` measures the engines (mop.engines) side by side in one run on the main job's workload,
+``mop generate --gating GATE --model gemma3-270m -c CONFIG --split test --shuffle --num-samples 200`` (default
+gate: the committed benchmarks/results/fidelity_scale_gate with configs/fidelity.yaml): the same gate draws,
+prompts, temperatures, seeds, max_new_tokens and stop in every engine, through
+mop.generate.generate_population itself. Per engine: the engine start, samples/s and new tokens/s of the
+generation (the contexts are embedded once, before), empty texts and mean words against the real training
+texts. Writes
+benchmarks/results/generation_engines.json (``--out`` elsewhere).
+
+    python benchmarks/generation_speed.py --engine hf vllm --model gemma3-270m --num-samples 200
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -117,6 +129,74 @@ def stops_mode(args, model, tok, prompts, seeds, hw) -> list[dict]:
     return rows
 
 
+def engines_mode(args, hw) -> list[dict]:
+    """The engines side by side on the main job's workload (see the module docstring)."""
+    import statistics
+    import tempfile
+    import time
+
+    from mop.data import load_dataset_config, load_population
+    from mop.embed import Embedder
+    from mop.engines import load_engine
+    from mop.export import GateExport
+    from mop.generate import Sampling, dataset_contexts, embed_contexts, generate_population, sample_plan
+
+    export = GateExport.from_pretrained(args.gate)
+    records = dataset_contexts(args.gate_config, "test", export.config)
+    sampling = Sampling(num_samples=args.num_samples, shuffle=True, seed=0)
+    plan = sample_plan(records, args.num_samples, sampling.seed)
+    emb = embed_contexts(export, [records[p] for p, _ in plan], Embedder(export.embedder))
+    at = {p: i for i, (p, _) in enumerate(plan)}
+
+    def context_emb(positions):
+        return emb[[at[p] for p in positions]]
+    real = [len(r.response.split())
+            for r in load_population(load_dataset_config(args.gate_config))["train"]]
+    rows = []
+    for name in args.engine:
+        start = time.perf_counter()
+        engine = load_engine(name, args.model, dtype=args.dtype, device=args.device)
+        started = time.perf_counter() - start
+        new_tokens = [0]
+        generate = engine.generate
+
+        def counting(*a, _generate=generate, **kw):
+            out = _generate(*a, **kw)
+            new_tokens[0] += sum(map(len, out))
+            return out
+        engine.generate = counting
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "rows.jsonl"
+            with Timer(args.device) as t:
+                generate_population(export, engine, engine.tokenizer, records, out, sampling,
+                                    context_emb=context_emb, model_name=args.model, progress=False)
+            texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+        engine.unload()
+        words = [len(x.split()) for x in texts]
+        rows.append({"engine": name, "version": engine.version, "start_s": started, "seconds": t.seconds,
+                     "samples": len(texts), "samples_per_s": len(texts) / t.seconds,
+                     "new_tokens": new_tokens[0],
+                     "new_tok_s": new_tokens[0] / t.seconds, "empty": sum(not x for x in texts),
+                     "mean_words": statistics.mean(words), "example_texts": texts[:5]})
+        print(f"done: {name}: start {started:.1f} s, {t.seconds:.1f} s", flush=True)
+    print(f"\nEngines, {args.model} {args.dtype}, the main job's {args.num_samples} prompts "
+          f"(gate {args.gate}, {args.gate_config}, test split, shuffled, seed 0); real training texts: "
+          f"{statistics.mean(real):.1f} words on average")
+    print(hardware_line(hw) + (f"; {SHARED_NOTE}" if args.device == "cpu" else "") + "\n")
+    head = ["engine", "engine start s", "generation s", "samples/s", "new tokens", "new tokens/s",
+            "empty texts", f"mean words (real: {statistics.mean(real):.1f})"]
+    print(markdown_table(head, [[f"{r['engine']} {r['version']}", f"{r['start_s']:.1f}",
+                                 f"{r['seconds']:.1f}",
+                                 f"{r['samples_per_s']:.2f}", r["new_tokens"], f"{r['new_tok_s']:.1f}",
+                                 f"{r['empty']}/{r['samples']} ({100 * r['empty'] / r['samples']:.1f}%)",
+                                 f"{r['mean_words']:.1f}"] for r in rows]))
+    out = args.out if args.out != RESULTS / "generation_speed.json" else RESULTS / "generation_engines.json"
+    write_json(out, {"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()},
+                     "real_mean_words": statistics.mean(real), "results": rows})
+    print(f"\nwrote {out}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="bundled name or local model folder")
@@ -135,10 +215,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=RESULTS / "generation_speed.json")
     parser.add_argument("--mode", choices=["forced", "stops"], default="forced",
                         help="forced: equal lengths per batch size; stops: real stopping, before vs after")
+    parser.add_argument("--engine", nargs="+", choices=["hf", "vllm"], default=None,
+                        help="engines mode: these engines side by side on the main job's workload")
+    parser.add_argument("--gate", default=str(RESULTS / "fidelity_scale_gate"),
+                        help="engines mode: the export")
+    parser.add_argument("--gate-config", default="configs/fidelity.yaml",
+                        help="engines mode: the config whose test split gives the contexts")
+    parser.add_argument("--num-samples", type=int, default=200, help="engines mode: rows per engine")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     hw = hardware(args.device)
+    if args.engine:
+        return engines_mode(args, hw)
     prompts, _, source = training_pairs(args.config, args.samples, per_record=1)
     seeds = list(range(1000, 1000 + len(prompts)))
     model, tok = load_bench_lm(args.model, args.dtype, args.device, args.random_weights)

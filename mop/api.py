@@ -93,6 +93,7 @@ def simulate(
     embedder: str | None = None,
     device: str = "auto",
     dtype: str | None = None,
+    engine: str = "auto",
     output: str | Path | None = None,
     as_frame: bool = False,
     progress: bool = True,
@@ -104,7 +105,8 @@ def simulate(
         gate: a :class:`mop.GateExport`, or the folder of one.
         model: a bundled LM name (``smollm2-135m``, ``gemma3-270m``), a local folder or a hub id (loaded on
             ``device`` in ``dtype``, with ``adapter``), or an already loaded ``(model, tokenizer)`` pair of
-            Hugging Face objects (``mop.load_lm`` returns one: load once, simulate many times).
+            Hugging Face objects (``mop.load_lm`` returns one: load once, simulate many times), or a loaded
+            engine (``mop.engines.load_engine``, e.g. a vLLM engine: load once, simulate many times).
         contexts: a pandas DataFrame, a list of dicts, a ``datasets.Dataset`` (anything with ``to_pandas()``)
             or a CSV / JSONL / Parquet path: every field the export's templates use (e.g. movie, label) and
             optionally a unique ``id`` (else the records are ``c000000``, ``c000001``, ...).
@@ -120,6 +122,8 @@ def simulate(
         embedder: the contexts' sentence embedder (default: the export's; gated methods only).
         device: auto (the GPU when there is one), cpu, cuda, cuda:N; ignored for a loaded model (its own).
         dtype: float32, bfloat16 or float16 for a model given by name (default: the checkpoint's).
+        engine: the generation engine of a model given by name: hf (mop's decode loop), vllm (vLLM, an extra)
+            or auto (vllm on a CUDA device where it is installed, else hf); as ``mop generate --engine``.
         output: a JSONL path to write the rows to as well, resumable like ``mop generate --output`` (default:
             a temporary file, removed).
         as_frame: return a pandas DataFrame of the population schema (mop.outputs.population_schema) rather
@@ -158,14 +162,33 @@ def simulate(
         attribute_lists = ({str(k): [str(v) for v in vs] for k, vs in attributes.items()}
                            if isinstance(attributes, Mapping) else load_attributes(attributes))
 
+    from mop.engines import ENGINES, Engine, load_engine, resolve_engine
+
+    if engine not in (*ENGINES, "auto"):
+        raise MopError(f"unknown engine '{engine}', expected one of {', '.join(ENGINES)} or auto")
     if isinstance(model, (str, Path)):
         from mop.assets import check_model_path, load_lm
 
         model_name = str(model)
         check_model_path(model_name, "model")
+        engine = resolve_engine(engine, device)
         device = _device(device)
-        lm, tokenizer = load_lm(model_name, dtype=dtype, device=device, adapter=adapter)
+        if engine == "hf":
+            lm, tokenizer = load_lm(model_name, dtype=dtype, device=device, adapter=adapter)
+        else:
+            lm = load_engine(engine, model_name, dtype=dtype, device=device, adapter=adapter)
+            tokenizer = lm.tokenizer
+    elif isinstance(model, Engine):
+        if adapter is not None or dtype is not None:
+            raise MopError("adapter and dtype apply to a model given by name; give them to the engine's load")
+        lm, tokenizer = model, model.tokenizer
+        model_name = str(getattr(model, "mop_name", None) or type(model).__name__)
+        device = _device(device) if model.model is None else str(
+            model.model.get_input_embeddings().weight.device)
     elif isinstance(model, (tuple, list)) and len(model) == 2:
+        if engine == "vllm":
+            raise MopError("a loaded (model, tokenizer) pair runs on the hf engine; give engine='vllm' a "
+                           "model by name, or pass a loaded vLLM engine (mop.engines.load_engine)")
         lm, tokenizer = model
         if adapter is not None or dtype is not None:
             raise MopError("adapter and dtype apply to a model given by name; attach or cast a loaded model "
@@ -174,8 +197,8 @@ def simulate(
                          or type(lm).__name__)
         device = str(lm.get_input_embeddings().weight.device)
     else:
-        raise MopError("model: expected a bundled name, a folder or hub id, or a (model, tokenizer) pair, "
-                       f"got {type(model).__name__}")
+        raise MopError("model: expected a bundled name, a folder or hub id, a (model, tokenizer) pair or an "
+                       f"engine, got {type(model).__name__}")
 
     context_emb = None
     if method in GATED:

@@ -647,13 +647,14 @@ class Sampling:
 
 
 def run_identity(model_name: str, adapter: str | None, sampling: Sampling,
-                 export_config: dict[str, Any]) -> dict[str, Any]:
+                 export_config: dict[str, Any], engine: str = "hf") -> dict[str, Any]:
     """The settings every row of one output file shares (mop.outputs.IDENTITY), written into each row.
 
     ``exemplar_label`` auto is resolved with the export's ``mask_other_label``; ``gate_sha`` is a digest of
     the export's file checksums (another gate, personas or pool: another file) and ``prompt_sha`` of the
     prompt template in use (``export_config`` after any ``--prompt-template``); the sampling options are as
-    given (None: the default)."""
+    given (None: the default); ``engine`` the generation engine (mop.engines: an output is resumed only with
+    the engine that wrote it)."""
     label = sampling.exemplar_label
     if label == "auto":
         label = "match" if export_config.get("mask_other_label", False) else "any"
@@ -662,7 +663,7 @@ def run_identity(model_name: str, adapter: str | None, sampling: Sampling,
             "gate_sha": _digest(export_config.get("checksums") or {}),
             "prompt_sha": _digest(export_config.get("prompt_template")),
             "sampling_temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens,
-            "stop": None if sampling.stop is None else list(sampling.stop)}
+            "stop": None if sampling.stop is None else list(sampling.stop), "engine": engine}
 
 
 def _digest(value: Any) -> str:
@@ -708,10 +709,16 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     does): each rank generates its share of the missing samples (:func:`shard_batches`) into its own part
     file, and rank 0 shows one progress bar for all ranks, waits for them and merges every file into
     ``output`` (mop.outputs). Returns counts (rank 0: of every rank).
+
+    ``model``: a generation engine (mop.engines, e.g. vLLM), or a transformers model, run by the hf engine.
     """
     from tqdm.auto import tqdm
 
+    from mop.engines import as_engine
+
     sampling.check()
+    engine = as_engine(model, tokenizer)
+    tokenizer = engine.tokenizer
     dist = dist or SingleProcess()
     rank, world = dist.global_rank, dist.world_size
     method, seed, num_samples = sampling.method, sampling.seed, sampling.num_samples
@@ -727,13 +734,14 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MopError("the export's prompts use a chat template but this tokenizer has none "
                        "(a base model?); pass --chat-template off")
-    identity = run_identity(model_name, adapter, sampling, export.config)
+    identity = run_identity(model_name, adapter, sampling, export.config, engine.name)
     if identity["exemplar_label"] == "match" and method in USES_EXEMPLAR \
             and all(r.label is None for r in records):
         raise MopError("exemplar_label match needs the contexts' labels, and these contexts have none")
     sampler = ComponentSampler(export, method, sampling.temperature, attributes, sampling.gate_temperature,
                                match_label=identity["exemplar_label"] == "match")
     stop = default_stop(export) if sampling.stop is None else list(sampling.stop)
+    engine_version = engine.version
     out = ShardedOutput(output, identity, rank, world)
     if out.dropped_partial and rank == 0:
         print(f"[mop] dropped an incomplete last line of {out.path} (an interrupted run)", file=sys.stderr)
@@ -741,7 +749,7 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
     plan = sample_plan(records, num_samples, seed if sampling.shuffle else None)
     sids = [sid for _, sid in plan]
     todo = [n for n in range(num_samples) if sids[n] not in out.done]
-    batch_size = sampling.batch_size or default_batch_size(model)
+    batch_size = sampling.batch_size or engine.default_batch_size()
     max_new_tokens = sampling.max_new_tokens or default_max_new_tokens(export, tokenizer)
     mine = shard_batches(num_samples, batch_size, sids, out.done, rank, world)
     others = out.progress_watcher() if rank == 0 and world > 1 else None
@@ -772,8 +780,8 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
         keys = [sample_key(sids[n]) for n in batch]
         comps = sampler.sample(hx, [r.id for r in recs], keys, seed, labels=[r.label for r in recs])
         prompts = [build_prompt(export, r, c) for r, c in zip(recs, comps)]
-        new_ids = sample_continuations(
-            model, tokenizer, prompts, [c.temperature for c in comps],
+        new_ids = engine.generate(
+            prompts, [c.temperature for c in comps],
             [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=max_new_tokens,
             top_p=sampling.top_p, use_chat_template=chat, stop=stop)
         rows = []
@@ -788,6 +796,7 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
                 "persona": export.persona_texts[comp.persona] if comp.persona is not None else None,
                 "exemplar_id": export.exemplars[comp.exemplar].id if comp.exemplar is not None else None,
                 "attributes": comp.attributes, "temperature": round(float(comp.temperature), 6), **identity,
+                "engine_version": engine_version,
                 "text": text,
             })
         out.append(rows)
@@ -836,6 +845,7 @@ def generate_command(
     num_nodes: PositiveInt = 1,
     strategy: str = "auto",
     dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+    engine: Literal["auto", "hf", "vllm"] = "auto",
     progress: bool = True,
 ) -> int:
     """Generate a synthetic population with a gate export and any causal LM.
@@ -870,6 +880,9 @@ def generate_command(
         num_nodes: nodes of a multi-node run (e.g. under SLURM: srun starts the ranks).
         strategy: the Lightning strategy of a sharded run (auto: ddp; ddp_spawn also works).
         dtype: the LM dtype (default: the checkpoint's).
+        engine: the generation engine: hf (mop's decode loop on transformers), vllm (vLLM, an extra:
+            docs/cli.md, "Engines") or auto (vllm on a CUDA device where it is installed, else hf); an output
+            is resumed only with the engine that wrote it.
         progress: show a progress bar.
     """
     from mop.export import read_export_config
@@ -892,7 +905,10 @@ def generate_command(
 
         validate_prompt_template(prompt_template, list(export_config.get("context_columns") or []))
         export_config = {**export_config, "prompt_template": prompt_template}
-    identity = run_identity(model, adapter, sampling, export_config)
+    from mop.engines import load_engine, resolve_engine
+
+    engine = resolve_engine(engine, device, accelerator)
+    identity = run_identity(model, adapter, sampling, export_config, engine)
     OutputFile(output, identity)  # a missing directory or another run's output fails before any loading
     check_model_path(model, "model")
     if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
@@ -940,7 +956,11 @@ def generate_command(
 
         def context_emb(positions):
             return embed_contexts(export, [records[p] for p in positions], context_embedder)
-    lm, tokenizer = load_lm(model, dtype=dtype, device=device, adapter=adapter)
+    if engine == "hf":
+        lm, tokenizer = load_lm(model, dtype=dtype, device=device, adapter=adapter)
+    else:
+        lm = load_engine(engine, model, dtype=dtype, device=device, adapter=adapter)
+        tokenizer = lm.tokenizer
     summary = generate_population(export, lm, tokenizer, records, output, sampling, context_emb=context_emb,
                                   model_name=model, adapter=adapter, attributes=attribute_lists,
                                   progress=progress, dist=fabric)

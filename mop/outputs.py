@@ -25,9 +25,9 @@ from typing import Any
 from mop.errors import MopError
 
 IDENTITY = ("model", "adapter", "method", "seed", "gate_temperature", "exemplar_label", "top_p", "gate_sha",
-            "prompt_sha", "sampling_temperature", "max_new_tokens", "stop")
-# the value of an identity key in rows written before the key existed
-IDENTITY_DEFAULTS = {"gate_temperature": 1.0, "exemplar_label": "any", "top_p": 1.0}
+            "prompt_sha", "sampling_temperature", "max_new_tokens", "stop", "engine")
+# the value of an identity key in rows written before the key existed (rows before engines: the hf engine's)
+IDENTITY_DEFAULTS = {"gate_temperature": 1.0, "exemplar_label": "any", "top_p": 1.0, "engine": "hf"}
 # keys that rows written before they existed did not record (their value then is unknown, and not compared)
 UNRECORDED = ("gate_sha", "prompt_sha", "sampling_temperature", "max_new_tokens", "stop")
 
@@ -37,15 +37,16 @@ UNRECORDED = ("gate_sha", "prompt_sha", "sampling_temperature", "max_new_tokens"
 # ``context`` and ``attributes`` are structs of strings: the fields of the contexts the rows were generated
 # for (e.g. movie) and the attrprompt baseline's attribute names (null in the other methods' rows). Rows
 # written before a field of IDENTITY existed read it as null (or as its IDENTITY_DEFAULTS value).
+# ``engine_version`` (the engine's runtime version, recorded but not compared on resume) is null in them.
 ROW_FIELDS = ("id", "record_id", "context", "label", "persona_id", "persona", "exemplar_id", "attributes",
-              "temperature", *IDENTITY, "text")
+              "temperature", *IDENTITY, "engine_version", "text")
 FIELD_TYPES = {"id": "string", "record_id": "string", "context": "struct<string>", "label": "string",
                "persona_id": "string", "persona": "string", "exemplar_id": "string",
                "attributes": "struct<string>", "temperature": "float64", "model": "string",
                "adapter": "string", "method": "string", "seed": "int64", "gate_temperature": "float64",
                "exemplar_label": "string", "top_p": "float64", "gate_sha": "string", "prompt_sha": "string",
                "sampling_temperature": "float64", "max_new_tokens": "int64", "stop": "list<string>",
-               "text": "string"}
+               "engine": "string", "engine_version": "string", "text": "string"}
 
 
 def read_lines(path: Path) -> tuple[list[bytes], int, int]:
@@ -76,6 +77,10 @@ def parse_ids(path: Path, lines: Sequence[bytes], identity: dict[str, Any]) -> l
         theirs = {k: first.get(k, IDENTITY_DEFAULTS.get(k)) for k in keys}
         ours = {k: identity.get(k, IDENTITY_DEFAULTS.get(k)) for k in keys}
         if theirs != ours:
+            if theirs["engine"] != ours["engine"]:
+                raise MopError(f"output '{path}' was generated with engine {theirs['engine']!r}: resume it "
+                               f"with --engine {theirs['engine']}, or choose another --output for engine "
+                               f"{ours['engine']!r}")
             diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in keys if theirs[k] != ours[k])
             raise MopError(f"output '{path}' holds rows generated with other settings: {diff}; "
                            "choose another --output rather than mixing them")
