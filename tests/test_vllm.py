@@ -277,3 +277,18 @@ def test_rows_from_before_engines_read_as_hf(tmp_path):
 
     with pytest.raises(MopError, match="engine 'hf'"):
         OutputFile(path, {**identity, "engine": "vllm"})
+
+
+def test_auto_picks_vllm_only_on_a_cuda_device_where_it_is_installed(monkeypatch):
+    import mop.engines as engines
+    from mop.errors import MopError
+
+    assert engines.resolve_engine("auto", "cpu") == "hf"
+    assert engines.resolve_engine("auto", "auto", "cpu") == "hf"
+    assert engines.resolve_engine("vllm", "cpu") == "vllm" and engines.resolve_engine("hf", "cuda") == "hf"
+    for installed in (True, False):
+        monkeypatch.setattr(engines, "vllm_installed", lambda installed=installed: installed)
+        assert engines.resolve_engine("auto", "cuda:1") == ("vllm" if installed else "hf")
+        assert engines.resolve_engine("auto", "auto", "gpu") == ("vllm" if installed else "hf")
+    with pytest.raises(MopError, match="unknown engine 'sglang'"):
+        engines.resolve_engine("sglang")
