@@ -66,10 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="MODEL:METHOD pairs, in order")
     p.add_argument("--answers", type=int, default=1,
                    help="answers sampled per test respondent and question, every method alike")
-    p.add_argument("--respondents", type=int, default=150,
+    p.add_argument("--respondents", type=int, default=100,
                    help="test respondents evaluated (the first N of the test respondents in a seeded order; "
                         "both questions each), every method alike")
-    p.add_argument("--model-respondents", nargs="*", default=["gemma3-270m=100"], metavar="MODEL=N",
+    p.add_argument("--model-respondents", nargs="*", default=["gemma3-270m=60"], metavar="MODEL=N",
                    help="fewer respondents for a slow LM (the first N of the same order): its sets are "
                         "evaluated as their own group")
     p.add_argument("--split", default="test", help="the evaluated split")

@@ -101,6 +101,9 @@ def test_set_metrics_match_hand_computed_values():
     assert d["tv"][0] == pytest.approx(0.125)
     # group a: sim [1, 0] vs real [.5, .5] -> .5; group b: sim [.25, .75] vs real [1, 0] -> .75; sizes 2, 2
     assert d["tv_group"][0] == pytest.approx(0.625)
+    # groups of 3 and 1: a: sim [5/6, 1/6], real [2/3, 1/3] -> 1/6; b: [0, 1] vs [1, 0] -> 1; weights 3, 1
+    d3 = set_draws(AnswerSet(counts, probs), real, np.array(["a", "a", "a", "b"]), np.ones((1, 4)), False)
+    assert d3["tv_group"][0] == pytest.approx((3 / 6 + 1) / 4)
     assert d["loglik"][0] == pytest.approx(np.mean(np.log([0.8, 0.5, 0.5, 0.25])))
     brier = [0.2**2 * 2, 0.5**2 * 2, 0.5**2 * 2, 0.75**2 * 2]
     assert d["brier"][0] == pytest.approx(np.mean(brier))
@@ -400,3 +403,37 @@ def test_bundled_anes96_survey():
     ll_lr = np.mean(np.log(np.where(y, lr.probs[:, 1], lr.probs[:, 0])))
     ll_marginal = np.mean(np.log(np.where(y, marginal, 1 - marginal)))
     assert ll_lr > ll_marginal + 0.1  # the self-placement predicts the vote
+
+
+def test_mop_evaluate_runs_the_survey_evaluation_for_a_survey_config(tmp_path):
+    rows = [{"id": f"p{i}", "answer": ["Clinton", "Dole"][i % 2], "ideology": ["left", "right"][i % 2],
+             "age": str(20 + i)} for i in range(40)]
+    data = tmp_path / "survey.csv"
+    lines = [f"{r['id']},{r['answer']},{r['ideology']},{r['age']}\n" for r in rows]
+    data.write_text("id,answer,ideology,age\n" + "".join(lines))
+    cfg = tmp_path / "survey.yaml"
+    cfg.write_text(f"source: {data}\nresponse_column: answer\nid_column: id\n"
+                   "context_columns: [ideology, age]\noptions: [Clinton, Dole]\nsplit: [0.5, 0.1, 0.4]\n")
+    pop = load_population({"source": str(data), "response_column": "answer", "id_column": "id",
+                           "context_columns": ["ideology", "age"], "options": ["Clinton", "Dole"],
+                           "split": [0.5, 0.1, 0.4]})
+    out = tmp_path / "answers.jsonl"
+    with out.open("w") as fh:
+        for r in pop["test"]:  # a perfect simulator: the real answer with probability 1
+            p = {"Clinton": float(r.response == "Clinton"), "Dole": float(r.response == "Dole")}
+            fh.write(json.dumps({"id": f"{r.id}-0", "record_id": r.id, "method": "mop", "model": "x",
+                                 "option": r.response, "text": r.response, "option_probs": p}) + "\n")
+    proc = run_cli("evaluate", "-c", str(cfg), "--synthetic", str(out), "--group-by", "ideology", "--output",
+                   str(tmp_path / "r.json"), "--bootstrap", "50")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    q = res["questions"][""]
+    assert q["n"] == len(pop["test"]) and q["sets"]["mop/x"]["tv"] == 0 and q["sets"]["mop/x"]["loglik"] == 0
+    assert "real-against-real" in q["references"] and "logistic-regression" in q["references"]
+    assert "| mop/x | 0.000" in proc.stdout
+    text_rows = tmp_path / "texts.jsonl"  # free-text rows: no option
+    text_rows.write_text("".join(json.dumps({"id": f"{r.id}-0", "record_id": r.id, "text": "Clinton"}) + "\n"
+                                 for r in pop["test"]))
+    proc = run_cli("evaluate", "-c", str(cfg), "--synthetic", str(text_rows), "--output",
+                   str(tmp_path / "r2.json"))
+    assert_one_line_error(proc, "not a survey population")
