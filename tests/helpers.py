@@ -8,6 +8,8 @@ fixtures built on them live in conftest.py. No test module imports another test 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -412,3 +414,26 @@ class World:
         proc, log = self.procs[name]
         wait_ok(proc, log)
         return self.run_dir(name)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def as_legacy_export(path: Path) -> Path:
+    """Turn an export into format 1, as the writer before the manifest made it: exemplars.faiss beside the
+    embeddings, checksums of the five other files in config.json (which they do not cover)."""
+    import faiss
+    import numpy as np
+
+    cfg = json.loads((path / "config.json").read_text())
+    flat = faiss.IndexFlatIP(cfg["embed_dim"])
+    flat.add(np.load(path / "exemplar_embeddings.npy"))
+    faiss.write_index(flat, str(path / "exemplars.faiss"))
+    (path / "manifest.json").unlink()
+    del cfg["index"]
+    names = ["exemplar_embeddings.npy", "exemplars.faiss", "exemplars.jsonl", "gate.safetensors",
+             "personas.jsonl"]
+    cfg.update(format_version=1, checksums={n: file_sha256(path / n) for n in names})
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    return path

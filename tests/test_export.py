@@ -4,7 +4,6 @@ export is refused (tests/test_export_fuzz.py fuzzes the loader)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CONTEXT, PROMPT, REPO, assert_one_line_error, make_export, run_cli, unit_rows
+from helpers import (
+    CONTEXT,
+    PROMPT,
+    REPO,
+    as_legacy_export,
+    assert_one_line_error,
+    file_sha256,
+    make_export,
+    run_cli,
+    unit_rows,
+)
 
 from mop.errors import MopError
 from mop.export import FORMAT_VERSION, GateExport, load_export
@@ -29,9 +38,6 @@ FILES = ["config.json", "exemplar_embeddings.npy", "exemplars.jsonl", "gate.safe
          "personas.jsonl"]
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def _edit_config(path: Path, resign: bool = False, drop: tuple[str, ...] = (), **changes) -> Path:
     cfg = json.loads((path / "config.json").read_text())
@@ -47,27 +53,11 @@ def _resign(path: Path) -> Path:
     manifest = json.loads((path / "manifest.json").read_text())
     for name in manifest["files"]:
         if (path / name).is_file():
-            manifest["files"][name] = {"bytes": (path / name).stat().st_size, "sha256": _sha(path / name)}
+            manifest["files"][name] = {"bytes": (path / name).stat().st_size,
+                                       "sha256": file_sha256(path / name)}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
-
-def _as_legacy(path: Path) -> Path:
-    """Turn an export into format 1, as the writer before the manifest made it: exemplars.faiss beside the
-    embeddings, checksums of the five other files in config.json (which they do not cover)."""
-    import faiss
-
-    cfg = json.loads((path / "config.json").read_text())
-    flat = faiss.IndexFlatIP(cfg["embed_dim"])
-    flat.add(np.load(path / "exemplar_embeddings.npy"))
-    faiss.write_index(flat, str(path / "exemplars.faiss"))
-    (path / "manifest.json").unlink()
-    del cfg["index"]
-    names = ["exemplar_embeddings.npy", "exemplars.faiss", "exemplars.jsonl", "gate.safetensors",
-             "personas.jsonl"]
-    cfg.update(format_version=1, checksums={n: _sha(path / n) for n in names})
-    (path / "config.json").write_text(json.dumps(cfg, indent=2))
-    return path
 
 
 def _refused(path: Path, *fragments: str, **kwargs) -> str:
@@ -110,7 +100,7 @@ def test_manifest_lists_every_file_with_its_digest(tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     assert sorted(manifest["files"]) == [n for n in FILES if n != "manifest.json"]  # config.json included
     for name, entry in manifest["files"].items():
-        assert entry == {"bytes": (path / name).stat().st_size, "sha256": _sha(path / name)}, name
+        assert entry == {"bytes": (path / name).stat().st_size, "sha256": file_sha256(path / name)}, name
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["format_version"] == FORMAT_VERSION == 2 and cfg["index"] == {"kind": "flat"}
     assert "checksums" not in cfg
@@ -161,7 +151,7 @@ def test_paths_escaping_the_export_are_refused(tmp_path):
     outside = tmp_path / "x"
     outside.write_text("secret")
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["../x"] = {"bytes": 6, "sha256": _sha(outside)}
+    manifest["files"]["../x"] = {"bytes": 6, "sha256": file_sha256(outside)}
     (path / "manifest.json").write_text(json.dumps(manifest))
     _refused(path, "manifest.json lists '../x', which is not a file inside the export")
     # a symbolic link leading out of the export, even with the right content and digest
@@ -217,7 +207,7 @@ def test_export_templates_are_plain_fields(tmp_path):
     line = _refused(path, f"config.json prompt_template has the field {field}: a template may use only plain "
                     "fields {name} and {exemplar[FIELD]}")
     assert line.startswith(f"gate export '{path}'")
-    legacy = _as_legacy(make_export(tmp_path / "legacy", dim=16, k=3, n_pool=6).path)
+    legacy = as_legacy_export(make_export(tmp_path / "legacy", dim=16, k=3, n_pool=6).path)
     assert load_export(legacy).num_personas == 3
     _edit_config(legacy, prompt_template=EXPORT_PROBE)
     _refused(legacy, f"config.json prompt_template has the field {field}")
@@ -279,7 +269,7 @@ def test_no_faiss_index_is_written_or_read(tmp_path, monkeypatch):
     import faiss
 
     path = make_export(tmp_path / "gate", dim=16).path
-    legacy = _as_legacy(make_export(tmp_path / "legacy", dim=16).path)
+    legacy = as_legacy_export(make_export(tmp_path / "legacy", dim=16).path)
     (legacy / "exemplars.faiss").write_bytes(b"IxFI" + os.urandom(64))  # its checksum no longer matches
 
     def refuse(*args, **kwargs):
@@ -329,7 +319,7 @@ def test_format_1_export_loads_the_same(tmp_path):
     checksums (so mop generate's gate_sha, and the rows it resumes, are unchanged); its data files are still
     verified against them, and its config.json by the schema."""
     ref = load_export(make_export(tmp_path / "gate", dim=16, k=3, n_pool=6).path)
-    legacy = _as_legacy(make_export(tmp_path / "legacy", dim=16, k=3, n_pool=6).path)
+    legacy = as_legacy_export(make_export(tmp_path / "legacy", dim=16, k=3, n_pool=6).path)
     got = load_export(legacy)
     assert got.config["checksums"] == json.loads((legacy / "config.json").read_text())["checksums"]
     assert got.exemplars == ref.exemplars and torch.equal(got.gate.W_x.weight, ref.gate.W_x.weight)
@@ -339,13 +329,13 @@ def test_format_1_export_loads_the_same(tmp_path):
     (legacy / "exemplars.jsonl").write_bytes(bytes(data).replace(b"exemplar review number 3",
                                                                  b"exemplar review number 4"))
     _refused(legacy, "exemplars.jsonl does not match its sha256 in config.json")
-    legacy = _as_legacy(make_export(tmp_path / "legacy2", dim=16, k=3, n_pool=6).path)
+    legacy = as_legacy_export(make_export(tmp_path / "legacy2", dim=16, k=3, n_pool=6).path)
     _edit_config(legacy, num_exemplars="6")
     _refused(legacy, "key 'num_exemplars' must be an integer")
     _edit_config(legacy, num_exemplars=6, index={"kind": "flat"})
     _refused(legacy, "(format 1) has unknown key(s) 'index'")
     # re-saving converts it to format 2
-    legacy = _as_legacy(make_export(tmp_path / "legacy3", dim=16, k=3, n_pool=6).path)
+    legacy = as_legacy_export(make_export(tmp_path / "legacy3", dim=16, k=3, n_pool=6).path)
     again = load_export(load_export(legacy).save_pretrained(tmp_path / "converted"))
     assert again.config["format_version"] == 2 and not (tmp_path / "converted" / "exemplars.faiss").exists()
     assert np.array_equal(again.index.search(q, 6)[1], ref.index.search(q, 6)[1])
@@ -381,7 +371,7 @@ def test_verify_prints_what_the_export_holds(tmp_path, capsys):
     manifest = json.loads((ref.path / "manifest.json").read_text())["files"]
     for name, entry in manifest.items():
         assert f"{entry['sha256']}  {name} ({entry['bytes']:,} bytes)" in out, name
-    assert f"{_sha(ref.path / 'manifest.json')}  manifest.json" in out
+    assert f"{file_sha256(ref.path / 'manifest.json')}  manifest.json" in out
     assert main(["export", "verify", str(COMMITTED_GATES[0])]) == 0
     out = capsys.readouterr().out
     assert "OK, format 1 (legacy" in out and "1,000 exemplars" in out and "smollm2-135m" in out

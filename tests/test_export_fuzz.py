@@ -38,7 +38,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import REPO, make_export
+from helpers import REPO, as_legacy_export, file_sha256, make_export
 
 from mop.errors import MopError
 
@@ -53,25 +53,6 @@ DIM, HIDDEN, K = 8, 16, 4
 
 
 # ---------------------------------------------------------------------------------------------- the exports
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _as_legacy(path: Path) -> Path:
-    """Format 1, as the writer before the manifest made it (exemplars.faiss, checksums in config.json)."""
-    import faiss
-
-    cfg = json.loads((path / "config.json").read_text())
-    flat = faiss.IndexFlatIP(cfg["embed_dim"])
-    flat.add(np.load(path / "exemplar_embeddings.npy"))
-    faiss.write_index(flat, str(path / "exemplars.faiss"))
-    (path / "manifest.json").unlink()
-    del cfg["index"]
-    names = ["exemplar_embeddings.npy", "exemplars.faiss", "exemplars.jsonl", "gate.safetensors",
-             "personas.jsonl"]
-    cfg.update(format_version=1, checksums={n: _sha(path / n) for n in names})
-    (path / "config.json").write_text(json.dumps(cfg, indent=2))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +62,7 @@ def bases(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("fuzz-bases")
     flat = make_export(root / "v2-flat", dim=DIM, k=K, n_pool=10, hidden=HIDDEN, null_persona=True).path
-    legacy = _as_legacy(make_export(root / "v1", dim=DIM, k=K, n_pool=10, hidden=HIDDEN).path)
+    legacy = as_legacy_export(make_export(root / "v1", dim=DIM, k=K, n_pool=10, hidden=HIDDEN).path)
     big = load_export(make_export(root / "pool80", dim=DIM, k=K, n_pool=80, hidden=HIDDEN).path)
     rng = np.random.default_rng(5)
     emb = rng.standard_normal((80, DIM)).astype(np.float32)
@@ -113,13 +94,14 @@ def _resign(ctx) -> None:
         if isinstance(cfg, dict) and isinstance(cfg.get("checksums"), dict):
             for name in list(cfg["checksums"]):
                 if isinstance(name, str) and "/" not in name and (ctx.d / name).is_file():
-                    cfg["checksums"][name] = _sha(ctx.d / name)
+                    cfg["checksums"][name] = file_sha256(ctx.d / name)
             (ctx.d / "config.json").write_text(json.dumps(cfg, indent=2))
         return
     manifest = json.loads((ctx.d / "manifest.json").read_text())
     for name in manifest["files"]:
         if (ctx.d / name).is_file() and not (ctx.d / name).is_symlink():
-            manifest["files"][name] = {"bytes": (ctx.d / name).stat().st_size, "sha256": _sha(ctx.d / name)}
+            manifest["files"][name] = {"bytes": (ctx.d / name).stat().st_size,
+                                       "sha256": file_sha256(ctx.d / name)}
     (ctx.d / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -709,7 +691,7 @@ def _snapshot(root: Path) -> dict[str, tuple]:
         if path.is_symlink():
             out[str(path)] = ("link", os.readlink(path))
         elif path.is_file():
-            out[str(path)] = ("file", st.st_size, st.st_mtime_ns, _sha(path))
+            out[str(path)] = ("file", st.st_size, st.st_mtime_ns, file_sha256(path))
         else:
             out[str(path)] = ("other", st.st_mode)
     return out
