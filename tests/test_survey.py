@@ -390,7 +390,10 @@ def test_bundled_anes96_survey():
         len([r for r in pop["test"] if r.group == g]) == 2 for g in {r.group for r in pop["test"][:20]}
     )
     rec = next(r for r in pop["train"] if r.label == "vote")
-    assert "Question: In the 1996 presidential election" in pop.render_context(rec)
+    assert pop.render_context(rec) == (
+        "Respondent: age 58, PhD, income $45,000-$49,999, TV news 7 days a week, a place of about 9,000 "
+        "people, moderate.\nExpected vote in the 1996 presidential election (Clinton / Dole)?"
+    ) and rec.id == "anes0533-vote" and rec.response == "Clinton"  # statsmodels' row 533, readable
     vote = [r for r in pop["test"] if r.label == "vote"]
     lr = logistic_reference(
         [r for r in pop["train"] if r.label == "vote"],
