@@ -59,19 +59,35 @@ def parse_args(argv=None):
     p.add_argument("--config", default="configs/anes96.yaml", help="training config (the survey, LM, gate)")
     p.add_argument("--workdir", default="runs/anes96", help="gate, answer sets, timings (resumable)")
     p.add_argument("--gate", default=None, help="the gate export (default: the config's model.export_dir)")
-    p.add_argument("--baseline-gate", default=None,
-                   help="the export the baselines read (they use only its personas, exemplars and templates, "
-                        "the same in every checkpoint's export of one training run; default: --gate), so "
-                        "they can run while the gate trains")
+    p.add_argument(
+        "--baseline-gate",
+        default=None,
+        help="the export the baselines read (they use only its personas, exemplars and templates, "
+        "the same in every checkpoint's export of one training run; default: --gate), so "
+        "they can run while the gate trains",
+    )
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="MODEL:METHOD pairs, in order")
-    p.add_argument("--answers", type=int, default=1,
-                   help="answers sampled per test respondent and question, every method alike")
-    p.add_argument("--respondents", type=int, default=100,
-                   help="test respondents evaluated (the first N of the test respondents in a seeded order; "
-                        "both questions each), every method alike")
-    p.add_argument("--model-respondents", nargs="*", default=["gemma3-270m=60"], metavar="MODEL=N",
-                   help="fewer respondents for a slow LM (the first N of the same order): its sets are "
-                        "evaluated as their own group")
+    p.add_argument(
+        "--answers",
+        type=int,
+        default=1,
+        help="answers sampled per test respondent and question, every method alike",
+    )
+    p.add_argument(
+        "--respondents",
+        type=int,
+        default=100,
+        help="test respondents evaluated (the first N of the test respondents in a seeded order; "
+        "both questions each), every method alike",
+    )
+    p.add_argument(
+        "--model-respondents",
+        nargs="*",
+        default=["gemma3-270m=60"],
+        metavar="MODEL=N",
+        help="fewer respondents for a slow LM (the first N of the same order): its sets are "
+        "evaluated as their own group",
+    )
     p.add_argument("--split", default="test", help="the evaluated split")
     p.add_argument("--group-by", default="ideology", help="the context column of the per-group distances")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the respondents")
@@ -158,8 +174,10 @@ def generate(args, workdir: Path) -> None:
     for run in args.runs:
         model_name, method = run.split(":", 1)
         at = {k: i for i, k in enumerate(respondents_for(args, model_name, every))}
-        records = sorted([r for r in every if respondent_key(r) in at],
-                         key=lambda r: (at[respondent_key(r)], r.label or ""))
+        records = sorted(
+            [r for r in every if respondent_key(r) in at],
+            key=lambda r: (at[respondent_key(r)], r.label or ""),
+        )
         out = set_path(workdir, run)
         n = args.answers * len(records)
         if out.exists() and sum(1 for _ in out.open()) >= n:
@@ -255,61 +273,76 @@ def _diff(paired: dict, metric: str, digits: int = 3) -> str:
     return f"{best['diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] vs {LABELS[best['baseline']]}"
 
 
+LMS = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M"}
+REFERENCES = {
+    "real-against-real": "reference: real answers of train respondents",
+    "logistic-regression": "reference: logistic regression on the profile (no LM)",
+}
+
+
 def table(result: dict) -> str:
-    """One markdown table per question: every method of every LM, the references, and MoP's paired
-    differences against the best baseline."""
+    """One markdown table per question: every method of every LM with its references (on the same test
+    respondents), then MoP's paired differences against the best baseline of its LM."""
     out = []
     for question, title in QUESTIONS.items():
         ordinal = question == "party_id"
-        cols = (
-            ["LM", "method", "TV", "JS"]
-            + (["W"] if ordinal else [])
-            + ["TV within ideology", "log-lik", "Brier"]
-        )
+        metrics = ["tv", "js"] + (["w"] if ordinal else []) + ["tv_group", "loglik", "brier"]
+        head = {
+            "tv": "TV ↓",
+            "js": "JS ↓",
+            "w": "W ↓",
+            "tv_group": "TV within ideology ↓",
+            "loglik": "log-lik ↑",
+            "brier": "Brier ↓",
+        }
+        cols = ["LM (test respondents)", "method"] + [head[m] for m in metrics]
         lines = [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-        refs = None
         for model, group in result["groups"].items():
             q = group["questions"].get(question)
             if q is None:
                 continue
-            refs = refs or (q["references"], q["n"])
-            for method, d in q["sets"].items():
-                cells = (
-                    [model, LABELS.get(method, method), _cell(d, "tv"), _cell(d, "js")]
-                    + ([_cell(d, "w")] if ordinal else [])
-                    + [_cell(d, "tv_group"), _cell(d, "loglik"), _cell(d, "brier")]
+            lm = f"{LMS.get(model, model)} ({q['n']})"
+            rows = [
+                (
+                    LABELS.get(m, m)
+                    + (" (the SmolLM2-trained gate)" if m == "mop" and model != "smollm2-135m" else ""),
+                    d,
                 )
-                lines.append("| " + " | ".join(cells) + " |")
-        if refs:
-            for name, d in refs[0].items():
-                label = {
-                    "real-against-real": "real against real (train respondents)",
-                    "logistic-regression": "multinomial logistic regression (no LM)",
-                }[name]
-                cells = (
-                    ["–", label, _cell(d, "tv"), _cell(d, "js")]
-                    + ([_cell(d, "w")] if ordinal else [])
-                    + [_cell(d, "tv_group"), _cell(d, "loglik"), _cell(d, "brier")]
-                )
-                lines.append("| " + " | ".join(cells) + " |")
+                for m, d in q["sets"].items()
+            ]
+            rows += [(REFERENCES[name], d) for name, d in q["references"].items()]
+            for label, d in rows:
+                lines.append("| " + " | ".join([lm, label] + [_cell(d, m) for m in metrics]) + " |")
+        diff_metrics = ["tv"] + (["w"] if ordinal else []) + ["tv_group", "loglik", "brier"]
         lines += [
             "",
-            f"MoP minus the best baseline of its LM (paired bootstrap, 95%; {refs[1] if refs else 0} "
-            "test respondents):",
-            "",
-            "| LM | method | TV | TV within ideology | log-lik | Brier |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| LM | MoP − the best baseline of its LM, paired | "
+            + " | ".join(head[m] for m in diff_metrics)
+            + " |",
+            "| --- | --- |" + " --- |" * len(diff_metrics),
         ]
         for model, group in result["groups"].items():
             q = group["questions"].get(question) or {}
             for method, paired in (q.get("paired") or {}).items():
                 lines.append(
-                    f"| {model} | {LABELS.get(method, method)} | {_diff(paired, 'tv')} | "
-                    f"{_diff(paired, 'tv_group')} | {_diff(paired, 'loglik')} | "
-                    f"{_diff(paired, 'brier')} |"
+                    f"| {LMS.get(model, model)} | {LABELS.get(method, method)} | "
+                    + " | ".join(_diff(paired, m) for m in diff_metrics)
+                    + " |"
                 )
         out.append("\n".join(lines))
-    return "\n\n".join(out)
+    note = (
+        f"Per question, on the first test respondents of a seeded order (the same for every method of an "
+        f"LM), {result['answers_per_respondent']} sampled answer per respondent and method. TV: total "
+        "variation, JS: Jensen-Shannon (bits), W: Wasserstein on the 7-point scale (0 ... 1), between the "
+        "simulated and the real answer distributions; within ideology: the same within each self-placement "
+        "group, weighted by its real size; log-lik and Brier: the real answer under the method's option "
+        "probabilities for that respondent. [95% percentile bootstrap over respondents, 1,000 resamples; a "
+        "distance's resamples sit above it (finite-sample bias), so its interval can exclude the point.] "
+        "Paired: the difference on the same resamples, against the baseline (zero-shot, persona, few-shot, "
+        "uniform gate) best on that metric; below 0 is better for the distances and Brier, above 0 for "
+        "log-lik."
+    )
+    return "\n\n".join(out) + "\n\n" + note
 
 
 def main(argv=None) -> int:

@@ -742,6 +742,13 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
                                match_label=identity["exemplar_label"] == "match")
     stop = default_stop(export) if sampling.stop is None else list(sampling.stop)
     engine_version = engine.version
+    option_sampler = None
+    if export.config.get("options"):  # a survey: each prompt's options are scored and one drawn (mop.survey)
+        from mop.survey import OptionSampler
+
+        if engine.model is None:
+            raise MopError(f"a closed-ended export scores its options with the hf engine, not {engine.name}")
+        option_sampler = OptionSampler(engine.model, tokenizer, export.config["options"], chat)
     out = ShardedOutput(output, identity, rank, world)
     if out.dropped_partial and rank == 0:
         print(f"[mop] dropped an incomplete last line of {out.path} (an interrupted run)", file=sys.stderr)
@@ -780,15 +787,21 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
         keys = [sample_key(sids[n]) for n in batch]
         comps = sampler.sample(hx, [r.id for r in recs], keys, seed, labels=[r.label for r in recs])
         prompts = [build_prompt(export, r, c) for r, c in zip(recs, comps)]
-        new_ids = engine.generate(
-            prompts, [c.temperature for c in comps],
-            [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=max_new_tokens,
-            top_p=sampling.top_p, use_chat_template=chat, stop=stop)
+        if option_sampler is not None:
+            answers = option_sampler.sample(prompts, [r.label for r in recs], [c.temperature for c in comps],
+                                            [derive_seed(seed, key, _LM_STREAM) for key in keys])
+        else:
+            new_ids = engine.generate(
+                prompts, [c.temperature for c in comps],
+                [derive_seed(seed, key, _LM_STREAM) for key in keys], max_new_tokens=max_new_tokens,
+                top_p=sampling.top_p, use_chat_template=chat, stop=stop)
+            answers = [{"text": clean_text(tokenizer.decode(ids, skip_special_tokens=True), stop)}
+                       for ids in new_ids]
         rows = []
-        for n, rec, comp, tok_ids in zip(batch, recs, comps, new_ids):
+        for n, rec, comp, answer in zip(batch, recs, comps, answers):
             if n not in missing:
                 continue
-            text = clean_text(tokenizer.decode(tok_ids, skip_special_tokens=True), stop)
+            text = answer["text"]
             empty += not text
             rows.append({
                 "id": sids[n], "record_id": rec.id, "context": rec.context, "label": rec.label,
@@ -797,7 +810,7 @@ def generate_population(export, model, tokenizer, records: Sequence, output: str
                 "exemplar_id": export.exemplars[comp.exemplar].id if comp.exemplar is not None else None,
                 "attributes": comp.attributes, "temperature": round(float(comp.temperature), 6), **identity,
                 "engine_version": engine_version,
-                "text": text,
+                **answer,  # text; for a survey also option and option_probs
             })
         out.append(rows)
         written += len(rows)
