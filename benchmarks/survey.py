@@ -142,8 +142,12 @@ def respondents_for(args, model: str, records) -> list[str]:
 
 
 def set_path(workdir: Path, run: str) -> Path:
+    """A run's answers: ``answers/MODEL__METHOD.jsonl`` while it is written, or the ``.jsonl.gz`` it is committed
+    as (evaluation only: a gzipped set is complete)."""
     model, method = run.split(":", 1)
-    return workdir / "answers" / f"{model}__{method}.jsonl"
+    path = workdir / "answers" / f"{model}__{method}.jsonl"
+    packed = path.with_name(path.name + ".gz")
+    return packed if packed.exists() and not path.exists() else path
 
 
 def generate(args, workdir: Path) -> None:
@@ -210,7 +214,9 @@ def generate(args, workdir: Path) -> None:
 
 
 def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from mop.outputs import read_rows as rows_of  # .jsonl or .jsonl.gz
+
+    return list(rows_of(path))
 
 
 def evaluate(args, workdir: Path) -> dict:
@@ -223,7 +229,7 @@ def evaluate(args, workdir: Path) -> dict:
     def needed(run):
         return args.answers * 2 * len(respondents_for(args, run.split(":")[0], population[args.split]))
 
-    complete = [r for r in runs if sum(1 for _ in set_path(workdir, r).open()) >= needed(r)]
+    complete = [r for r in runs if sum(1 for _ in read_rows(set_path(workdir, r))) >= needed(r)]
     result = {
         "config": args.config,
         "gate": str(gate_dir(args)),
