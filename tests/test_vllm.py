@@ -195,10 +195,11 @@ def test_a_lora_adapter_changes_outputs_and_matches_hf_with_peft(vllm_engine, lo
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def _generate_cmd(output: Path, engine: str, num_samples: int = 24) -> list[str]:
+def _generate_cmd(output: Path, engine: str, num_samples: int = 24,
+                  place: tuple[str, ...] = ("--device", "cpu")) -> list[str]:
     return [sys.executable, "-m", "mop", "generate", "--gating", str(GATE), "--model", "smollm2-135m",
             "-c", str(CONFIG), "--split", "test", "--num-samples", str(num_samples), "--batch-size", "4",
-            "--max-new-tokens", "16", "--device", "cpu", "--dtype", "float32", "--engine", engine,
+            "--max-new-tokens", "16", *place, "--dtype", "float32", "--engine", engine,
             "--output", str(output), "--progress", "false"]
 
 
@@ -242,6 +243,28 @@ def test_resume_after_kill_9_then_refused_with_the_other_engine(vllm_engine, rea
     assert refused.returncode != 0
     message = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(message) == 1 and "engine 'vllm'" in message[0] and "--engine vllm" in message[0], message
+
+
+@needs_vllm
+def test_two_ranks_with_an_engine_each_write_the_rows_of_one_process(vllm_engine, real, tmp_path):
+    """mop generate --devices 2 on Lightning Fabric (CPU ranks), one vLLM engine per rank: one output, the
+    rows a one-process run writes."""
+    from mop.generate import Sampling, embed_contexts, generate_population
+
+    out, ref = tmp_path / "two.jsonl", tmp_path / "one.jsonl"
+    cmd = _generate_cmd(out, "vllm", num_samples=16, place=("--accelerator", "cpu", "--devices", "2"))
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not (tmp_path / "two.jsonl.parts").exists()  # merged, parts removed
+
+    export, records, embedder = real["export"], real["records"], real["embedder"]
+    generate_population(export, vllm_engine, None, records, ref, Sampling(num_samples=16, max_new_tokens=16),
+                        context_emb=lambda pos: embed_contexts(export, [records[p] for p in pos], embedder),
+                        model_name="smollm2-135m", progress=False)
+    two = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len({r["id"] for r in two}) == 16
+    assert two == [json.loads(line) for line in ref.read_text().splitlines()]
 
 
 def test_hf_rows_refuse_a_resume_with_vllm(tmp_path):
