@@ -533,7 +533,8 @@ def set_cells(row: dict, timings: dict) -> dict[str, str]:
 
 def reference_cells(ref: dict) -> dict[str, str]:
     """The real training texts (the reference row) through the same columns."""
-    return {**dict.fromkeys(COLUMNS, "–"), "method": "real training texts (reference)", "n": str(ref.get("n", "–")),
+    return {**dict.fromkeys(COLUMNS, "–"), "method": "real training texts (reference)",
+            "n": str(ref.get("n", "–")),
             "FID ↓ [95% CI]": _ci(ref, "fid", 4), "FID∞ ↓": _rate(ref.get("fid_inf"), 4),
             "MAUVE ↑ [95% CI]": _ci(ref, "mauve", 3), "KL-cos ↓ [95% CI]": _ci(ref, "kl_cosine", 4),
             "F1 ↑ [95% CI]": _ci(ref, "f1", 3), "Vendi": f"{ref['diversity']['vendi']:.1f}"}

@@ -142,8 +142,8 @@ def respondents_for(args, model: str, records) -> list[str]:
 
 
 def set_path(workdir: Path, run: str) -> Path:
-    """A run's answers: ``answers/MODEL__METHOD.jsonl`` while it is written, or the ``.jsonl.gz`` it is committed
-    as (evaluation only: a gzipped set is complete)."""
+    """A run's answers: ``answers/MODEL__METHOD.jsonl`` while it is written, or the ``.jsonl.gz`` it is
+    committed as (evaluation only: a gzipped set is complete)."""
     model, method = run.split(":", 1)
     path = workdir / "answers" / f"{model}__{method}.jsonl"
     packed = path.with_name(path.name + ".gz")

@@ -189,5 +189,5 @@ def test_a_context_template_with_attribute_access_is_refused_before_anything_is_
                        context_template="a {label} review of {movie.__class__}")
     with pytest.raises(MopError, match=r"\{movie.__class__\}.*only plain fields"):
         check_context_template(spec)
-    check_context_template(DatasetSpec(source="rotten-tomatoes", context_columns=["movie"], label_column="label",
-                                       context_template="a {label} review of {movie}"))
+    check_context_template(DatasetSpec(source="rotten-tomatoes", context_columns=["movie"],
+                                       label_column="label", context_template="a {label} review of {movie}"))
