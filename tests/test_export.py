@@ -380,6 +380,12 @@ def test_verify_prints_what_the_export_holds(tmp_path, capsys):
     assert f"{file_sha256(ref.path / 'manifest.json')}  manifest.json" in out
     assert main(["export", "verify", str(COMMITTED_GATES[0])]) == 0
     out = capsys.readouterr().out
+    assert "OK, format 2" in out and "1,000 exemplars" in out and "smollm2-135m" in out
+    import shutil
+
+    legacy = as_legacy_export(Path(shutil.copytree(COMMITTED_GATES[0], tmp_path / "legacy")))
+    assert main(["export", "verify", str(legacy)]) == 0
+    out = capsys.readouterr().out
     assert "OK, format 1 (legacy" in out and "1,000 exemplars" in out and "smollm2-135m" in out
     (ref.path / "notes.pkl").write_bytes(b"\x80\x04.")
     assert main(["export", "verify", str(ref.path)]) == 0
