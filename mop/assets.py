@@ -302,6 +302,18 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     return tokenizer
 
 
+def checked_lm_path(name_or_path: str, dtype: str | None = None) -> str:
+    """The folder or hub id of a causal LM (a bundled name resolved, converted once), after the checks every
+    engine makes: a known dtype, not an embedder or a gate export, a local folder that holds a model."""
+    offline_defaults()
+    if dtype not in (None, "float32", "bfloat16", "float16"):
+        raise MopError(f"LM dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    _check_role(str(name_or_path), "model", "lm")
+    path = resolve_lm(name_or_path)
+    _check_local_model(path, "model")
+    return path
+
+
 def load_lm(
     name_or_path: str = DEFAULT_LM,
     *,
@@ -315,15 +327,11 @@ def load_lm(
     ``dtype`` is "float32", "bfloat16" or "float16" (default: the checkpoint's own / float32);
     ``adapter`` is a PEFT adapter folder attached on top. ``trust_remote_code`` is off unless asked for.
     """
-    offline_defaults()
+    offline_defaults()  # before transformers is imported: huggingface_hub reads HF_HUB_OFFLINE at import
     import torch
     from transformers import AutoModelForCausalLM
 
-    if dtype not in (None, "float32", "bfloat16", "float16"):
-        raise MopError(f"LM dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    _check_role(str(name_or_path), "model", "lm")
-    path = resolve_lm(name_or_path)
-    _check_local_model(path, "model")
+    path = checked_lm_path(name_or_path, dtype)
     torch_dtype = getattr(torch, dtype) if dtype else None
     try:
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)

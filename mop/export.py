@@ -358,14 +358,18 @@ def _read_manifest(d: Path, where: str) -> dict[str, dict[str, Any]]:
         if not _is_int(entry["bytes"]) or not 0 <= entry["bytes"] < 1 << 50:
             raise MopError(f"{where}: {MANIFEST_FILE} gives {name} a size of {_show(entry['bytes'])}, "
                            "expected a byte count")
-        digest = entry["sha256"]
-        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= SHA256_HEX:
-            raise MopError(f"{where}: {MANIFEST_FILE} gives {name} the sha256 {_show(digest)}, expected 64 "
-                           "lower-case hex digits")
+        _check_digest(entry["sha256"], name, MANIFEST_FILE, where)
     missing = [n for n in REQUIRED_FILES if n not in files]
     if missing:
         raise MopError(f"{where}: {MANIFEST_FILE} does not list {', '.join(missing)}")
     return files
+
+
+def _check_digest(digest: Any, name: str, listed_in: str, where: str) -> None:
+    """A listed sha256: 64 lower-case hex digits."""
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= SHA256_HEX:
+        raise MopError(f"{where}: {listed_in} gives {name} the sha256 {_show(digest)}, expected 64 "
+                       "lower-case hex digits")
 
 
 def _check_file(d: Path, name: str, entry: dict[str, Any] | str, where: str, hash_it: bool) -> None:
@@ -563,9 +567,7 @@ def read_export_config(directory: str | Path) -> dict[str, Any]:
     checksums = config["checksums"]
     for name, digest in checksums.items():
         _member(d, name, CONFIG_FILE, allowed=(*DATA_FILES, LEGACY_INDEX_FILE))
-        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= SHA256_HEX:
-            raise MopError(f"{where}: {CONFIG_FILE} gives {name} the sha256 {_show(digest)}, expected 64 "
-                           "lower-case hex digits")
+        _check_digest(digest, name, CONFIG_FILE, where)
     missing = [n for n in DATA_FILES if n not in checksums]
     if missing:
         raise MopError(f"{where}: {CONFIG_FILE} has no checksum for {', '.join(missing)}")

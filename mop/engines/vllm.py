@@ -53,14 +53,9 @@ class VLLMEngine(Engine):
              adapter: str | None = None, max_model_len: int | None = None, **llm_kwargs) -> VLLMEngine:
         """Start a vLLM engine on ``name_or_path`` (a bundled name, a local folder or a hub id); ``device``:
         cpu, cuda or cuda:N (None: vLLM's platform); ``llm_kwargs`` go to ``vllm.LLM``."""
-        from mop.assets import _check_local_model, _check_role, load_tokenizer, offline_defaults, resolve_lm
+        from mop.assets import checked_lm_path, load_tokenizer
 
-        offline_defaults()
-        if dtype not in (None, "float32", "bfloat16", "float16"):
-            raise MopError(f"LM dtype must be float32, bfloat16 or float16, got {dtype!r}")
-        _check_role(str(name_or_path), "model", "lm")
-        path = resolve_lm(name_or_path)
-        _check_local_model(path, "model")
+        path = checked_lm_path(name_or_path, dtype)
         on_cpu = device == "cpu" or (device is None and not _cuda_available())
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache (vLLM's default: 4)
